@@ -1,0 +1,19 @@
+"""Errors raised at pdserve's edges: each names the problem and what to do about it."""
+
+from __future__ import annotations
+
+
+class PdserveError(Exception):
+    """Base class for every error pdserve raises on purpose."""
+
+
+class ModelLoadError(PdserveError):
+    """A model directory is missing, incomplete or of an architecture pdserve does not serve."""
+
+
+class InvalidRequestError(PdserveError, ValueError):
+    """A request (prompt or sampling parameters) cannot be served as given."""
+
+
+class KvLayoutMismatchError(PdserveError, ValueError):
+    """Imported KV tensors do not match this engine's model or cache layout."""
