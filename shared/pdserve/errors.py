@@ -17,3 +17,7 @@ class InvalidRequestError(PdserveError, ValueError):
 
 class KvLayoutMismatchError(PdserveError, ValueError):
     """Imported KV tensors do not match this engine's model or cache layout."""
+
+
+class KvCapacityError(PdserveError):
+    """No free KV blocks for the request right now; try another worker or later."""

@@ -1,0 +1,134 @@
+"""Pure-torch paged KV cache kernels: the CPU engine's fast path and the Triton kernels' oracle.
+
+Cache layout: `k_cache` and `v_cache` are contiguous [num_blocks, block_size, num_kv_heads, head_dim];
+token slot = block_id * block_size + offset_in_block. Query head h reads kv head h // group.
+Every function runs on any device; no Python loop over tokens or (in decode) sequences.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def store_kv(key: Tensor, value: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mapping: Tensor) -> None:
+    """Write token t of `key`/`value` [T, Hkv, D] (views allowed) into slot `slot_mapping[t]` (int64 [T])."""
+    num_kv_heads, head_dim = k_cache.shape[2:]
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key)
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value)
+
+
+def paged_attention_decode(
+    query: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    block_tables: Tensor,
+    context_lens: Tensor,
+    scale: float,
+) -> Tensor:
+    """One query token per sequence attending to its whole context.
+
+    query [B, H, D]; block_tables [B, max_blocks] int32 (padding entries must be valid block ids);
+    context_lens [B] int32, each >= 1, in tokens. Returns [B, H, D] in the query's dtype.
+    """
+    batch, num_heads, head_dim = query.shape
+    num_kv_heads = k_cache.shape[2]
+    # Reads the lengths back to the host; free on CPU, where this path runs in production.
+    max_context = int(context_lens.max())
+    keys = _gather_padded(k_cache, block_tables, max_context).transpose(1, 2)
+    values = _gather_padded(v_cache, block_tables, max_context).transpose(1, 2)
+    # The query heads sharing a kv head become that head's "query rows", so SDPA reads each K/V once;
+    # enable_gqa=True expands K/V per query head instead and measured slower on CPU (ops/bench_kernels.py).
+    grouped = query.reshape(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    positions = torch.arange(max_context, device=query.device)
+    mask = (positions < context_lens[:, None])[:, None, None, :]
+    out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=scale)
+    return out.reshape(batch, num_heads, head_dim)
+
+
+def paged_attention_prefill(
+    query: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    block_tables: Tensor,
+    cu_seqlens_q: Tensor,
+    context_lens: Tensor,
+    scale: float,
+) -> Tensor:
+    """Causal attention for packed prefill chunks whose K/V are already in the cache.
+
+    query [T, H, D] packs B sequences at offsets cu_seqlens_q [B+1] int32. context_lens [B] int32 counts
+    each sequence's KV tokens including this chunk, so query i of a q_len-token chunk sits at position
+    context_len - q_len + i and sees KV positions <= that. Returns [T, H, D].
+    """
+    out = torch.empty_like(query)
+    starts = cu_seqlens_q.tolist()
+    # A loop over sequences is fine here: each iteration is a compute-bound SDPA over a whole chunk.
+    for seq, context_len in enumerate(context_lens.tolist()):
+        start, end = starts[seq], starts[seq + 1]
+        if end == start:
+            continue
+        keys = _gather_padded(k_cache, block_tables[seq : seq + 1], context_len)[0].transpose(0, 1)
+        values = _gather_padded(v_cache, block_tables[seq : seq + 1], context_len)[0].transpose(0, 1)
+        out[start:end] = _causal_attention(query[start:end].transpose(0, 1), keys, values, scale).transpose(
+            0, 1
+        )
+    return out
+
+
+def gather_kv_blocks(k_cache: Tensor, v_cache: Tensor, block_ids: Tensor, num_tokens: int) -> Tensor:
+    """Copy the first `num_tokens` tokens of the sequence stored in `block_ids` (in order) out of the cache.
+
+    Returns a new contiguous [2, num_tokens, Hkv, D] tensor: index 0 holds K, index 1 holds V.
+    """
+    num_kv_heads, head_dim = k_cache.shape[2:]
+    block_size = k_cache.shape[1]
+    assert block_ids.numel() >= -(-num_tokens // block_size), "block_ids must cover num_tokens"
+    slots = _token_slots(block_ids, block_size, num_tokens)
+    kv = k_cache.new_empty(2, num_tokens, num_kv_heads, head_dim)
+    torch.index_select(k_cache.view(-1, num_kv_heads, head_dim), 0, slots, out=kv[0])
+    torch.index_select(v_cache.view(-1, num_kv_heads, head_dim), 0, slots, out=kv[1])
+    return kv
+
+
+def scatter_kv_blocks(kv: Tensor, k_cache: Tensor, v_cache: Tensor, block_ids: Tensor) -> None:
+    """Inverse of `gather_kv_blocks`: write kv [2, num_tokens, Hkv, D] into `block_ids`, in order.
+
+    Needs len(block_ids) == ceil(num_tokens / block_size); the last block's tail past num_tokens is untouched.
+    """
+    num_kv_heads, head_dim = k_cache.shape[2:]
+    block_size = k_cache.shape[1]
+    assert block_ids.numel() == -(-kv.shape[1] // block_size), "block_ids must cover exactly num_tokens"
+    slots = _token_slots(block_ids, block_size, kv.shape[1])
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, kv[0])
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, kv[1])
+
+
+def _gather_padded(cache: Tensor, block_tables: Tensor, num_tokens: int) -> Tensor:
+    """[B, num_tokens, Hkv, D]: each row's first num_tokens slots, following its block table row."""
+    block_size = cache.shape[1]
+    blocks = block_tables[:, : -(-num_tokens // block_size)]
+    # index_select copies whole blocks; advanced indexing (cache[blocks]) measured 3-4x slower on CPU.
+    gathered = torch.index_select(cache, 0, blocks.flatten())
+    return gathered.view(blocks.shape[0], -1, *cache.shape[2:])[:, :num_tokens]
+
+
+def _token_slots(block_ids: Tensor, block_size: int, num_tokens: int) -> Tensor:
+    """int64 [num_tokens]: the slot of each of the first num_tokens tokens of a sequence in block_ids."""
+    block_ids = block_ids.to(dtype=torch.int64)
+    offsets = torch.arange(block_size, device=block_ids.device)
+    return (block_ids[:, None] * block_size + offsets).flatten()[:num_tokens]
+
+
+def _causal_attention(query: Tensor, keys: Tensor, values: Tensor, scale: float) -> Tensor:
+    """query [H, q_len, D] at the last q_len of the keys' positions; keys, values [Hkv, ctx, D]."""
+    q_len, context_len = query.shape[1], keys.shape[1]
+    if q_len == context_len:
+        return F.scaled_dot_product_attention(
+            query, keys, values, is_causal=True, scale=scale, enable_gqa=True
+        )
+    # SDPA's is_causal aligns the mask top-left; a chunk after a cached prefix needs it bottom-right.
+    positions = torch.arange(context_len, device=query.device)
+    mask = positions[None, :] <= positions[context_len - q_len :, None]
+    return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale, enable_gqa=True)

@@ -1,0 +1,41 @@
+"""Engine knobs, with the defaults a CPU laptop and a GPU server can both start from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pdserve.errors import InvalidRequestError
+
+GiB = 1 << 30
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """Sizes in tokens, blocks and bytes.
+
+    `num_kv_blocks` wins over `kv_cache_bytes` when both are given. `max_num_batched_tokens`
+    is the per-step token budget: prompts longer than it are prefilled in chunks.
+    """
+
+    block_size: int = 16
+    num_kv_blocks: int | None = None
+    kv_cache_bytes: int = 1 * GiB
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 256
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "kv_cache_bytes", "max_num_batched_tokens", "max_num_seqs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise InvalidRequestError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("num_kv_blocks", "max_model_len"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise InvalidRequestError(f"{name} must be a positive integer or None, got {value!r}")
+
+    def resolve_num_blocks(self, bytes_per_token: int) -> int:
+        if self.num_kv_blocks is not None:
+            return self.num_kv_blocks
+        return max(1, self.kv_cache_bytes // (bytes_per_token * self.block_size))

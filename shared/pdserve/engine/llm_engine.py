@@ -1,0 +1,261 @@
+"""The serving engine every worker runs: requests in, one scheduled step at a time, outputs out.
+
+Prefill workers add requests with `hold_kv=True`: after the first token the request parks
+with its blocks, `export_kv` hands its KV out and `release_kv` frees them. Decode workers
+`import_kv` such exports and continue. The colocated worker and the offline `LLM` just add
+requests and step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pdserve.engine.attention import ATTN_IMPLEMENTATION
+from pdserve.engine.block_manager import BlockManager
+from pdserve.engine.config import EngineConfig
+from pdserve.engine.kv_transfer import DTYPE_NAMES, KvExport, KvLayout
+from pdserve.engine.model_runner import ModelRunner
+from pdserve.engine.sampler import Sampler
+from pdserve.engine.scheduler import Scheduler
+from pdserve.engine.sequence import Sequence, SequenceStatus
+from pdserve.engine.stop_checker import StopChecker
+from pdserve.errors import InvalidRequestError, KvCapacityError
+from pdserve.kernels import gather_kv_blocks, scatter_kv_blocks
+from pdserve.models import LoadedModel, load_model
+from pdserve.outputs import RequestOutput
+from pdserve.sampling_params import SamplingParams
+
+Prompt = str | list[int]
+
+
+class LLMEngine:
+    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None, seed: int | None = 0) -> None:
+        self.loaded = loaded
+        self.config = config = config or EngineConfig()
+        self.tokenizer = loaded.tokenizer
+        layout = KvLayout(
+            model_fingerprint=loaded.fingerprint,
+            dtype=DTYPE_NAMES[loaded.dtype],
+            num_layers=loaded.num_layers,
+            num_kv_heads=loaded.num_kv_heads,
+            head_dim=loaded.head_dim,
+            block_size=config.block_size,
+        )
+        self.kv_layout = layout
+        num_blocks = config.resolve_num_blocks(layout.bytes_per_token)
+        # A lone request must always fit in the pool, or preemption could never make progress.
+        self.max_model_len = min(
+            loaded.max_model_len, config.max_model_len or loaded.max_model_len, num_blocks * config.block_size
+        )
+        self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_batched_tokens, config.max_num_seqs)
+        self.runner = ModelRunner(loaded, num_blocks, config.block_size)
+        self.sampler = Sampler(self.runner.device, seed)
+        self.stop_checker = StopChecker(self.tokenizer, loaded.eos_token_ids, self.max_model_len)
+        self.requests: dict[str, Sequence] = {}
+        self._pending: list[RequestOutput] = []  # outputs produced outside step() (abort, import)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: str | Path | None = None,
+        *,
+        dtype: str | torch.dtype = "auto",
+        device: str = "cpu",
+        config: EngineConfig | None = None,
+        seed: int | None = 0,
+    ) -> LLMEngine:
+        loaded = load_model(model, dtype=dtype, device=device, attn_implementation=ATTN_IMPLEMENTATION)
+        return cls(loaded, config, seed)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def tokenize(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt given as text or ids, validated against this model."""
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidRequestError("prompt is empty")
+            ids = list(self.tokenizer(prompt).input_ids)
+        elif isinstance(prompt, list):
+            ids = prompt
+        else:
+            raise InvalidRequestError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
+        if not ids:
+            raise InvalidRequestError("prompt has no tokens")
+        vocab = self.loaded.vocab_size
+        for t in ids:
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab:
+                raise InvalidRequestError(f"token id {t!r} is outside the vocabulary [0, {vocab})")
+        if len(ids) >= self.max_model_len:
+            raise InvalidRequestError(
+                f"prompt has {len(ids)} tokens but the context is {self.max_model_len} tokens "
+                "(prompt plus at least one generated token must fit); shorten the prompt"
+            )
+        return list(ids)
+
+    def add_request(
+        self, request_id: str, prompt: Prompt, params: SamplingParams, *, hold_kv: bool = False
+    ) -> Sequence:
+        if request_id in self.requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        params.validate()
+        seq = Sequence(request_id, self.tokenize(prompt), params, hold_kv=hold_kv)
+        self.requests[request_id] = seq
+        self.scheduler.add(seq)
+        return seq
+
+    def abort_request(self, request_id: str) -> bool:
+        """Stop a request wherever it is and free everything it holds. False if unknown."""
+        seq = self.requests.get(request_id)
+        if seq is None:
+            return False
+        self._finish(seq, "abort")
+        self._pending.append(self._output(seq, []))
+        return True
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work() or bool(self._pending)
+
+    # -- stepping -----------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Run one scheduled batch. Returns an output for every request that gained a token or
+        finished (including ones finished by abort or import since the last step)."""
+        outputs, self._pending = self._pending, []
+        batch = self.scheduler.schedule()
+        if not batch:
+            return outputs
+        sampling, logits = self.runner.run(batch)
+        for seq, num_new in batch.entries:
+            seq.num_computed_tokens += num_new
+            self.block_manager.commit_full_blocks(seq)
+        if not sampling:
+            return outputs
+        result = self.sampler.sample(logits, [s.params for s in sampling], [s.num_output_tokens for s in sampling])
+        for row, seq in enumerate(sampling):
+            token = result.token_ids[row]
+            seq.token_ids.append(token)
+            if seq.params.logprobs and result.logprobs is not None:
+                seq.logprobs.append(result.logprobs[row])
+            reason = self.stop_checker.check(seq)
+            if reason is not None:
+                self._finish(seq, reason)
+            elif seq.hold_kv:
+                self.scheduler.finish(seq)
+                seq.status = SequenceStatus.PARKED
+            outputs.append(self._output(seq, [token]))
+        return outputs
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        self.scheduler.finish(seq)
+        self.block_manager.release(seq)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        self.requests.pop(seq.request_id, None)
+
+    def _output(self, seq: Sequence, new_tokens: list[int]) -> RequestOutput:
+        finished = seq.finish_reason is not None
+        return RequestOutput(
+            request_id=seq.request_id,
+            prompt_token_ids=seq.prompt_token_ids,
+            token_ids=seq.output_token_ids,
+            new_token_ids=new_tokens,
+            text=self.stop_checker.final_text(seq) if finished else "",
+            finish_reason=seq.finish_reason,
+            logprobs=list(seq.logprobs) if seq.params.logprobs else None,
+            num_cached_tokens=seq.num_cached_tokens,
+        )
+
+    # -- KV export / import ---------------------------------------------------------------
+
+    def export_kv(self, request_id: str) -> KvExport:
+        """The KV of a parked request's prompt, per layer and contiguous. Blocks stay held
+        until `release_kv`."""
+        seq = self.requests.get(request_id)
+        if seq is None or seq.status is not SequenceStatus.PARKED:
+            raise InvalidRequestError(f"request {request_id!r} is not parked after prefill")
+        num_tokens = seq.num_computed_tokens
+        assert num_tokens == seq.num_prompt_tokens
+        block_ids = torch.tensor(seq.block_table, dtype=torch.int64, device=self.runner.device)
+        layers = [
+            gather_kv_blocks(k, v, block_ids, num_tokens)
+            for k, v in zip(self.runner.k_caches, self.runner.v_caches, strict=True)
+        ]
+        return KvExport(
+            request_id=request_id,
+            layout=self.kv_layout,
+            prompt_token_ids=list(seq.prompt_token_ids),
+            first_token=seq.token_ids[-1],
+            first_logprob=seq.logprobs[-1] if seq.logprobs else None,
+            layers=layers,
+        )
+
+    def release_kv(self, request_id: str) -> bool:
+        """Free a parked request's blocks (after its KV was pushed, or when the push failed)."""
+        seq = self.requests.get(request_id)
+        if seq is None or seq.status is not SequenceStatus.PARKED:
+            return False
+        self._finish(seq, "prefilled")
+        return True
+
+    def can_import(self, num_tokens: int) -> bool:
+        return self.block_manager.can_allocate(self.block_manager.blocks_needed(num_tokens))
+
+    def import_kv(self, export: KvExport, params: SamplingParams, request_id: str | None = None) -> Sequence:
+        """Continue a request prefilled elsewhere: validate the KV, copy it into fresh blocks and
+        join the running batch. Raises KvLayoutMismatchError, InvalidRequestError or
+        KvCapacityError (no room: the caller should try another worker)."""
+        request_id = request_id or export.request_id
+        if request_id in self.requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        params.validate()
+        export.validate(self.kv_layout)
+        prompt = self.tokenize(list(export.prompt_token_ids))
+        first = self.tokenize([export.first_token])[0]
+        seq = Sequence(request_id, prompt, params)
+        seq.token_ids.append(first)
+        if params.logprobs and export.first_logprob is not None:
+            seq.logprobs.append(float(export.first_logprob))
+        reason = self.stop_checker.check(seq)
+        if reason is not None:
+            seq.status = SequenceStatus.FINISHED
+            seq.finish_reason = reason
+            self._pending.append(self._output(seq, []))
+            return seq
+        if not self.block_manager.ensure_slots(seq, len(prompt)):
+            raise KvCapacityError(
+                f"no room for {len(prompt)} tokens of KV ({self.block_manager.num_free_blocks} free blocks)"
+            )
+        block_ids = torch.tensor(seq.block_table, dtype=torch.int64, device=self.runner.device)
+        for kv, k, v in zip(export.layers, self.runner.k_caches, self.runner.v_caches, strict=True):
+            scatter_kv_blocks(kv.to(self.runner.device, non_blocking=True), k, v, block_ids)
+        seq.num_computed_tokens = len(prompt)
+        self.block_manager.commit_full_blocks(seq)
+        self.requests[request_id] = seq
+        self.scheduler.add_running(seq)
+        return seq
+
+    # -- introspection ------------------------------------------------------------------------
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    @property
+    def kv_blocks_used(self) -> int:
+        return self.block_manager.num_used_blocks
+
+    @property
+    def kv_blocks_total(self) -> int:
+        return self.block_manager.num_blocks
+
+    def check_integrity(self) -> None:
+        self.block_manager.check_integrity(self.requests.values())
+
+

@@ -1,0 +1,90 @@
+"""The offline API: `LLM(model=DIR).generate(prompts, SamplingParams(...))`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as Seq
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from pdserve.engine.config import EngineConfig
+from pdserve.engine.llm_engine import LLMEngine, Prompt
+from pdserve.errors import InvalidRequestError
+from pdserve.outputs import RequestOutput
+from pdserve.sampling_params import SamplingParams
+
+
+class LLM:
+    """Runs the serving engine in-process over a batch of prompts.
+
+    `model` is a local Hugging Face directory, or None for the built-in tiny model. Engine
+    sizes (block_size, num_kv_blocks, kv_cache_bytes, max_num_batched_tokens, max_num_seqs,
+    max_model_len, enable_prefix_caching) can be passed as keyword arguments.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        dtype: str | torch.dtype = "auto",
+        device: str = "cpu",
+        seed: int | None = 0,
+        **engine_options: object,
+    ) -> None:
+        try:
+            config = EngineConfig(**engine_options)  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise InvalidRequestError(f"unknown engine option: {exc}") from exc
+        self.engine = LLMEngine.from_model(model, dtype=dtype, device=device, config=config, seed=seed)
+        self.tokenizer = self.engine.tokenizer
+        self._next_id = 0
+
+    def generate(
+        self,
+        prompts: Prompt | Seq[Prompt],
+        sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+        *,
+        use_tqdm: bool = False,
+    ) -> list[RequestOutput]:
+        """Generate for every prompt (a string or a list of token ids); outputs in prompt order.
+
+        All prompts are validated before any runs, so a bad one fails the call cleanly.
+        """
+        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]  # type: ignore[list-item]
+        prompt_list = list(prompts)  # type: ignore[arg-type]
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        params_list = (
+            [sampling_params] * len(prompt_list)
+            if isinstance(sampling_params, SamplingParams)
+            else list(sampling_params)
+        )
+        if len(params_list) != len(prompt_list):
+            raise InvalidRequestError(f"{len(prompt_list)} prompts but {len(params_list)} sampling params")
+        for p in params_list:
+            p.validate()
+        token_prompts = [self.engine.tokenize(p) for p in prompt_list]
+
+        ids = []
+        for tokens, params in zip(token_prompts, params_list, strict=True):
+            request_id = f"offline-{self._next_id}"
+            self._next_id += 1
+            self.engine.add_request(request_id, tokens, params)
+            ids.append(request_id)
+        finished: dict[str, RequestOutput] = {}
+        try:
+            with tqdm(total=len(ids), disable=not use_tqdm, desc="generate", unit="req") as bar:
+                while len(finished) < len(ids):
+                    for out in self.engine.step():
+                        if out.finished:
+                            finished[out.request_id] = out
+                            bar.update(1)
+        except BaseException:
+            for request_id in ids:
+                if request_id not in finished:
+                    self.engine.abort_request(request_id)
+            self.engine.step()  # drain the abort outputs
+            raise
+        return [finished[i] for i in ids]

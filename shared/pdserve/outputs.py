@@ -1,0 +1,29 @@
+"""What the engine reports about a request after a step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    """The state of one request.
+
+    `token_ids` are all generated ids so far (eos or a stop token included when one ended the
+    request); `new_token_ids` are the ones this step added. `text` is filled once the request
+    finishes (the detokenized output, cut before a matched stop string).
+    `finish_reason`: None while running, else "stop", "length" or "abort".
+    """
+
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    new_token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+    logprobs: list[float] | None = None
+    num_cached_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

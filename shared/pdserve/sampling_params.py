@@ -1,0 +1,71 @@
+"""Per-request sampling parameters, validated where they enter pdserve."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pdserve.errors import InvalidRequestError
+
+# Limits that keep one request from tying up a worker; the HTTP layer applies its own as well.
+MAX_STOP_STRINGS = 16
+MAX_STOP_STRING_CHARS = 256
+MAX_TOP_K = 1 << 20
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    """How to pick the tokens of one request.
+
+    temperature 0 means greedy (argmax). top_k <= 0 and top_p == 1 disable those filters.
+    A seed makes a sampled request reproducible whatever else shares its batch and whichever
+    worker runs each step. `logprobs=True` returns the log-probability of each chosen token
+    under the model's raw distribution (before temperature, top-k and top-p).
+    """
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: bool = False
+    include_stop_str_in_output: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def validate(self) -> None:
+        """Raise InvalidRequestError naming the first bad field."""
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens <= 0:
+            raise InvalidRequestError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        if not isinstance(self.temperature, (int, float)) or not 0.0 <= float(self.temperature) <= 100.0:
+            raise InvalidRequestError(f"temperature must be in [0, 100], got {self.temperature!r}")
+        self.temperature = float(self.temperature)
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k > MAX_TOP_K:
+            raise InvalidRequestError(f"top_k must be an integer <= {MAX_TOP_K} (<= 0 disables), got {self.top_k!r}")
+        if not isinstance(self.top_p, (int, float)) or not 0.0 < float(self.top_p) <= 1.0:
+            raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        self.top_p = float(self.top_p)
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise InvalidRequestError(f"seed must be an integer, got {self.seed!r}")
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if not isinstance(self.stop, list) or not all(isinstance(s, str) and s for s in self.stop):
+            raise InvalidRequestError("stop must be a string or a list of non-empty strings")
+        if len(self.stop) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_STRING_CHARS for s in self.stop):
+            raise InvalidRequestError(
+                f"at most {MAX_STOP_STRINGS} stop strings of at most {MAX_STOP_STRING_CHARS} characters"
+            )
+        if not isinstance(self.stop_token_ids, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_token_ids
+        ):
+            raise InvalidRequestError("stop_token_ids must be a list of non-negative integers")
+        for name in ("ignore_eos", "logprobs", "include_stop_str_in_output"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidRequestError(f"{name} must be a boolean")
