@@ -3,7 +3,9 @@
     python ops/bench_kernels.py [--iters 30] [--threads N]
 
 Prints the median milliseconds per call. The default shape is the engine's CPU target: a decode batch
-of 64 sequences of 256-320 tokens, 8 heads over 4 kv heads, head_dim 64, block_size 16.
+of 64 sequences of 256-320 tokens, 8 heads over 4 kv heads, head_dim 64, block_size 16. Each variant
+runs on its own warm cache (the engine's 8 layers read 8 cold ones), so this ranks variants; it does
+not predict a step time. On a shared machine, --threads 1 gives the steadiest numbers.
 """
 
 from __future__ import annotations
@@ -89,20 +91,19 @@ def decode_variants(dtype: torch.dtype, context_lens: list[int]) -> dict[str, Ca
         probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
         return (probs @ v.float()).to(dtype)
 
-    def two_length_buckets() -> Tensor:
-        # Split at the median length so that short sequences are not padded to the longest.
-        order = lens.argsort()
-        half = batch // 2
-        out = torch.empty_like(query)
-        for idx in (order[:half], order[half:]):
-            out[idx] = reference.paged_attention_decode(
-                query[idx], k_cache, v_cache, tables[idx], lens[idx], scale
-            )
-        return out
+    def matmul_scores_in_dtype() -> Tensor:
+        # Like transformers' eager attention: bf16 scores lose precision (about 3x the error of SDPA).
+        k, v = gather_index_select()
+        k, v = k.contiguous(), v.contiguous()
+        grouped = query.view(batch, KV_HEADS, -1, HEAD_DIM)
+        scores = (grouped @ k.transpose(-1, -2)).float() * scale
+        probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+        return probs.to(dtype) @ v
 
     return {
-        "reference (grouped heads, index_select)": lambda: reference.paged_attention_decode(
-            query, k_cache, v_cache, tables, lens, scale
+        "reference": lambda: reference.paged_attention_decode(query, k_cache, v_cache, tables, lens, scale),
+        "  one padded call (no length split)": lambda: reference.decode_padded(
+            query, k_cache, v_cache, tables, lens, max_ctx, scale
         ),
         "  gather only (index_select)": gather_index_select,
         "  gather only (advanced indexing)": gather_advanced_indexing,
@@ -110,7 +111,7 @@ def decode_variants(dtype: torch.dtype, context_lens: list[int]) -> dict[str, Ca
         "  sdpa grouped, contiguous K/V": sdpa_grouped_contiguous_kv,
         "  sdpa grouped, advanced-indexing gather": sdpa_grouped_advanced_indexing,
         "  matmul + softmax in fp32": matmul_softmax_fp32,
-        "  two length buckets": two_length_buckets,
+        "  matmul, scores in query dtype": matmul_scores_in_dtype,
     }
 
 
@@ -155,7 +156,7 @@ def prefill_variants(dtype: torch.dtype, num_seqs: int, q_len: int) -> dict[str,
         return out
 
     return {
-        "reference (loop, enable_gqa)": lambda: reference.paged_attention_prefill(
+        "reference (loop over sequences)": lambda: reference.paged_attention_prefill(
             query, k_cache, v_cache, tables, cu_seqlens, context_lens, scale
         ),
         "  loop, repeat_interleave K/V": loop_repeat_kv,

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pdserve.errors import PdserveError
 
@@ -16,7 +17,7 @@ ENV_PREFIX = "PDSERVE_"
 class EnvDefaultsParser(argparse.ArgumentParser):
     """Fills an option's default from PDSERVE_<DEST> (uppercased) when that variable is set."""
 
-    def add_argument(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
         action = super().add_argument(*args, **kwargs)
         if action.option_strings and action.dest != "help":
             env = os.environ.get(ENV_PREFIX + action.dest.upper())

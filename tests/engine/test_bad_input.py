@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from pdserve import LLM, SamplingParams
 from pdserve.errors import InvalidRequestError
 
@@ -44,5 +43,6 @@ def test_token_ids_outside_vocabulary(llm: LLM) -> None:
 
 
 def test_generation_stops_at_context_end(llm: LLM) -> None:
-    out = llm.generate([[i % 200 for i in range(250)]], SamplingParams(max_tokens=100, temperature=0.0, ignore_eos=True))[0]
+    params = SamplingParams(max_tokens=100, temperature=0.0, ignore_eos=True)
+    out = llm.generate([[i % 200 for i in range(250)]], params)[0]
     assert out.finish_reason == "length" and len(out.token_ids) == 6

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from hf_reference import Reference, assert_matches, hf_greedy, load_hf
-
 from pdserve import LLM, SamplingParams
 
 MAX_NEW = 20

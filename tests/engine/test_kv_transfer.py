@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from pdserve import SamplingParams
 from pdserve.engine.config import EngineConfig
 from pdserve.engine.kv_transfer import KvExport

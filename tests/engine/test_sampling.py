@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 from pdserve import LLM, SamplingParams
 
 PROMPT = [10, 20, 30, 40, 50, 60, 70]

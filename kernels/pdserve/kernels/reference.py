@@ -11,6 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# Decode pads every sequence to the batch's longest; past this many padded tokens per real one it
+# splits the batch by length instead (continuous batching puts fresh requests beside old ones).
+MAX_PADDING_RATIO = 1.5
+
 
 def store_kv(key: Tensor, value: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mapping: Tensor) -> None:
     """Write token t of `key`/`value` [T, Hkv, D] (views allowed) into slot `slot_mapping[t]` (int64 [T])."""
@@ -32,10 +36,34 @@ def paged_attention_decode(
     query [B, H, D]; block_tables [B, max_blocks] int32 (padding entries must be valid block ids);
     context_lens [B] int32, each >= 1, in tokens. Returns [B, H, D] in the query's dtype.
     """
+    # Reads the lengths back to the host; free on CPU, where this path runs in production.
+    lengths = context_lens.tolist()
+    if not lengths:
+        return torch.empty_like(query)
+    longest = max(lengths)
+    if len(lengths) == 1 or len(lengths) * longest <= MAX_PADDING_RATIO * sum(lengths):
+        return decode_padded(query, k_cache, v_cache, block_tables, context_lens, longest, scale)
+    # Lengths too mixed to pad to the longest: halve the batch by length, each half padded to its own longest.
+    out = torch.empty_like(query)
+    for part in context_lens.argsort().tensor_split(2):
+        out[part] = paged_attention_decode(
+            query[part], k_cache, v_cache, block_tables[part], context_lens[part], scale
+        )
+    return out
+
+
+def decode_padded(
+    query: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    block_tables: Tensor,
+    context_lens: Tensor,
+    max_context: int,
+    scale: float,
+) -> Tensor:
+    """paged_attention_decode as one SDPA call over every sequence padded to max_context tokens."""
     batch, num_heads, head_dim = query.shape
     num_kv_heads = k_cache.shape[2]
-    # Reads the lengths back to the host; free on CPU, where this path runs in production.
-    max_context = int(context_lens.max())
     keys = _gather_padded(k_cache, block_tables, max_context).transpose(1, 2)
     values = _gather_padded(v_cache, block_tables, max_context).transpose(1, 2)
     # The query heads sharing a kv head become that head's "query rows", so SDPA reads each K/V once;

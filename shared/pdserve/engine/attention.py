@@ -65,7 +65,7 @@ def paged_attention(
     """query (1, H, T, D), key/value (1, Hkv, T, D) after RoPE -> (1, T, H, D)."""
     meta = _current
     assert meta is not None, "paged attention called outside a model-runner step"
-    layer = module.layer_idx  # type: ignore[attr-defined]
+    layer = int(module.layer_idx)  # type: ignore[arg-type]
     k_cache, v_cache = meta.k_caches[layer], meta.v_caches[layer]
     q = query[0].transpose(0, 1)
     store_kv(key[0].transpose(0, 1), value[0].transpose(0, 1), k_cache, v_cache, meta.slot_mapping)

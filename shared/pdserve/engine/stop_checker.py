@@ -30,10 +30,10 @@ class StopChecker:
         # A token is at least one byte and a character at most four, so a stop string that
         # ends in the newest token lies within this window: decode the whole output only then.
         window = 4 * max(len(s) for s in p.stop) + 4
-        tail = self.tokenizer.decode(seq.output_token_ids[-window:], skip_special_tokens=True)
+        tail = self._decode(seq.output_token_ids[-window:])
         if not any(s in tail for s in p.stop):
             return False
-        text = self.tokenizer.decode(seq.output_token_ids, skip_special_tokens=True)
+        text = self._decode(seq.output_token_ids)
         hits = [(text.find(s), s) for s in p.stop if s in text]
         position, stop = min(hits)
         seq.stop_text = text[: position + len(stop)] if p.include_stop_str_in_output else text[:position]
@@ -42,4 +42,9 @@ class StopChecker:
     def final_text(self, seq: Sequence) -> str:
         if seq.stop_text is not None:
             return seq.stop_text
-        return self.tokenizer.decode(seq.output_token_ids, skip_special_tokens=True)
+        return self._decode(seq.output_token_ids)
+
+    def _decode(self, token_ids: list[int]) -> str:
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        assert isinstance(text, str)
+        return text
