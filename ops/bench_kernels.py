@@ -1,16 +1,18 @@
 """Micro-benchmark of the torch reference attention on CPU, next to the variants it was chosen over.
 
-    python ops/bench_kernels.py [--iters 30] [--threads N]
+    python ops/bench_kernels.py [--iters 30] [--threads N] [--keep-freed-memory]
 
 Prints the median milliseconds per call. The default shape is the engine's CPU target: a decode batch
 of 64 sequences of 256-320 tokens, 8 heads over 4 kv heads, head_dim 64, block_size 16. Each variant
 runs on its own warm cache (the engine's 8 layers read 8 cold ones), so this ranks variants; it does
-not predict a step time. On a shared machine, --threads 1 gives the steadiest numbers.
+not predict a step time. On a shared machine, --threads 1 gives the steadiest numbers, and
+--keep-freed-memory takes the allocator's page faults out of the comparison.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import statistics
 import time
 from collections.abc import Callable
@@ -48,17 +50,28 @@ def paged_cache(context_lens: list[int], dtype: torch.dtype) -> tuple[Tensor, Te
     return k_cache, v_cache, tables, torch.tensor(context_lens, dtype=torch.int32)
 
 
+def gather_blocks(cache: Tensor, tables: Tensor, num_tokens: int) -> Tensor:
+    """[B, num_tokens, Hkv, D]: whole blocks by index_select (token-major, the layout of the cache)."""
+    blocks = tables[:, : -(-num_tokens // BLOCK_SIZE)]
+    gathered = torch.index_select(cache, 0, blocks.flatten())
+    return gathered.view(blocks.shape[0], -1, KV_HEADS, HEAD_DIM)[:, :num_tokens]
+
+
 def decode_variants(dtype: torch.dtype, context_lens: list[int]) -> dict[str, Callable[[], object]]:
     k_cache, v_cache, tables, lens = paged_cache(context_lens, dtype)
     batch, max_ctx = len(context_lens), max(context_lens)
     query = torch.randn(batch, HEADS, HEAD_DIM, dtype=dtype)
+    grouped = query.view(batch, KV_HEADS, -1, HEAD_DIM)
     scale = HEAD_DIM**-0.5
     mask = (torch.arange(max_ctx) < lens[:, None])[:, None, None, :]
 
-    def gather_index_select() -> tuple[Tensor, Tensor]:
-        k = reference._gather_padded(k_cache, tables, max_ctx).transpose(1, 2)
-        v = reference._gather_padded(v_cache, tables, max_ctx).transpose(1, 2)
-        return k, v
+    def gather_head_major() -> tuple[Tensor, Tensor]:
+        slots = reference._token_slots(tables, BLOCK_SIZE, max_ctx)
+        return reference._gather_head_major(k_cache, slots), reference._gather_head_major(v_cache, slots)
+
+    def gather_whole_blocks() -> tuple[Tensor, Tensor]:
+        k, v = gather_blocks(k_cache, tables, max_ctx), gather_blocks(v_cache, tables, max_ctx)
+        return k.transpose(1, 2), v.transpose(1, 2)
 
     def gather_advanced_indexing() -> tuple[Tensor, Tensor]:
         blocks = tables.long()
@@ -66,36 +79,26 @@ def decode_variants(dtype: torch.dtype, context_lens: list[int]) -> dict[str, Ca
         v = v_cache[blocks].view(batch, -1, KV_HEADS, HEAD_DIM)[:, :max_ctx].transpose(1, 2)
         return k, v
 
+    def sdpa_on(gather: Callable[[], tuple[Tensor, Tensor]]) -> Callable[[], Tensor]:
+        def run() -> Tensor:
+            k, v = gather()
+            return F.scaled_dot_product_attention(grouped, k, v, attn_mask=mask, scale=scale)
+
+        return run
+
     def sdpa_enable_gqa() -> Tensor:
-        k, v = gather_index_select()
-        return F.scaled_dot_product_attention(
-            query[:, :, None], k, v, attn_mask=mask, scale=scale, enable_gqa=True
-        )
-
-    def sdpa_grouped_contiguous_kv() -> Tensor:
-        k, v = gather_index_select()
-        grouped = query.view(batch, KV_HEADS, -1, HEAD_DIM)
-        return F.scaled_dot_product_attention(
-            grouped, k.contiguous(), v.contiguous(), attn_mask=mask, scale=scale
-        )
-
-    def sdpa_grouped_advanced_indexing() -> Tensor:
-        k, v = gather_advanced_indexing()
-        grouped = query.view(batch, KV_HEADS, -1, HEAD_DIM)
-        return F.scaled_dot_product_attention(grouped, k, v, attn_mask=mask, scale=scale)
+        k, v = gather_head_major()
+        return F.scaled_dot_product_attention(query[:, :, None], k, v, attn_mask=mask, scale=scale, enable_gqa=True)
 
     def matmul_softmax_fp32() -> Tensor:
-        k, v = gather_index_select()
-        grouped = query.view(batch, KV_HEADS, -1, HEAD_DIM).float()
-        scores = (grouped @ k.float().transpose(-1, -2)) * scale
+        k, v = gather_head_major()
+        scores = (grouped.float() @ k.float().transpose(-1, -2)) * scale
         probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
         return (probs @ v.float()).to(dtype)
 
     def matmul_scores_in_dtype() -> Tensor:
         # Like transformers' eager attention: bf16 scores lose precision (about 3x the error of SDPA).
-        k, v = gather_index_select()
-        k, v = k.contiguous(), v.contiguous()
-        grouped = query.view(batch, KV_HEADS, -1, HEAD_DIM)
+        k, v = gather_head_major()
         scores = (grouped @ k.transpose(-1, -2)).float() * scale
         probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
         return probs.to(dtype) @ v
@@ -105,11 +108,12 @@ def decode_variants(dtype: torch.dtype, context_lens: list[int]) -> dict[str, Ca
         "  one padded call (no length split)": lambda: reference.decode_padded(
             query, k_cache, v_cache, tables, lens, max_ctx, scale
         ),
-        "  gather only (index_select)": gather_index_select,
-        "  gather only (advanced indexing)": gather_advanced_indexing,
+        "  gather only: head-major rows (reference)": gather_head_major,
+        "  gather only: whole blocks": gather_whole_blocks,
+        "  gather only: advanced indexing": gather_advanced_indexing,
+        "  sdpa on whole-block gather (strided)": sdpa_on(gather_whole_blocks),
+        "  sdpa on advanced-indexing gather": sdpa_on(gather_advanced_indexing),
         "  sdpa enable_gqa=True": sdpa_enable_gqa,
-        "  sdpa grouped, contiguous K/V": sdpa_grouped_contiguous_kv,
-        "  sdpa grouped, advanced-indexing gather": sdpa_grouped_advanced_indexing,
         "  matmul + softmax in fp32": matmul_softmax_fp32,
         "  matmul, scores in query dtype": matmul_scores_in_dtype,
     }
@@ -125,8 +129,8 @@ def prefill_variants(dtype: torch.dtype, num_seqs: int, q_len: int) -> dict[str,
     def packed_block_diagonal() -> Tensor:
         # Every sequence's keys side by side, one SDPA call with a block-diagonal causal mask.
         total = num_seqs * q_len
-        k = reference._gather_padded(k_cache, tables, q_len).reshape(total, KV_HEADS, HEAD_DIM)
-        v = reference._gather_padded(v_cache, tables, q_len).reshape(total, KV_HEADS, HEAD_DIM)
+        k = gather_blocks(k_cache, tables, q_len).reshape(total, KV_HEADS, HEAD_DIM)
+        v = gather_blocks(v_cache, tables, q_len).reshape(total, KV_HEADS, HEAD_DIM)
         seq_of = torch.arange(total) // q_len
         pos = torch.arange(total)
         mask = (seq_of[:, None] == seq_of[None, :]) & (pos[None, :] <= pos[:, None])
@@ -142,8 +146,8 @@ def prefill_variants(dtype: torch.dtype, num_seqs: int, q_len: int) -> dict[str,
     def loop_repeat_kv() -> Tensor:
         out = torch.empty_like(query)
         for seq in range(num_seqs):
-            k = reference._gather_padded(k_cache, tables[seq : seq + 1], q_len)[0].transpose(0, 1)
-            v = reference._gather_padded(v_cache, tables[seq : seq + 1], q_len)[0].transpose(0, 1)
+            k = gather_blocks(k_cache, tables[seq : seq + 1], q_len)[0].transpose(0, 1)
+            v = gather_blocks(v_cache, tables[seq : seq + 1], q_len)[0].transpose(0, 1)
             group = HEADS // KV_HEADS
             rows = slice(seq * q_len, (seq + 1) * q_len)
             out[rows] = F.scaled_dot_product_attention(
@@ -164,16 +168,32 @@ def prefill_variants(dtype: torch.dtype, num_seqs: int, q_len: int) -> dict[str,
     }
 
 
+def keep_freed_memory() -> None:
+    """Stop glibc from unmapping freed memory: each call's multi-MB temporaries then stop page-faulting.
+
+    By default glibc serves such allocations with mmap or trims them off the heap when freed, so every
+    call pays a page fault per 4 KiB touched; on our VMs that doubled the decode attention time.
+    """
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_trim_threshold, 1 << 30)
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--keep-freed-memory", action="store_true", help="tell glibc malloc to keep freed memory (see below)"
+    )
     args = parser.parse_args()
+    if args.keep_freed_memory:
+        keep_freed_memory()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {args.threads} threads, median ms per call")
+    print(f"torch {torch.__version__}, {args.threads} threads, keep freed memory: {args.keep_freed_memory}")
+    print("median ms per call")
     target = torch.randint(256, 321, (64,)).tolist()
     mixed = torch.randint(16, 1025, (64,)).tolist()
     for dtype in (torch.bfloat16, torch.float32):

@@ -39,8 +39,6 @@ def test_repo_kernels_folder_is_not_the_kernels_package() -> None:
         "import kernels, transformers.utils.import_utils as u;"
         "print(getattr(kernels, '__file__', None), u.is_kernels_available())"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["None", "False"]

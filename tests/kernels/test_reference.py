@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from paged_cases import make_case, naive_decode, naive_prefill, sequence_kv
@@ -19,17 +21,23 @@ def _assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dty
     torch.testing.assert_close(actual.double(), expected, atol=atol, rtol=rtol)
 
 
+# Mixed lengths (one token, an exact block multiple, ragged) make decode split the batch by length;
+# similar ones run as one padded call.
+DECODE_LENGTHS = {"mixed": [1, 5, 16, 37, 23], "similar": [33, 37, 30, 36, 29]}
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("block_size", [4, 16])
 @pytest.mark.parametrize(("num_heads", "num_kv_heads"), HEADS)
-def test_decode_matches_naive(dtype: torch.dtype, block_size: int, num_heads: int, num_kv_heads: int) -> None:
+@pytest.mark.parametrize("lengths", list(DECODE_LENGTHS))
+def test_decode_matches_naive(
+    dtype: torch.dtype, block_size: int, num_heads: int, num_kv_heads: int, lengths: str
+) -> None:
     head_dim = 16
-    # Lengths of one token, an exact block multiple and ragged ones.
-    case = make_case(
-        [1, 5, 16, 37, 23], block_size, num_kv_heads, head_dim, dtype, seed=block_size + num_heads
-    )
+    context_lens = DECODE_LENGTHS[lengths]
+    case = make_case(context_lens, block_size, num_kv_heads, head_dim, dtype, seed=block_size + num_heads)
     # The engine passes a transposed view, so the query is not contiguous.
-    query = torch.randn(num_heads, 5, head_dim).to(dtype).transpose(0, 1)
+    query = torch.randn(num_heads, len(context_lens), head_dim).to(dtype).transpose(0, 1)
     scale = head_dim**-0.5
     out = reference.paged_attention_decode(
         query, case.k_cache, case.v_cache, case.block_tables, case.context_lens, scale
@@ -38,12 +46,27 @@ def test_decode_matches_naive(dtype: torch.dtype, block_size: int, num_heads: in
     _assert_close(out, naive_decode(query, case, scale), dtype)
 
 
+def test_decode_splits_only_mixed_lengths(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    padded = reference.decode_padded
+
+    def counting(query: torch.Tensor, *args: Any) -> torch.Tensor:
+        calls.append(query.shape[0])
+        return padded(query, *args)
+
+    monkeypatch.setattr(reference, "decode_padded", counting)
+    for lengths in DECODE_LENGTHS.values():
+        case = make_case(lengths, 4, 2, 8, torch.float32)
+        query = torch.randn(len(lengths), 4, 8)
+        reference.paged_attention_decode(query, case.k_cache, case.v_cache, case.block_tables, case.context_lens, 1.0)
+    mixed, similar = len(DECODE_LENGTHS["mixed"]), len(DECODE_LENGTHS["similar"])
+    assert sum(calls[:-1]) == mixed and len(calls) > 2 and calls[-1] == similar
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("block_size", [4, 16])
 @pytest.mark.parametrize(("num_heads", "num_kv_heads"), HEADS)
-def test_prefill_matches_naive(
-    dtype: torch.dtype, block_size: int, num_heads: int, num_kv_heads: int
-) -> None:
+def test_prefill_matches_naive(dtype: torch.dtype, block_size: int, num_heads: int, num_kv_heads: int) -> None:
     head_dim = 16
     # (q_len, context_len): whole prompts, chunks after a cached prefix, a one-token chunk.
     chunks = [(7, 7), (5, 13), (1, 9), (20, 20), (11, 30)]

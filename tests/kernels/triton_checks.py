@@ -17,6 +17,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from functools import partial
 
 import pdserve.kernels as kernels
 import torch
@@ -43,9 +44,7 @@ def check_decode(device: str, dtype: torch.dtype, block_size: int, heads: int, k
     case = make_case([1, 7, 16, 21], block_size, kv_heads, head_dim, dtype, seed=block_size, device=device)
     query = torch.randn(heads, 4, head_dim, device=device).to(dtype).transpose(0, 1)
     scale = head_dim**-0.5
-    out = kernels.paged_attention_decode(
-        query, case.k_cache, case.v_cache, case.block_tables, case.context_lens, scale
-    )
+    out = kernels.paged_attention_decode(query, case.k_cache, case.v_cache, case.block_tables, case.context_lens, scale)
     assert out.shape == query.shape and out.dtype == dtype
     # fp32 oracle: the kernel accumulates in fp32 whatever the cache dtype.
     expected = reference.paged_attention_decode(
@@ -85,15 +84,13 @@ def checks(device: str) -> dict[str, Callable[[], float]]:
     """Check name -> a callable returning the max abs difference from the reference."""
     found: dict[str, Callable[[], float]] = {}
     for name, dtype in DTYPES.items():
-        found[f"store_kv-{name}"] = lambda d=dtype: check_store_kv(device, d)
+        found[f"store_kv-{name}"] = partial(check_store_kv, device, dtype)
         for num_tokens in (1, 8, 13):
-            found[f"gather_scatter-{name}-{num_tokens}tok"] = lambda d=dtype, n=num_tokens: (
-                check_gather_scatter(device, d, n)
-            )
+            found[f"gather_scatter-{name}-{num_tokens}tok"] = partial(check_gather_scatter, device, dtype, num_tokens)
         for block_size in (4, 16):
             for heads, kv_heads in ((4, 4), (8, 2), (3, 1)):
-                found[f"decode-{name}-bs{block_size}-h{heads}kv{kv_heads}"] = (
-                    lambda d=dtype, b=block_size, h=heads, k=kv_heads: check_decode(device, d, b, h, k)
+                found[f"decode-{name}-bs{block_size}-h{heads}kv{kv_heads}"] = partial(
+                    check_decode, device, dtype, block_size, heads, kv_heads
                 )
     found["dispatch_reached_triton"] = check_dispatch_reached_triton
     return found

@@ -71,9 +71,7 @@ def paged_attention_prefill(
     """
     # No Triton prefill kernel: prefill is compute-bound and the reference's per-sequence SDPA calls
     # use torch's fused attention on CUDA too, so both backends share it.
-    return reference.paged_attention_prefill(
-        query, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale
-    )
+    return reference.paged_attention_prefill(query, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale)
 
 
 def gather_kv_blocks(k_cache: Tensor, v_cache: Tensor, block_ids: Tensor, num_tokens: int) -> Tensor:

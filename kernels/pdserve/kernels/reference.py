@@ -46,9 +46,7 @@ def paged_attention_decode(
     # Lengths too mixed to pad to the longest: halve the batch by length, each half padded to its own longest.
     out = torch.empty_like(query)
     for part in context_lens.argsort().tensor_split(2):
-        out[part] = paged_attention_decode(
-            query[part], k_cache, v_cache, block_tables[part], context_lens[part], scale
-        )
+        out[part] = paged_attention_decode(query[part], k_cache, v_cache, block_tables[part], context_lens[part], scale)
     return out
 
 
@@ -64,8 +62,8 @@ def decode_padded(
     """paged_attention_decode as one SDPA call over every sequence padded to max_context tokens."""
     batch, num_heads, head_dim = query.shape
     num_kv_heads = k_cache.shape[2]
-    keys = _gather_padded(k_cache, block_tables, max_context).transpose(1, 2)
-    values = _gather_padded(v_cache, block_tables, max_context).transpose(1, 2)
+    slots = _token_slots(block_tables, k_cache.shape[1], max_context)
+    keys, values = _gather_head_major(k_cache, slots), _gather_head_major(v_cache, slots)
     # The query heads sharing a kv head become that head's "query rows", so SDPA reads each K/V once;
     # enable_gqa=True expands K/V per query head instead and measured slower on CPU (ops/bench_kernels.py).
     grouped = query.reshape(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)
@@ -97,11 +95,9 @@ def paged_attention_prefill(
         start, end = starts[seq], starts[seq + 1]
         if end == start:
             continue
-        keys = _gather_padded(k_cache, block_tables[seq : seq + 1], context_len)[0].transpose(0, 1)
-        values = _gather_padded(v_cache, block_tables[seq : seq + 1], context_len)[0].transpose(0, 1)
-        out[start:end] = _causal_attention(query[start:end].transpose(0, 1), keys, values, scale).transpose(
-            0, 1
-        )
+        slots = _token_slots(block_tables[seq], k_cache.shape[1], context_len)
+        keys, values = _gather_head_major(k_cache, slots), _gather_head_major(v_cache, slots)
+        out[start:end] = _causal_attention(query[start:end].transpose(0, 1), keys, values, scale).transpose(0, 1)
     return out
 
 
@@ -133,29 +129,31 @@ def scatter_kv_blocks(kv: Tensor, k_cache: Tensor, v_cache: Tensor, block_ids: T
     v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, kv[1])
 
 
-def _gather_padded(cache: Tensor, block_tables: Tensor, num_tokens: int) -> Tensor:
-    """[B, num_tokens, Hkv, D]: each row's first num_tokens slots, following its block table row."""
-    block_size = cache.shape[1]
-    blocks = block_tables[:, : -(-num_tokens // block_size)]
-    # index_select copies whole blocks; advanced indexing (cache[blocks]) measured 3-4x slower on CPU.
-    gathered = torch.index_select(cache, 0, blocks.flatten())
-    return gathered.view(blocks.shape[0], -1, *cache.shape[2:])[:, :num_tokens]
-
-
 def _token_slots(block_ids: Tensor, block_size: int, num_tokens: int) -> Tensor:
-    """int64 [num_tokens]: the slot of each of the first num_tokens tokens of a sequence in block_ids."""
-    block_ids = block_ids.to(dtype=torch.int64)
+    """int64 [..., num_tokens]: slots of the first num_tokens tokens stored in each row of block_ids [..., n]."""
+    block_ids = block_ids[..., : -(-num_tokens // block_size)].to(dtype=torch.int64)
     offsets = torch.arange(block_size, device=block_ids.device)
-    return (block_ids[:, None] * block_size + offsets).flatten()[:num_tokens]
+    return (block_ids[..., None] * block_size + offsets).flatten(-2)[..., :num_tokens]
+
+
+def _gather_head_major(cache: Tensor, slots: Tensor) -> Tensor:
+    """The tokens in slots [..., L] as a new contiguous [..., Hkv, L, D] tensor.
+
+    Head-major so that SDPA reads each (sequence, kv head) as one dense matrix: gathering rows of D
+    values costs a little more than gathering whole blocks, but SDPA on the strided view of a block
+    gather measured slower by more than that (ops/bench_kernels.py).
+    """
+    num_kv_heads, head_dim = cache.shape[2:]
+    heads = torch.arange(num_kv_heads, device=slots.device)[:, None]
+    rows = slots[..., None, :] * num_kv_heads + heads
+    return torch.index_select(cache.view(-1, head_dim), 0, rows.flatten()).view(*rows.shape, head_dim)
 
 
 def _causal_attention(query: Tensor, keys: Tensor, values: Tensor, scale: float) -> Tensor:
     """query [H, q_len, D] at the last q_len of the keys' positions; keys, values [Hkv, ctx, D]."""
     q_len, context_len = query.shape[1], keys.shape[1]
     if q_len == context_len:
-        return F.scaled_dot_product_attention(
-            query, keys, values, is_causal=True, scale=scale, enable_gqa=True
-        )
+        return F.scaled_dot_product_attention(query, keys, values, is_causal=True, scale=scale, enable_gqa=True)
     # SDPA's is_causal aligns the mask top-left; a chunk after a cached prefix needs it bottom-right.
     positions = torch.arange(context_len, device=query.device)
     mask = positions[None, :] <= positions[context_len - q_len :, None]

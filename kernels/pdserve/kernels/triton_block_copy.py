@@ -64,9 +64,7 @@ def scatter_kv_blocks(kv: Tensor, k_cache: Tensor, v_cache: Tensor, block_ids: T
     _launch(k_cache, v_cache, kv, block_ids, num_blocks, to_cache=True)
 
 
-def _launch(
-    k_cache: Tensor, v_cache: Tensor, kv: Tensor, block_ids: Tensor, num_blocks: int, to_cache: bool
-) -> None:
+def _launch(k_cache: Tensor, v_cache: Tensor, kv: Tensor, block_ids: Tensor, num_blocks: int, to_cache: bool) -> None:
     assert k_cache.is_contiguous() and v_cache.is_contiguous() and v_cache.shape == k_cache.shape
     assert block_ids.dim() == 1
     if num_blocks == 0:
