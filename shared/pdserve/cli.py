@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pdserve.errors import PdserveError
@@ -72,6 +72,52 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_bus_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nats", default="nats://127.0.0.1:4222", help="NATS server URL")
+    parser.add_argument("--cluster", default="pdserve", help="cluster name; prefixes every subject")
+    parser.add_argument("--nats-user", default=None, help="NATS user (with --nats-password)")
+    parser.add_argument("--nats-password", default=None, help="NATS password")
+    parser.add_argument("--nats-token", default=None, help="NATS auth token")
+    parser.add_argument("--nats-nkey-seed", default=None, help="file holding an NKEY seed")
+    parser.add_argument("--nats-creds", default=None, help="NATS .creds file (JWT + seed)")
+    parser.add_argument("--nats-tls-ca", default=None, help="CA bundle for TLS to NATS")
+    parser.add_argument("--nats-tls-cert", default=None, help="client certificate for TLS to NATS")
+    parser.add_argument("--nats-tls-key", default=None, help="client key for TLS to NATS")
+    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+
+
+def add_worker_args(parser: argparse.ArgumentParser) -> None:
+    add_model_args(parser)
+    add_bus_args(parser)
+    parser.add_argument("--served-model-name", default=None, help="model name in heartbeats and the API")
+    parser.add_argument("--worker-id", default=None, help="unique id (default: role-host-pid-random)")
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed for unseeded requests")
+    parser.add_argument("--heartbeat-s", type=float, default=1.0, help="heartbeat interval in seconds")
+    parser.add_argument("--max-waiting", type=int, default=256, help="queued requests before refusing (429)")
+    parser.add_argument("--drain-timeout-s", type=float, default=30.0, help="on SIGTERM, wait this long for work")
+
+
+def _serve(role: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        import asyncio
+
+        from pdserve.services import runners
+
+        if role == "router":
+            asyncio.run(runners.serve_router(args))
+        else:
+            asyncio.run(runners.serve_worker(role, args))
+        return 0
+
+    return run
+
+
+def _up(args: argparse.Namespace) -> int:
+    from pdserve.services.up import run_up
+
+    return run_up(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = EnvDefaultsParser(prog="pdserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=EnvDefaultsParser)
@@ -87,6 +133,43 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--ignore-eos", action="store_true")
     gen.add_argument("--json", action="store_true", help="one JSON object per prompt")
     gen.set_defaults(func=_generate)
+
+    router = sub.add_parser("router", help="the OpenAI-compatible HTTP gateway")
+    add_bus_args(router)
+    router.add_argument("--model", default=None, help="model directory (for the tokenizer and chat template)")
+    router.add_argument("--served-model-name", default=None, help="model name in the API")
+    router.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    router.add_argument("--port", type=int, default=8000, help="HTTP port")
+    router.add_argument("--api-key", default=None, help="require this Bearer key (comma-separated for several)")
+    router.set_defaults(func=_serve("router"))
+
+    for role, text in (
+        ("prefill", "a prefill worker: prompts in, first token out, KV pushed to a decode worker"),
+        ("decode", "a decode worker: admits KV offers over NATS, receives KV over UCX, streams tokens"),
+        ("worker", "a colocated worker: prefill and decode in one engine"),
+    ):
+        worker = sub.add_parser(role, help=text)
+        add_worker_args(worker)
+        if role == "decode":
+            worker.add_argument("--ucx-host", default="127.0.0.1", help="address the UCX listener binds")
+            worker.add_argument("--ucx-port", type=int, default=0, help="UCX listener port (0: any free)")
+        worker.set_defaults(func=_serve(role))
+
+    up = sub.add_parser("up", help="a whole cluster on this machine: nats-server, router and workers")
+    add_model_args(up)
+    up.add_argument("--nats", default=None, help="use this NATS server instead of starting one")
+    up.add_argument("--cluster", default="pdserve", help="cluster name; prefixes every subject")
+    up.add_argument("--mode", choices=["disaggregated", "colocated"], default="disaggregated")
+    up.add_argument("--prefill", type=int, default=1, help="prefill workers (disaggregated)")
+    up.add_argument("--decode", type=int, default=1, help="decode workers (disaggregated)")
+    up.add_argument("--workers", type=int, default=1, help="colocated workers (--mode colocated)")
+    up.add_argument("--host", default="127.0.0.1", help="gateway address")
+    up.add_argument("--port", type=int, default=8000, help="gateway port")
+    up.add_argument("--api-key", default=None, help="require this Bearer key at the gateway")
+    up.add_argument("--log-dir", default=None, help="where each process writes its log (default: a temp dir)")
+    up.add_argument("--pin", default=None, help="CPU cores per process, e.g. 'router=0;prefill=0;decode=1'")
+    up.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    up.set_defaults(func=_up)
     return parser
 
 

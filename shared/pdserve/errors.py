@@ -21,3 +21,11 @@ class KvLayoutMismatchError(PdserveError, ValueError):
 
 class KvCapacityError(PdserveError):
     """No free KV blocks for the request right now; try another worker or later."""
+
+
+class ProtocolError(PdserveError, ValueError):
+    """A message from another service is malformed, of an unknown version or type."""
+
+
+class KvTransferError(PdserveError):
+    """A KV transfer over UCX failed: refused ticket, wrong sizes, timeout or a dead peer."""

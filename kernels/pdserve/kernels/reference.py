@@ -2,7 +2,8 @@
 
 Cache layout: `k_cache` and `v_cache` are contiguous [num_blocks, block_size, num_kv_heads, head_dim];
 token slot = block_id * block_size + offset_in_block. Query head h reads kv head h // group.
-Every function runs on any device; no Python loop over tokens or (in decode) sequences.
+Every function runs on any device and never loops over tokens in Python. Decode attends for the whole
+batch at once (halving it by length when lengths differ a lot); prefill loops over sequences.
 """
 
 from __future__ import annotations
@@ -59,7 +60,11 @@ def decode_padded(
     max_context: int,
     scale: float,
 ) -> Tensor:
-    """paged_attention_decode as one SDPA call over every sequence padded to max_context tokens."""
+    """paged_attention_decode as one SDPA call over every sequence padded to max_context tokens.
+
+    Allocates K and V copies of [B, Hkv, max_context, D] per call: with glibc's default malloc settings
+    each call then page-faults them in anew (ops/bench_kernels.py --keep-freed-memory shows the cost).
+    """
     batch, num_heads, head_dim = query.shape
     num_kv_heads = k_cache.shape[2]
     slots = _token_slots(block_tables, k_cache.shape[1], max_context)
@@ -95,8 +100,8 @@ def paged_attention_prefill(
         start, end = starts[seq], starts[seq + 1]
         if end == start:
             continue
-        slots = _token_slots(block_tables[seq], k_cache.shape[1], context_len)
-        keys, values = _gather_head_major(k_cache, slots), _gather_head_major(v_cache, slots)
+        keys = _gather_blocks(k_cache, block_tables[seq], context_len)
+        values = _gather_blocks(v_cache, block_tables[seq], context_len)
         out[start:end] = _causal_attention(query[start:end].transpose(0, 1), keys, values, scale).transpose(0, 1)
     return out
 
@@ -147,6 +152,16 @@ def _gather_head_major(cache: Tensor, slots: Tensor) -> Tensor:
     heads = torch.arange(num_kv_heads, device=slots.device)[:, None]
     rows = slots[..., None, :] * num_kv_heads + heads
     return torch.index_select(cache.view(-1, head_dim), 0, rows.flatten()).view(*rows.shape, head_dim)
+
+
+def _gather_blocks(cache: Tensor, block_ids: Tensor, num_tokens: int) -> Tensor:
+    """[Hkv, num_tokens, D] (a strided view of a new tensor): the first num_tokens tokens in block_ids.
+
+    Copies whole blocks: for one sequence this costs fewer small ops than _gather_head_major, which
+    measured faster for prefill chunks of a few tokens and the same for long ones.
+    """
+    blocks = torch.index_select(cache, 0, block_ids[: -(-num_tokens // cache.shape[1])])
+    return blocks.flatten(0, 1)[:num_tokens].transpose(0, 1)
 
 
 def _causal_attention(query: Tensor, keys: Tensor, values: Tensor, scale: float) -> Tensor:

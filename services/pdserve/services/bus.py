@@ -1,0 +1,68 @@
+"""The NATS connection every service opens: reconnects forever, logs every state change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nats
+import structlog
+from nats.aio.client import Client
+
+log = structlog.get_logger("pdserve.bus")
+
+
+@dataclass(slots=True)
+class BusOptions:
+    """How to reach the broker. Credentials and TLS are passed to every service alike."""
+
+    url: str = "nats://127.0.0.1:4222"
+    cluster: str = "pdserve"
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    nkey_seed_file: str | None = None
+    creds_file: str | None = None
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+
+async def connect(options: BusOptions, name: str) -> Client:
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error", error=repr(exc))
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected; reconnecting", url=options.url)
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected", url=options.url)
+
+    kwargs: dict[str, object] = {
+        "servers": [options.url],
+        "name": name,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": 5,
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnect,
+        "reconnected_cb": on_reconnect,
+    }
+    if options.user is not None:
+        kwargs["user"], kwargs["password"] = options.user, options.password
+    if options.token is not None:
+        kwargs["token"] = options.token
+    if options.nkey_seed_file is not None:
+        kwargs["nkeys_seed"] = options.nkey_seed_file
+    if options.creds_file is not None:
+        kwargs["user_credentials"] = options.creds_file
+    if options.tls_ca_file or options.tls_cert_file:
+        import ssl
+
+        context = ssl.create_default_context(cafile=options.tls_ca_file)
+        if options.tls_cert_file:
+            context.load_cert_chain(options.tls_cert_file, options.tls_key_file)
+        kwargs["tls"] = context
+    nc = await nats.connect(**kwargs)  # type: ignore[arg-type]
+    log.info("nats connected", url=options.url, cluster=options.cluster)
+    return nc

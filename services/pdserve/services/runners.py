@@ -1,0 +1,121 @@
+"""Entry points of the long-running services: load, connect, serve until SIGTERM, drain."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+
+import structlog
+import torch
+
+from pdserve.engine.config import EngineConfig
+from pdserve.engine.llm_engine import LLMEngine
+from pdserve.log_setup import configure_logging
+from pdserve.services.bus import BusOptions
+from pdserve.services.colocated import ColocatedWorker
+from pdserve.services.worker_base import WorkerBase
+
+log = structlog.get_logger("pdserve.service")
+
+
+def bus_options(args: argparse.Namespace) -> BusOptions:
+    return BusOptions(
+        url=args.nats,
+        cluster=args.cluster,
+        user=args.nats_user,
+        password=args.nats_password,
+        token=args.nats_token,
+        nkey_seed_file=args.nats_nkey_seed,
+        creds_file=args.nats_creds,
+        tls_ca_file=args.nats_tls_ca,
+        tls_cert_file=args.nats_tls_cert,
+        tls_key_file=args.nats_tls_key,
+    )
+
+
+def model_name(args: argparse.Namespace) -> str:
+    if args.served_model_name:
+        return str(args.served_model_name)
+    return "pdserve-tiny" if args.model is None else str(args.model).rstrip("/").split("/")[-1]
+
+
+def build_engine(args: argparse.Namespace) -> LLMEngine:
+    threads = os.environ.get("PDSERVE_TORCH_THREADS")
+    if threads:
+        # Set by `pdserve up --pin`: one torch thread per pinned core, no oversubscription.
+        torch.set_num_threads(int(threads))
+    config = EngineConfig(
+        block_size=args.block_size,
+        num_kv_blocks=args.num_kv_blocks,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_num_seqs=args.max_num_seqs,
+    )
+    return LLMEngine.from_model(args.model, dtype=args.dtype, device=args.device, config=config, seed=args.seed)
+
+
+def stop_event() -> asyncio.Event:
+    """Set on SIGTERM or SIGINT: the service then drains instead of dying mid-request."""
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, event.set)
+    return event
+
+
+async def serve_worker(role: str, args: argparse.Namespace) -> None:
+    configure_logging(role, args.log_level)
+    engine = build_engine(args)
+    common = dict(
+        model_name=model_name(args),
+        worker_id=args.worker_id,
+        heartbeat_s=args.heartbeat_s,
+        max_waiting=args.max_waiting,
+        drain_timeout_s=args.drain_timeout_s,
+    )
+    worker: WorkerBase
+    if role == "prefill":
+        from pdserve.services.prefill import PrefillWorker
+
+        worker = PrefillWorker(engine, bus_options(args), **common)  # type: ignore[arg-type]
+    elif role == "decode":
+        from pdserve.services.decode import DecodeWorker
+
+        worker = DecodeWorker(
+            engine, bus_options(args), ucx_host=args.ucx_host, ucx_port=args.ucx_port, **common  # type: ignore[arg-type]
+        )
+    else:
+        worker = ColocatedWorker(engine, bus_options(args), **common)  # type: ignore[arg-type]
+    stop = stop_event()
+    await worker.start()
+    await stop.wait()
+    log.info("signal received; draining")
+    await worker.drain()
+
+
+async def serve_router(args: argparse.Namespace) -> None:
+    configure_logging("router", args.log_level)
+    from transformers import AutoTokenizer
+
+    from pdserve.models import builtin_model_path
+    from pdserve.protocol import Subjects
+    from pdserve.services.bus import connect
+    from pdserve.services.cluster_backend import ClusterBackend
+    from pdserve.services.router.app import create_app
+    from pdserve.services.router.server import run_router
+
+    path = args.model or builtin_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    options = bus_options(args)
+    nc = await connect(options, name="router")
+    backend = ClusterBackend(nc, Subjects(options.cluster))
+    await backend.start()
+    api_keys = [k for k in (args.api_key or "").split(",") if k]
+    app = create_app(backend, tokenizer, model_name=model_name(args), api_keys=api_keys or None)
+    log.info("router listening", host=args.host, port=args.port, cluster=options.cluster)
+    try:
+        await run_router(app, args.host, args.port)
+    finally:
+        await backend.close()
+        await nc.drain()

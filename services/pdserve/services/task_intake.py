@@ -1,0 +1,49 @@
+"""Receiving a GenerateTask: decode, validate, admit into the engine, acknowledge."""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from nats.aio.msg import Msg
+
+from pdserve.errors import InvalidRequestError, ProtocolError
+from pdserve.protocol import GenerateTask, TaskAck, decode, params_from_wire
+from pdserve.sampling_params import SamplingParams
+from pdserve.services.worker_base import WorkerBase
+
+log = structlog.get_logger("pdserve.task")
+
+
+async def take_task(worker: WorkerBase, msg: Msg, *, hold_kv: bool) -> tuple[GenerateTask, SamplingParams] | None:
+    """Admit the task in `msg` into the worker's engine and ack it; None if refused."""
+    try:
+        task = decode(msg.data, GenerateTask)
+        params = params_from_wire(task.params)
+    except ProtocolError as exc:
+        worker.malformed(msg.subject, exc)
+        await worker.refuse(msg, f"malformed task: {exc}", 400)
+        return None
+    rid = task.request_id
+    problem = worker.admission_error()
+    if problem is not None:
+        await worker.refuse(msg, *problem)
+        return None
+    if task.deadline < time.time():
+        await worker.refuse(msg, "deadline already passed", 504)
+        return None
+    if rid in worker.streams:
+        await worker.refuse(msg, f"request id {rid!r} is already running here", 400)
+        return None
+    # Register the stream before the engine can produce output for it.
+    worker.streams[rid] = task.stream_subject
+    try:
+        await worker.loop.call(lambda: worker.engine.add_request(rid, task.prompt_token_ids, params, hold_kv=hold_kv))
+    except InvalidRequestError as exc:
+        worker.streams.pop(rid, None)
+        await worker.refuse(msg, str(exc), 400)
+        return None
+    worker.counters["accepted"] += 1
+    await worker.reply(msg, TaskAck(accepted=True))
+    log.info("task accepted", request_id=rid, prompt_tokens=len(task.prompt_token_ids))
+    return task, params

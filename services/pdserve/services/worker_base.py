@@ -1,0 +1,215 @@
+"""What every worker shares: the NATS connection, the engine loop, heartbeats, cancel and drain.
+
+Subclasses (colocated, prefill, decode) only add the subjects they serve and what to do with
+the engine's outputs; the serving logic lives in the engine and the transfer plane.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from pdserve.engine.llm_engine import LLMEngine
+from pdserve.errors import ProtocolError
+from pdserve.outputs import RequestOutput
+from pdserve.protocol import CancelRequest, Subjects, TaskAck, TokenChunk, WorkerHeartbeat, decode, encode
+from pdserve.serving.chunks import error_chunk
+from pdserve.serving.engine_loop import EngineLoop
+from pdserve.services.bus import BusOptions, connect
+
+log = structlog.get_logger("pdserve.worker")
+
+
+class WorkerBase(abc.ABC):
+    role = "worker"
+
+    def __init__(
+        self,
+        engine: LLMEngine,
+        bus: BusOptions,
+        *,
+        model_name: str,
+        worker_id: str | None = None,
+        heartbeat_s: float = 1.0,
+        max_waiting: int = 256,
+        drain_timeout_s: float = 30.0,
+    ) -> None:
+        self.engine = engine
+        self.bus = bus
+        self.subjects = Subjects(bus.cluster)
+        self.model_name = model_name
+        self.worker_id = worker_id or f"{self.role}-{socket.gethostname()[:20]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.heartbeat_s = heartbeat_s
+        self.max_waiting = max_waiting
+        self.drain_timeout_s = drain_timeout_s
+        self.loop = EngineLoop(engine, self._on_outputs)
+        self.streams: dict[str, str] = {}  # request id -> stream subject, while we hold it
+        self.draining = False
+        self.nc: Client | None = None
+        self._subs: list[Subscription] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self.counters: dict[str, int] = {"malformed": 0, "refused": 0, "accepted": 0, "cancelled": 0}
+        structlog.contextvars.bind_contextvars(worker_id=self.worker_id, role=self.role)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.nc = await connect(self.bus, name=self.worker_id)
+        await self.loop.start()
+        await self._subscribe(self.subjects.cancel, self._on_cancel)
+        await self.subscribe_work()
+        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        log.info(
+            "worker ready",
+            model=self.model_name,
+            kv_blocks=self.engine.kv_blocks_total,
+            block_size=self.engine.kv_layout.block_size,
+            max_model_len=self.engine.max_model_len,
+        )
+
+    async def subscribe_work(self) -> None:
+        """Subscribe to the subjects this kind of worker serves."""
+
+    async def _subscribe(self, subject: str, handler: Any) -> None:
+        assert self.nc is not None
+        self._subs.append(await self.nc.subscribe(subject, cb=handler))
+
+    def spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def busy(self) -> bool:
+        return bool(self.streams) or bool(self.engine.requests) or bool(self._tasks)
+
+    async def drain(self) -> None:
+        """Stop taking work, let what we hold finish (up to drain_timeout_s), then stop."""
+        self.draining = True
+        await self._publish_heartbeat()
+        log.info("draining", in_flight=len(self.streams))
+        deadline = time.monotonic() + self.drain_timeout_s
+        while self.busy() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.busy():
+            log.warning("drain timeout; aborting what is left", in_flight=list(self.streams))
+            for request_id in list(self.streams):
+                await self.fail(request_id, "worker shut down before the request finished", 503)
+        await self.close()
+
+    async def close(self) -> None:
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.loop.stop()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        log.info("worker stopped")
+
+    # -- heartbeats -----------------------------------------------------------------------
+
+    def heartbeat(self) -> WorkerHeartbeat:
+        e = self.engine
+        return WorkerHeartbeat(
+            worker_id=self.worker_id,
+            role=self.role,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            model=self.model_name,
+            model_fingerprint=e.kv_layout.model_fingerprint,
+            running=e.num_running,
+            waiting=e.num_waiting,
+            kv_blocks_used=e.kv_blocks_used,
+            kv_blocks_total=e.kv_blocks_total,
+            kv_block_size=e.kv_layout.block_size,
+            max_model_len=e.max_model_len,
+            sent_at=time.time(),
+            ucx_address=self.ucx_address(),
+            draining=self.draining,
+            interval_s=self.heartbeat_s,
+        )
+
+    def ucx_address(self) -> str:
+        return ""
+
+    async def _publish_heartbeat(self) -> None:
+        if self.nc is not None and self.nc.is_connected:
+            await self.nc.publish(self.subjects.heartbeat, encode(self.heartbeat()))
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await self._publish_heartbeat()
+            except Exception as exc:  # the broker may be restarting; keep beating
+                log.warning("heartbeat failed", error=repr(exc))
+            await asyncio.sleep(self.heartbeat_s)
+
+    # -- messages -----------------------------------------------------------------------------
+
+    async def reply(self, msg: Msg, message: object) -> None:
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(encode(message))
+
+    async def refuse(self, msg: Msg, reason: str, code: int) -> None:
+        self.counters["refused"] += 1
+        await self.reply(msg, TaskAck(accepted=False, reason=reason, code=code))
+
+    def malformed(self, subject: str, exc: ProtocolError) -> None:
+        self.counters["malformed"] += 1
+        log.warning("dropped malformed message", subject=subject, error=str(exc))
+
+    async def publish_chunk(self, subject: str, chunk: TokenChunk) -> None:
+        assert self.nc is not None
+        try:
+            await self.nc.publish(subject, encode(chunk))
+        except Exception as exc:
+            log.warning("could not publish tokens", request_id=chunk.request_id, error=repr(exc))
+
+    async def fail(self, request_id: str, message: str, code: int, index: int = 0) -> None:
+        """End a request we hold with an error chunk and free its engine state."""
+        subject = self.streams.pop(request_id, None)
+        with contextlib.suppress(Exception):
+            await self.loop.call(lambda: self.engine.abort_request(request_id))
+        if subject is not None:
+            await self.publish_chunk(subject, error_chunk(request_id, self.worker_id, message, code, index))
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            cancel = decode(msg.data, CancelRequest)
+        except ProtocolError as exc:
+            self.malformed(msg.subject, exc)
+            return
+        if cancel.request_id in self.streams or cancel.request_id in self.engine.requests:
+            self.counters["cancelled"] += 1
+            log.info("cancel", request_id=cancel.request_id, reason=cancel.reason)
+            await self.cancel(cancel.request_id)
+
+    async def cancel(self, request_id: str) -> None:
+        self.streams.pop(request_id, None)
+        await self.loop.call(lambda: self.engine.abort_request(request_id))
+
+    @abc.abstractmethod
+    async def _on_outputs(self, outputs: list[RequestOutput]) -> None:
+        """Route one step's outputs (each worker kind does it its own way)."""
+
+    def admission_error(self) -> tuple[str, int] | None:
+        """Why a new request cannot be taken right now, as (reason, HTTP-like code)."""
+        if self.draining:
+            return "worker is draining", 503
+        if self.engine.num_waiting >= self.max_waiting:
+            return f"worker queue is full ({self.engine.num_waiting} waiting)", 429
+        return None

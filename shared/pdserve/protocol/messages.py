@@ -1,0 +1,136 @@
+"""The messages services exchange over NATS (see docs/protocol.md for subjects and flow).
+
+Field units: times are Unix seconds (float), sizes bytes, lengths tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pdserve.errors import InvalidRequestError, ProtocolError
+from pdserve.sampling_params import SamplingParams
+
+ROLES = ("prefill", "decode", "worker")
+
+
+@dataclass(slots=True)
+class WorkerHeartbeat:
+    """Published by every worker each heartbeat interval; the cluster view is built from these."""
+
+    worker_id: str
+    role: str  # prefill | decode | worker (colocated)
+    pid: int
+    host: str
+    model: str
+    model_fingerprint: str
+    running: int
+    waiting: int
+    kv_blocks_used: int
+    kv_blocks_total: int
+    kv_block_size: int
+    max_model_len: int
+    sent_at: float
+    ucx_address: str = ""  # decode workers: where prefill workers push KV
+    draining: bool = False
+    interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"unknown role {self.role!r}")
+
+
+def params_to_wire(params: SamplingParams) -> dict[str, Any]:
+    return asdict(params)
+
+
+def params_from_wire(data: dict[str, Any]) -> SamplingParams:
+    allowed = set(SamplingParams.__dataclass_fields__)
+    try:
+        return SamplingParams(**{k: v for k, v in data.items() if k in allowed})
+    except (InvalidRequestError, TypeError) as exc:
+        raise ProtocolError(f"bad sampling params: {exc}") from None
+
+
+@dataclass(slots=True)
+class GenerateTask:
+    """Router -> prefill worker (with `decode_worker`) or colocated worker (without).
+
+    Output goes to `stream_subject` as TokenChunk messages.
+    """
+
+    request_id: str
+    prompt_token_ids: list[int]
+    params: dict[str, Any]
+    stream_subject: str
+    deadline: float
+    decode_worker: str = ""  # the decode worker the router chose; "" for a colocated worker
+    first_index: int = 0  # output index of the first token this task produces (migration)
+
+
+@dataclass(slots=True)
+class TaskAck:
+    """Reply to a GenerateTask or a KvOffer admission check."""
+
+    accepted: bool
+    reason: str = ""
+    code: int = 200  # HTTP-like: 429 busy, 503 unavailable, 400 bad request
+
+
+@dataclass(slots=True)
+class KvOffer:
+    """Prefill -> decode (request/reply): a prefilled request whose KV is ready to push."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    first_token: int
+    params: dict[str, Any]
+    layout: dict[str, Any]  # KvLayout.to_dict()
+    layer_nbytes: int  # bytes per layer (each layer is one [2, tokens, kv_heads, head_dim] tensor)
+    stream_subject: str
+    deadline: float
+    first_logprob: float | None = None
+    num_cached_tokens: int = 0
+
+
+@dataclass(slots=True)
+class KvAdmission:
+    """Decode -> prefill reply to a KvOffer: a ticket to push against, or a refusal."""
+
+    accepted: bool
+    ticket: int = 0
+    ucx_address: str = ""
+    lease_s: float = 0.0
+    reason: str = ""
+    code: int = 200
+
+
+@dataclass(slots=True)
+class TokenChunk:
+    """Worker -> router on the request's stream subject.
+
+    `index` is the output position of `token_ids[0]`, so the router can drop duplicates and
+    detect gaps whichever worker sent the chunk. The finishing chunk has `finish_reason`
+    (stop | length | abort | error), the final `text` (cut at a stop string) and usage.
+    """
+
+    request_id: str
+    index: int
+    token_ids: list[int]
+    worker_id: str
+    logprobs: list[float] | None = None
+    finish_reason: str | None = None
+    text: str | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    error: str = ""
+    error_code: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class CancelRequest:
+    """Router -> every worker (broadcast): stop this request and free what it holds."""
+
+    request_id: str
+    reason: str = "client disconnected"
