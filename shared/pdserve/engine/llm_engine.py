@@ -15,6 +15,7 @@ import torch
 from pdserve.engine.attention import ATTN_IMPLEMENTATION
 from pdserve.engine.block_manager import BlockManager
 from pdserve.engine.config import EngineConfig
+from pdserve.engine.host_memory import keep_freed_memory
 from pdserve.engine.kv_transfer import DTYPE_NAMES, KvExport, KvLayout
 from pdserve.engine.model_runner import ModelRunner
 from pdserve.engine.sampler import Sampler
@@ -52,6 +53,8 @@ class LLMEngine:
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_batched_tokens, config.max_num_seqs)
         self.runner = ModelRunner(loaded, num_blocks, config.block_size)
+        if self.runner.device.type == "cpu":
+            keep_freed_memory()
         self.sampler = Sampler(self.runner.device, seed)
         self.stop_checker = StopChecker(self.tokenizer, loaded.eos_token_ids, self.max_model_len)
         self.requests: dict[str, Sequence] = {}
