@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-
 from pdserve.errors import ProtocolError
 from pdserve.protocol import (
     CancelRequest,
@@ -30,9 +29,9 @@ from pdserve.protocol import (
     encode,
     params_to_wire,
 )
+from pdserve.services.cluster_view import ClusterView
 from pdserve.serving.backend import GenerateRequest, WorkerInfo
 from pdserve.serving.chunks import error_chunk
-from pdserve.services.cluster_view import ClusterView
 
 log = structlog.get_logger("pdserve.router.backend")
 
@@ -128,7 +127,8 @@ class ClusterBackend:
                 decode_worker=decode_worker,
             )
             try:
-                reply = await self.nc.request(self.subjects.task(beat.worker_id), encode(task), timeout=TASK_ACK_TIMEOUT_S)
+                subject = self.subjects.task(beat.worker_id)
+                reply = await self.nc.request(subject, encode(task), timeout=TASK_ACK_TIMEOUT_S)
                 ack = decode(reply.data, TaskAck)
             except Exception as exc:  # timeout, no responders, broker reconnecting, garbage
                 log.warning("task not acknowledged", request_id=rid, worker=beat.worker_id, error=repr(exc))

@@ -11,7 +11,6 @@ import time
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-
 from pdserve.errors import ProtocolError
 from pdserve.protocol import Subjects, WorkerHeartbeat, decode
 from pdserve.serving.backend import WorkerInfo

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from nats.aio.msg import Msg
-
 from pdserve.outputs import RequestOutput
-from pdserve.serving.chunks import chunk_from_output
 from pdserve.services.task_intake import take_task
 from pdserve.services.worker_base import WorkerBase
+from pdserve.serving.chunks import chunk_from_output
 
 
 class ColocatedWorker(WorkerBase):

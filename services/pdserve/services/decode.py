@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import structlog
 from nats.aio.msg import Msg
-
 from pdserve.engine.kv_transfer import KvExport, KvLayout
 from pdserve.errors import KvCapacityError, KvLayoutMismatchError, KvTransferError, ProtocolError
 from pdserve.outputs import RequestOutput
 from pdserve.protocol import KvAdmission, KvOffer, decode, params_from_wire
 from pdserve.sampling_params import SamplingParams
-from pdserve.serving.chunks import chunk_from_output
 from pdserve.services.worker_base import WorkerBase
+from pdserve.serving.chunks import chunk_from_output
 from pdserve.transfer import KvReceiver
 
 log = structlog.get_logger("pdserve.decode")
@@ -72,7 +71,8 @@ class DecodeWorker(WorkerBase):
             await self._refuse(msg, str(exc), 400)
             return
         if offer.layer_nbytes != expected_nbytes:
-            await self._refuse(msg, f"layer_nbytes {offer.layer_nbytes} != {expected_nbytes} for {num_tokens} tokens", 400)
+            reason = f"layer_nbytes {offer.layer_nbytes} != {expected_nbytes} for {num_tokens} tokens"
+            await self._refuse(msg, reason, 400)
             return
         if num_tokens + 1 >= self.engine.max_model_len:
             await self._refuse(msg, f"{num_tokens} tokens do not fit the context of {self.engine.max_model_len}", 400)
@@ -89,7 +89,8 @@ class DecodeWorker(WorkerBase):
         self.reserved_blocks += blocks
         self.tickets[rid] = ticket.id
         self.streams[rid] = offer.stream_subject
-        await self.reply(msg, KvAdmission(True, ticket=ticket.id, ucx_address=self.receiver.address, lease_s=self.lease_s))
+        admission = KvAdmission(True, ticket=ticket.id, ucx_address=self.receiver.address, lease_s=self.lease_s)
+        await self.reply(msg, admission)
         self.spawn(self._receive(offer, params, ticket.id, blocks), name=f"receive-{rid}")
 
     async def _refuse(self, msg: Msg, reason: str, code: int) -> None:

@@ -9,22 +9,20 @@ request ends with a clear 503.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 
 import structlog
 from nats.aio.msg import Msg
-
 from pdserve.engine.kv_transfer import KvExport
 from pdserve.errors import KvTransferError, ProtocolError
 from pdserve.outputs import RequestOutput
 from pdserve.protocol import GenerateTask, KvAdmission, KvOffer, decode, encode
 from pdserve.sampling_params import SamplingParams
-from pdserve.serving.chunks import chunk_from_output
 from pdserve.services.cluster_view import ClusterView
 from pdserve.services.task_intake import take_task
 from pdserve.services.worker_base import WorkerBase
+from pdserve.serving.chunks import chunk_from_output
 from pdserve.transfer import KvSender
 
 log = structlog.get_logger("pdserve.prefill")
@@ -143,8 +141,8 @@ class PrefillWorker(WorkerBase):
             try:
                 reply = await self.nc.request(self.subjects.kv_offer(worker_id), payload, timeout=OFFER_TIMEOUT_S)
                 admission = decode(reply.data, KvAdmission)
-            except (TimeoutError, asyncio.TimeoutError, ProtocolError) as exc:
-                log.warning("kv offer got no answer", request_id=task.request_id, decode_worker=worker_id, error=repr(exc))
+            except (TimeoutError, ProtocolError) as exc:
+                log.warning("kv offer unanswered", request_id=task.request_id, decode_worker=worker_id, error=repr(exc))
                 continue
             except Exception as exc:  # no responders, broker reconnecting
                 log.warning("kv offer failed", request_id=task.request_id, decode_worker=worker_id, error=repr(exc))

@@ -9,7 +9,6 @@ import signal
 
 import structlog
 import torch
-
 from pdserve.engine.config import EngineConfig
 from pdserve.engine.llm_engine import LLMEngine
 from pdserve.log_setup import configure_logging
@@ -78,15 +77,15 @@ async def serve_worker(role: str, args: argparse.Namespace) -> None:
     if role == "prefill":
         from pdserve.services.prefill import PrefillWorker
 
-        worker = PrefillWorker(engine, bus_options(args), **common)  # type: ignore[arg-type]
+        worker = PrefillWorker(engine, bus_options(args), **common)
     elif role == "decode":
         from pdserve.services.decode import DecodeWorker
 
         worker = DecodeWorker(
-            engine, bus_options(args), ucx_host=args.ucx_host, ucx_port=args.ucx_port, **common  # type: ignore[arg-type]
+            engine, bus_options(args), ucx_host=args.ucx_host, ucx_port=args.ucx_port, **common
         )
     else:
-        worker = ColocatedWorker(engine, bus_options(args), **common)  # type: ignore[arg-type]
+        worker = ColocatedWorker(engine, bus_options(args), **common)
     stop = stop_event()
     await worker.start()
     await stop.wait()
@@ -96,14 +95,13 @@ async def serve_worker(role: str, args: argparse.Namespace) -> None:
 
 async def serve_router(args: argparse.Namespace) -> None:
     configure_logging("router", args.log_level)
-    from transformers import AutoTokenizer
-
     from pdserve.models import builtin_model_path
     from pdserve.protocol import Subjects
     from pdserve.services.bus import connect
     from pdserve.services.cluster_backend import ClusterBackend
     from pdserve.services.router.app import create_app
     from pdserve.services.router.server import run_router
+    from transformers import AutoTokenizer
 
     path = args.model or builtin_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

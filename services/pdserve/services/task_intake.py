@@ -6,7 +6,6 @@ import time
 
 import structlog
 from nats.aio.msg import Msg
-
 from pdserve.errors import InvalidRequestError, ProtocolError
 from pdserve.protocol import GenerateTask, TaskAck, decode, params_from_wire
 from pdserve.sampling_params import SamplingParams

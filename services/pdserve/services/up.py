@@ -87,7 +87,8 @@ def parse_pin(spec: str | None) -> dict[str, set[int]]:
             try:
                 chosen.update(range(int(lo), int(hi or lo) + 1))
             except ValueError:
-                raise SystemExit(f"pdserve up: bad --pin entry {part!r}; expected role=cores like decode=1 or worker=0-1")
+                msg = f"pdserve up: bad --pin entry {part!r}; expected role=cores like decode=1 or worker=0-1"
+                raise SystemExit(msg) from None
         pins[role.strip()] = chosen
     return pins
 
@@ -116,18 +117,21 @@ def plan(args: argparse.Namespace, nats_url: str, log_dir: Path) -> list[Child]:
     py = [sys.executable, "-m", "pdserve.cli"]
     bus = ["--nats", nats_url, "--cluster", args.cluster, "--log-level", args.log_level]
     pins = parse_pin(args.pin)
-    router = py + ["router", *bus, "--host", args.host, "--port", str(args.port)]
+    router = [*py, "router", *bus, "--host", args.host, "--port", str(args.port)]
     if args.model is not None:
         router += ["--model", args.model]
     if args.api_key:
         router += ["--api-key", args.api_key]
     children = [Child("router", router, log_dir / "router.log", pins.get("router"))]
-    roles = [("worker", args.workers)] if args.mode == "colocated" else [("prefill", args.prefill), ("decode", args.decode)]
+    if args.mode == "colocated":
+        roles = [("worker", args.workers)]
+    else:
+        roles = [("prefill", args.prefill), ("decode", args.decode)]
     for role, count in roles:
         if count < 1:
             raise SystemExit(f"pdserve up: need at least one {role} worker")
         for i in range(count):
-            argv = py + [role, *bus, *model_flags(args), "--worker-id", f"{role}-{i}"]
+            argv = [*py, role, *bus, *model_flags(args), "--worker-id", f"{role}-{i}"]
             children.append(Child(f"{role}-{i}", argv, log_dir / f"{role}-{i}.log", pins.get(role)))
     return children
 

@@ -19,14 +19,13 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-
 from pdserve.engine.llm_engine import LLMEngine
 from pdserve.errors import ProtocolError
 from pdserve.outputs import RequestOutput
 from pdserve.protocol import CancelRequest, Subjects, TaskAck, TokenChunk, WorkerHeartbeat, decode, encode
+from pdserve.services.bus import BusOptions, connect
 from pdserve.serving.chunks import error_chunk
 from pdserve.serving.engine_loop import EngineLoop
-from pdserve.services.bus import BusOptions, connect
 
 log = structlog.get_logger("pdserve.worker")
 
@@ -79,6 +78,7 @@ class WorkerBase(abc.ABC):
             max_model_len=self.engine.max_model_len,
         )
 
+    @abc.abstractmethod
     async def subscribe_work(self) -> None:
         """Subscribe to the subjects this kind of worker serves."""
 

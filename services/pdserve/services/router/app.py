@@ -1,0 +1,91 @@
+"""The router's HTTP app: OpenAI-compatible endpoints in front of any `Backend`.
+
+The app only speaks HTTP and the Backend protocol; which workers serve a request, and how, is
+the backend's business (in-process LocalBackend, or the NATS cluster backend). It owns no
+backend lifecycle either: whoever created the backend starts and closes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI
+
+from pdserve.services.router.api_keys import ApiKeyMiddleware, bearer_scheme
+from pdserve.services.router.body_limit import BodyLimitMiddleware
+from pdserve.services.router.chat import chat_router
+from pdserve.services.router.completions import completions_router
+from pdserve.services.router.context import RouterContext
+from pdserve.services.router.error_handlers import install_error_handlers
+from pdserve.services.router.prompts import PromptTokenizer
+from pdserve.services.router.request_context import RequestContextMiddleware
+from pdserve.services.router.sampling import Limits
+from pdserve.services.router.status_routes import models_router, status_router
+from pdserve.serving.backend import Backend
+
+
+def create_app(
+    backend: Backend,
+    tokenizer: Any,
+    *,
+    model_name: str,
+    api_keys: list[str] | None = None,
+    request_timeout_s: float = 600.0,
+    max_body_bytes: int = 4 << 20,
+    max_prompt_tokens: int | None = None,
+    max_tokens_limit: int | None = None,
+    max_n: int = 8,
+) -> FastAPI:
+    """An app serving `model_name` through `backend`; `tokenizer` is that model's Hugging Face tokenizer.
+
+    `api_keys` (None: no auth) guard /v1/*. A request fails with 504 `request_timeout_s` seconds
+    after it arrives. Bodies over `max_body_bytes` get 413. `max_prompt_tokens` and
+    `max_tokens_limit` (tokens) and `max_n` (choices per prompt) bound what one request may ask.
+    The app's state holds the RouterContext as `app.state.router` (tests read its metrics).
+    """
+    _check_positive(request_timeout_s=request_timeout_s, max_body_bytes=max_body_bytes, max_n=max_n)
+    _check_positive(max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit)
+    if not model_name:
+        raise ValueError("model_name must be a non-empty string")
+    ctx = RouterContext(
+        backend=backend,
+        tokenizer=tokenizer,
+        prompts=PromptTokenizer(tokenizer),
+        model_name=model_name,
+        limits=Limits(max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit, max_n=max_n),
+        request_timeout_s=request_timeout_s,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        ctx.prompts.close()
+
+    app = FastAPI(
+        title="pdserve router",
+        summary="OpenAI-compatible completions and chat completions over pdserve workers",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.router = ctx
+    install_error_handlers(app)
+    v1_dependencies = [Depends(bearer_scheme)] if api_keys else []
+    app.include_router(completions_router(ctx), dependencies=v1_dependencies)
+    app.include_router(chat_router(ctx), dependencies=v1_dependencies)
+    app.include_router(models_router(ctx), dependencies=v1_dependencies)
+    app.include_router(status_router(ctx))
+
+    # The last added runs first: request context, then the API key, then the body limit.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
+    if api_keys:
+        app.add_middleware(ApiKeyMiddleware, api_keys=list(api_keys))
+    app.add_middleware(RequestContextMiddleware, metrics=ctx.metrics)
+    return app
+
+
+def _check_positive(**values: float | None) -> None:
+    for name, value in values.items():
+        if value is not None and (isinstance(value, bool) or not value > 0):
+            raise ValueError(f"{name} must be positive, got {value!r}")

@@ -1,0 +1,195 @@
+"""POST /v1/chat/completions: messages through the model's chat template, n choices, JSON or SSE."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from pdserve.services.router.api_requests import ChatCompletionRequest
+from pdserve.services.router.api_responses import (
+    ChatChoice,
+    ChatCompletionChunk,
+    ChatCompletionResponse,
+    ChatDelta,
+    ChatLogprobs,
+    ChatMessageOut,
+    ChatStreamChoice,
+)
+from pdserve.services.router.choice_format import StreamedChoice, error_event, final_text, token_id_fields
+from pdserve.services.router.choice_group import ChoiceGroup
+from pdserve.services.router.context import RouterContext
+from pdserve.services.router.generation import answer, usage
+from pdserve.services.router.logprobs import chat_logprobs
+from pdserve.services.router.openapi_docs import generation_responses
+from pdserve.services.router.sampling import (
+    check_choices,
+    check_unsupported,
+    choice_seed,
+    resolve_max_tokens,
+    sampling_params,
+)
+from pdserve.services.router.sse import DONE, sse_json
+from pdserve.serving.backend import GenerateRequest
+
+log = structlog.get_logger("pdserve.router.chat")
+
+
+def chat_router(ctx: RouterContext) -> APIRouter:
+    router = APIRouter()
+
+    @router.post(
+        "/v1/chat/completions",
+        response_model=None,
+        responses=generation_responses(ChatCompletionResponse),
+        summary="Create a chat completion (OpenAI-compatible)",
+    )
+    async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+        return await _chat(ctx, body, request)
+
+    return router
+
+
+async def _chat(ctx: RouterContext, body: ChatCompletionRequest, request: Request) -> Response:
+    ctx.check_model(body.model)
+    check_unsupported(body)
+    check_choices(1, body.n, ctx.limits)
+    prompt = await ctx.prompts.encode_chat(body.messages)
+    requested: int | None = body.max_tokens
+    param = "max_tokens"
+    if body.max_completion_tokens is not None:
+        requested, param = body.max_completion_tokens, "max_completion_tokens"
+    max_tokens = resolve_max_tokens(
+        requested, len(prompt), ctx.max_model_len(), ctx.limits, param=param, prompt_param="messages"
+    )
+
+    response_id = f"chatcmpl-{uuid.uuid4().hex}"
+    deadline = ctx.deadline()
+    requests = [
+        (
+            0,
+            GenerateRequest(
+                f"{response_id}-{j}",
+                prompt,
+                sampling_params(body, max_tokens, choice_seed(body.seed, j), bool(body.logprobs)),
+                deadline,
+            ),
+        )
+        for j in range(body.n)
+    ]
+    ctx.metrics.prompt_tokens += len(prompt)
+    log.info("chat completion", id=response_id, prompt_tokens=len(prompt), n=body.n, stream=bool(body.stream))
+
+    fmt = _Format(ctx, body, response_id)
+    group = ChoiceGroup.start(ctx.backend, requests, ctx.metrics)
+    return await answer(ctx, request, group, stream=bool(body.stream), events=fmt.events, body=fmt.body)
+
+
+class _Format:
+    """Turns the choices of one request into the response body or its stream chunks."""
+
+    def __init__(self, ctx: RouterContext, body: ChatCompletionRequest, response_id: str) -> None:
+        self.ctx = ctx
+        self.request = body
+        self.id = response_id
+        self.created = int(time.time())
+        self.want_logprobs = bool(body.logprobs)
+        self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def body(self, group: ChoiceGroup) -> ChatCompletionResponse:
+        choices = []
+        for c in group.choices:
+            text = final_text(self.ctx.tokenizer, c)
+            choices.append(
+                ChatChoice(
+                    index=c.index,
+                    message=ChatMessageOut(role="assistant", content=text),
+                    logprobs=self._logprobs(c.token_ids, c.logprobs),
+                    finish_reason=c.finish_reason,
+                    **token_id_fields(self.request.return_token_ids, c, c.token_ids, with_prompt=True),
+                )
+            )
+        return ChatCompletionResponse(
+            id=self.id,
+            object="chat.completion",
+            created=self.created,
+            model=self.ctx.model_name,
+            choices=choices,
+            usage=usage(group),
+        )
+
+    async def events(self, group: ChoiceGroup) -> AsyncGenerator[bytes, None]:
+        streamed = {c.index: StreamedChoice(self.ctx.tokenizer, self.request.stop) for c in group.choices}
+        extras = self.want_logprobs or bool(self.request.return_token_ids)
+        try:
+            try:
+                # OpenAI opens every choice with the role and empty content.
+                for c in group.choices:
+                    yield self._chunk(
+                        ChatStreamChoice(
+                            index=c.index,
+                            delta=ChatDelta(role="assistant", content=""),
+                            logprobs=None,
+                            finish_reason=None,
+                        )
+                    )
+                while (item := await group.next()) is not None:
+                    choice, delta = item
+                    state = streamed[choice.index]
+                    text = state.text_for(delta)
+                    if text or extras:
+                        yield self._chunk(
+                            ChatStreamChoice(
+                                index=choice.index,
+                                delta=ChatDelta(content=text),
+                                logprobs=self._logprobs(delta.token_ids, delta.logprobs),
+                                finish_reason=None,
+                                **token_id_fields(
+                                    self.request.return_token_ids,
+                                    choice,
+                                    delta.token_ids,
+                                    with_prompt=not state.sent_prompt_ids,
+                                ),
+                            )
+                        )
+                        state.sent_prompt_ids = True
+                    if delta.finish_reason is not None:
+                        yield self._chunk(
+                            ChatStreamChoice(
+                                index=choice.index,
+                                delta=ChatDelta(),
+                                logprobs=None,
+                                finish_reason=delta.finish_reason,
+                            )
+                        )
+                if self.include_usage:
+                    yield sse_json(self._response([], usage=usage(group)).model_dump_json(exclude_unset=True))
+            except Exception as exc:
+                yield error_event(exc)
+            yield DONE
+        finally:
+            await group.aclose()
+
+    def _chunk(self, choice: ChatStreamChoice) -> bytes:
+        extra: dict[str, Any] = {"usage": None} if self.include_usage else {}
+        return sse_json(self._response([choice], **extra).model_dump_json(exclude_unset=True))
+
+    def _response(self, choices: list[ChatStreamChoice], **extra: Any) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            id=self.id,
+            object="chat.completion.chunk",
+            created=self.created,
+            model=self.ctx.model_name,
+            choices=choices,
+            **extra,
+        )
+
+    def _logprobs(self, token_ids: list[int], logprobs: list[float] | None) -> ChatLogprobs | None:
+        if not self.want_logprobs or logprobs is None or len(logprobs) != len(token_ids):
+            return None
+        return chat_logprobs(self.ctx.tokenizer, token_ids, logprobs)

@@ -1,0 +1,95 @@
+"""All choices of one HTTP request (prompts x n): started together, admitted together, closed together.
+
+The router waits for every choice's first delta before answering, so a refusal (no capacity, a
+bad prompt) is still a proper HTTP status rather than a broken stream. After that, deltas of all
+choices are read concurrently (one task per choice) and handed out in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from pdserve.services.router.choice_stream import ChoiceStream, TokenDelta
+from pdserve.services.router.errors import ApiError
+from pdserve.services.router.metrics import RouterMetrics
+from pdserve.serving.backend import Backend, GenerateRequest
+
+_Item = tuple[ChoiceStream, TokenDelta | None] | Exception
+
+
+class ChoiceGroup:
+    def __init__(self, choices: list[ChoiceStream], metrics: RouterMetrics) -> None:
+        self.choices = choices
+        self.metrics = metrics
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._pumps: list[asyncio.Task[None]] | None = None
+        self._running = len(choices)
+        self._closed = False
+
+    @classmethod
+    def start(
+        cls, backend: Backend, requests: Sequence[tuple[int, GenerateRequest]], metrics: RouterMetrics
+    ) -> ChoiceGroup:
+        """One backend request per (prompt index, request), choice indices in the given order."""
+        choices = [
+            ChoiceStream(index, prompt_index, request, backend.generate(request))
+            for index, (prompt_index, request) in enumerate(requests)
+        ]
+        return cls(choices, metrics)
+
+    async def wait_first(self) -> None:
+        """Wait until every choice has its first delta. Raises the first ApiError (the caller closes)."""
+        tasks = [asyncio.create_task(choice.peek()) for choice in self.choices]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in tasks:
+                task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, Exception)]
+        if errors:
+            raise next((e for e in errors if isinstance(e, ApiError)), errors[0])
+
+    async def next(self) -> tuple[ChoiceStream, TokenDelta] | None:
+        """The next delta of any choice, in arrival order; None once every choice has finished."""
+        if self._pumps is None:
+            self._pumps = [asyncio.create_task(self._pump(choice)) for choice in self.choices]
+        while self._running:
+            item = await self._queue.get()
+            if isinstance(item, Exception):
+                raise item
+            choice, delta = item
+            if delta is None:
+                self._running -= 1
+                continue
+            self.metrics.generated_tokens += len(delta.token_ids)
+            return choice, delta
+        return None
+
+    async def run_to_end(self) -> None:
+        """Read every choice to its end (the non-streaming path); results stay on the choices."""
+        while await self.next() is not None:
+            pass
+
+    async def aclose(self) -> None:
+        """Stop reading and cancel every choice still running on the backend. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        # Shielded: a cancelled handler must still free the requests' KV on the workers.
+        await asyncio.shield(self._close())
+
+    async def _close(self) -> None:
+        for task in self._pumps or []:
+            task.cancel()
+        await asyncio.gather(*(self._pumps or []), return_exceptions=True)
+        await asyncio.gather(*(choice.aclose() for choice in self.choices))
+
+    async def _pump(self, choice: ChoiceStream) -> None:
+        try:
+            while (delta := await choice.next()) is not None:
+                self._queue.put_nowait((choice, delta))
+            self._queue.put_nowait((choice, None))
+        except Exception as exc:
+            self._queue.put_nowait(exc)

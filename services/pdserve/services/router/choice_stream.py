@@ -1,0 +1,178 @@
+"""One choice of a request: a backend request whose chunks are read once each, in output order.
+
+Chunks can arrive twice (a retried publish) or out of order: the prefill worker publishes the
+first token and the decode worker the rest, on the same subject but from different connections,
+and NATS orders messages per publisher only. `index` (the output position of a chunk's first
+token) puts them back in order. A stream that ends with tokens still missing is an internal error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
+
+import structlog
+
+from pdserve.protocol import TokenChunk
+from pdserve.services.router.errors import ApiError, backend_error, internal_error
+from pdserve.serving.backend import GenerateRequest
+
+log = structlog.get_logger("pdserve.router.choice")
+
+# The backend answers a passed deadline with a 504 chunk; the router waits this much longer
+# before giving up on the backend itself.
+DEADLINE_GRACE_S = 1.0
+# Chunks held while waiting for an earlier one; a stream this far out of order is broken.
+MAX_CHUNKS_AHEAD = 4096
+# What a successful finish can be in OpenAI's API ("abort" and "error" are failures here).
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(slots=True)
+class TokenDelta:
+    """New tokens of one choice, in order. The last delta has `finish_reason` and the final `text`."""
+
+    token_ids: list[int]
+    logprobs: list[float] | None = None
+    finish_reason: FinishReason | None = None
+    text: str | None = None
+
+
+class ChoiceStream:
+    """Reads one backend request. `aclose()` cancels it on the serving side (frees its KV)."""
+
+    def __init__(self, index: int, prompt_index: int, request: GenerateRequest, chunks: AsyncIterator[TokenChunk]):
+        self.index = index
+        self.prompt_index = prompt_index
+        self.request = request
+        self.token_ids: list[int] = []
+        self.logprobs: list[float] = []
+        self.finish_reason: FinishReason | None = None
+        self.text: str | None = None
+        self.cached_tokens = 0
+        self._chunks = chunks
+        self._ahead: dict[int, TokenChunk] = {}
+        self._peeked: TokenDelta | None = None
+        self._closed = False
+
+    @property
+    def prompt_token_ids(self) -> list[int]:
+        return self.request.prompt_token_ids
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    async def peek(self) -> TokenDelta:
+        """The next delta without consuming it (the router waits for each choice's first one)."""
+        if self._peeked is None:
+            delta = await self._read()
+            if delta is None:
+                raise internal_error()
+            self._peeked = delta
+        return self._peeked
+
+    async def next(self) -> TokenDelta | None:
+        """The next delta, or None once the choice has finished. Raises ApiError on failure."""
+        if self._peeked is not None:
+            delta, self._peeked = self._peeked, None
+            return delta
+        return await self._read()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        aclose = getattr(self._chunks, "aclose", None)
+        if aclose is not None:
+            try:
+                await aclose()
+            except Exception:
+                log.exception("closing the backend stream failed", backend_request_id=self.request.request_id)
+
+    async def _read(self) -> TokenDelta | None:
+        while not self.finished:
+            delta = self._take_in_order()
+            if delta is not None:
+                return delta
+            self._accept(await self._receive())
+        return None
+
+    async def _receive(self) -> TokenChunk:
+        remaining = self.request.deadline + DEADLINE_GRACE_S - time.time()
+        try:
+            async with asyncio.timeout(max(remaining, 0.0)):
+                return await anext(self._chunks)
+        except TimeoutError:
+            raise ApiError(504, "request deadline passed", code="timeout") from None
+        except StopAsyncIteration:
+            log.error(
+                "backend stream ended before finishing",
+                backend_request_id=self.request.request_id,
+                have=len(self.token_ids),
+                ahead=sorted(self._ahead),
+            )
+            raise internal_error() from None
+        except ApiError:
+            raise
+        except Exception:
+            log.exception("backend stream failed", backend_request_id=self.request.request_id)
+            raise internal_error() from None
+
+    def _accept(self, chunk: TokenChunk) -> None:
+        if chunk.error or chunk.finish_reason == "error":
+            log.warning(
+                "backend error", backend_request_id=self.request.request_id, code=chunk.error_code, error=chunk.error
+            )
+            raise backend_error(chunk.error_code, chunk.error, _retry_after(chunk))
+        if chunk.finish_reason == "abort":
+            # We did not cancel it (we would have stopped reading): a worker gave up, e.g. draining.
+            raise backend_error(503, "the request was aborted by a worker; retry")
+        self.cached_tokens = max(self.cached_tokens, chunk.cached_tokens)
+        have = len(self.token_ids)
+        if chunk.index + len(chunk.token_ids) <= have and chunk.finish_reason is None:
+            return  # a duplicate of tokens we already have
+        held = self._ahead.get(chunk.index)
+        if held is None or len(chunk.token_ids) > len(held.token_ids) or chunk.finish_reason is not None:
+            self._ahead[chunk.index] = chunk
+        if len(self._ahead) > MAX_CHUNKS_AHEAD:
+            log.error("backend stream has a gap", backend_request_id=self.request.request_id, have=have)
+            raise internal_error()
+
+    def _take_in_order(self) -> TokenDelta | None:
+        while self._ahead:
+            index = min(self._ahead)
+            have = len(self.token_ids)
+            if index > have:
+                return None  # a gap: wait for the missing chunk
+            chunk = self._ahead.pop(index)
+            skip = have - index
+            new = chunk.token_ids[skip:]
+            if not new and chunk.finish_reason is None:
+                continue
+            logprobs = chunk.logprobs[skip:] if chunk.logprobs is not None else None
+            self.token_ids.extend(new)
+            if logprobs is not None:
+                self.logprobs.extend(logprobs)
+            reason = _finish_reason(chunk, self.request.request_id)
+            if reason is not None:
+                self.finish_reason = reason
+                self.text = chunk.text
+                self._ahead.clear()
+            return TokenDelta(new, logprobs, reason, chunk.text)
+        return None
+
+
+def _finish_reason(chunk: TokenChunk, backend_request_id: str) -> FinishReason | None:
+    if chunk.finish_reason is None or chunk.finish_reason in ("stop", "length"):
+        return chunk.finish_reason  # type: ignore[return-value]
+    log.warning("unknown finish reason", backend_request_id=backend_request_id, reason=chunk.finish_reason)
+    return "stop"
+
+
+def _retry_after(chunk: TokenChunk) -> float | None:
+    value = chunk.extra.get("retry_after_s") if chunk.extra else None
+    return float(value) if isinstance(value, int | float) else None

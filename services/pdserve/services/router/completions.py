@@ -1,0 +1,181 @@
+"""POST /v1/completions: prompts (text or token ids) x n choices, as one JSON body or an SSE stream."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from pdserve.services.router.api_requests import CompletionRequest, TokenId
+from pdserve.services.router.api_responses import CompletionChoice, CompletionLogprobs, CompletionResponse
+from pdserve.services.router.choice_format import StreamedChoice, error_event, final_text, token_id_fields
+from pdserve.services.router.choice_group import ChoiceGroup
+from pdserve.services.router.context import RouterContext
+from pdserve.services.router.errors import invalid_request
+from pdserve.services.router.generation import answer, usage
+from pdserve.services.router.logprobs import completion_logprobs
+from pdserve.services.router.openapi_docs import generation_responses
+from pdserve.services.router.sampling import (
+    check_choices,
+    check_unsupported,
+    choice_seed,
+    resolve_max_tokens,
+    sampling_params,
+)
+from pdserve.services.router.sse import DONE, sse_json
+from pdserve.serving.backend import GenerateRequest
+
+log = structlog.get_logger("pdserve.router.completions")
+
+
+def completions_router(ctx: RouterContext) -> APIRouter:
+    router = APIRouter()
+
+    @router.post(
+        "/v1/completions",
+        response_model=None,
+        responses=generation_responses(CompletionResponse),
+        summary="Create a completion (OpenAI-compatible)",
+    )
+    async def create_completion(body: CompletionRequest, request: Request) -> Response:
+        return await _complete(ctx, body, request)
+
+    return router
+
+
+async def _complete(ctx: RouterContext, body: CompletionRequest, request: Request) -> Response:
+    ctx.check_model(body.model)
+    check_unsupported(body)
+    if body.echo:
+        raise invalid_request("echo: not supported (the prompt is not returned)", param="echo")
+    if body.suffix is not None:
+        raise invalid_request("suffix: not supported", param="suffix")
+    if body.best_of is not None and body.best_of != body.n:
+        raise invalid_request("best_of: only null or equal to n is supported", param="best_of")
+    prompts = await _prompt_ids(ctx, body.prompt)
+    check_choices(len(prompts), body.n, ctx.limits)
+
+    response_id = f"cmpl-{uuid.uuid4().hex}"
+    deadline = ctx.deadline()
+    want_logprobs = body.logprobs is not None
+    requests: list[tuple[int, GenerateRequest]] = []
+    for prompt_index, ids in enumerate(prompts):
+        max_tokens = resolve_max_tokens(body.max_tokens, len(ids), ctx.max_model_len(), ctx.limits)
+        for j in range(body.n):
+            params = sampling_params(body, max_tokens, choice_seed(body.seed, j), want_logprobs)
+            requests.append((prompt_index, GenerateRequest(f"{response_id}-{len(requests)}", ids, params, deadline)))
+    ctx.metrics.prompt_tokens += sum(len(ids) for ids in prompts)
+    log.info("completion", id=response_id, prompts=len(prompts), n=body.n, stream=bool(body.stream))
+
+    fmt = _Format(ctx, body, response_id)
+    group = ChoiceGroup.start(ctx.backend, requests, ctx.metrics)
+    return await answer(ctx, request, group, stream=bool(body.stream), events=fmt.events, body=fmt.body)
+
+
+async def _prompt_ids(
+    ctx: RouterContext, prompt: str | list[TokenId] | list[str] | list[list[TokenId]]
+) -> list[list[int]]:
+    if isinstance(prompt, str):
+        return [await ctx.prompts.encode(prompt)]
+    if not prompt:
+        raise invalid_request("prompt is empty", param="prompt")
+    if isinstance(prompt[0], int):
+        return [list(prompt)]
+    prompts: list[list[int]] = []
+    for i, item in enumerate(prompt):
+        if isinstance(item, str):
+            prompts.append(await ctx.prompts.encode(item, param=f"prompt.{i}"))
+        elif not item:
+            raise invalid_request(f"prompt.{i} has no tokens", param="prompt")
+        else:
+            prompts.append(list(item))  # type: ignore[arg-type]
+    return prompts
+
+
+class _Format:
+    """Turns the choices of one request into the response body or its stream chunks."""
+
+    def __init__(self, ctx: RouterContext, body: CompletionRequest, response_id: str) -> None:
+        self.ctx = ctx
+        self.request = body
+        self.id = response_id
+        self.created = int(time.time())
+        self.want_logprobs = body.logprobs is not None
+        self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def body(self, group: ChoiceGroup) -> CompletionResponse:
+        choices = []
+        for c in group.choices:
+            text = final_text(self.ctx.tokenizer, c)
+            fields: dict[str, Any] = {
+                "index": c.index,
+                "text": text,
+                "logprobs": self._logprobs(c.token_ids, c.logprobs, 0),
+                "finish_reason": c.finish_reason,
+            }
+            choices.append(
+                CompletionChoice(
+                    **fields, **token_id_fields(self.request.return_token_ids, c, c.token_ids, with_prompt=True)
+                )
+            )
+        return self._response(choices, usage=usage(group))
+
+    async def events(self, group: ChoiceGroup) -> AsyncGenerator[bytes, None]:
+        streamed = {c.index: StreamedChoice(self.ctx.tokenizer, self.request.stop) for c in group.choices}
+        extras = self.want_logprobs or bool(self.request.return_token_ids)
+        try:
+            try:
+                while (item := await group.next()) is not None:
+                    choice, delta = item
+                    state = streamed[choice.index]
+                    text = state.text_for(delta)
+                    if not text and delta.finish_reason is None and not extras:
+                        continue
+                    logprobs = self._logprobs(delta.token_ids, delta.logprobs, state.token_text_offset)
+                    if logprobs is not None and logprobs.tokens:
+                        state.token_text_offset = logprobs.text_offset[-1] + len(logprobs.tokens[-1])
+                    out = CompletionChoice(
+                        index=choice.index,
+                        text=text,
+                        logprobs=logprobs,
+                        finish_reason=delta.finish_reason,
+                        **token_id_fields(
+                            self.request.return_token_ids,
+                            choice,
+                            delta.token_ids,
+                            with_prompt=not state.sent_prompt_ids,
+                        ),
+                    )
+                    state.sent_prompt_ids = True
+                    yield sse_json(self._chunk([out]))
+                if self.include_usage:
+                    yield sse_json(self._response([], usage=usage(group)).model_dump_json(exclude_unset=True))
+            except Exception as exc:
+                yield error_event(exc)
+            yield DONE
+        finally:
+            await group.aclose()
+
+    def _chunk(self, choices: list[CompletionChoice]) -> str:
+        extra: dict[str, Any] = {"usage": None} if self.include_usage else {}
+        return self._response(choices, **extra).model_dump_json(exclude_unset=True)
+
+    def _response(self, choices: list[CompletionChoice], **extra: Any) -> CompletionResponse:
+        return CompletionResponse(
+            id=self.id,
+            object="text_completion",
+            created=self.created,
+            model=self.ctx.model_name,
+            choices=choices,
+            **extra,
+        )
+
+    def _logprobs(self, token_ids: list[int], logprobs: list[float] | None, offset: int) -> CompletionLogprobs | None:
+        if not self.want_logprobs or logprobs is None or len(logprobs) != len(token_ids):
+            return None
+        return completion_logprobs(self.ctx.tokenizer, token_ids, logprobs, offset)

@@ -1,0 +1,50 @@
+"""What every route of one router app shares: the backend, the tokenizer, the limits, the counters."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pdserve.services.router.errors import DEFAULT_RETRY_AFTER_S, ApiError
+from pdserve.services.router.metrics import RouterMetrics
+from pdserve.services.router.prompts import PromptTokenizer
+from pdserve.services.router.sampling import Limits
+from pdserve.serving.backend import Backend
+
+
+@dataclass(slots=True)
+class RouterContext:
+    backend: Backend
+    tokenizer: Any  # a Hugging Face tokenizer: decode() on the event loop, encoding via `prompts`
+    prompts: PromptTokenizer
+    model_name: str
+    limits: Limits
+    request_timeout_s: float  # seconds from arrival until a request fails with 504
+    metrics: RouterMetrics = field(default_factory=RouterMetrics)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model_name:
+            raise ApiError(
+                404,
+                f"The model `{model}` does not exist; this server serves `{self.model_name}`",
+                param="model",
+                code="model_not_found",
+            )
+
+    def max_model_len(self) -> int:
+        """The backend's context length in tokens; 503 while it knows none (no live workers)."""
+        length = self.backend.max_model_len
+        if length <= 0:
+            raise ApiError(
+                503,
+                "no workers are available to serve the request; retry later",
+                code="no_capacity",
+                headers={"Retry-After": str(DEFAULT_RETRY_AFTER_S)},
+            )
+        return length
+
+    def deadline(self) -> float:
+        """Unix seconds by which a request arriving now must be done."""
+        return time.time() + self.request_timeout_s

@@ -1,0 +1,52 @@
+"""The router's counters, rendered in Prometheus' text exposition format at GET /metrics.
+
+Plain integers updated on the event loop (one thread), so no locks. Labels are bounded: the
+endpoint is one of the app's routes or "other", the status an HTTP status.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+KNOWN_ENDPOINTS = frozenset(
+    {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/cluster", "/metrics"}
+)
+
+
+@dataclass(slots=True)
+class RouterMetrics:
+    requests: Counter[tuple[str, int]] = field(default_factory=Counter)  # (endpoint, status) -> count
+    in_flight: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    client_disconnects: int = 0
+
+    def observe_request(self, path: str, status: int) -> None:
+        endpoint = path if path in KNOWN_ENDPOINTS else "other"
+        self.requests[(endpoint, status)] += 1
+
+    def render(self) -> str:
+        lines = [
+            "# HELP pdserve_router_requests_total HTTP requests answered, by endpoint and status.",
+            "# TYPE pdserve_router_requests_total counter",
+        ]
+        for (endpoint, status), count in sorted(self.requests.items()):
+            lines.append(f'pdserve_router_requests_total{{endpoint="{endpoint}",status="{status}"}} {count}')
+        for name, kind, help_text, value in (
+            ("requests_in_flight", "gauge", "HTTP requests being served now.", self.in_flight),
+            ("prompt_tokens_total", "counter", "Prompt tokens of admitted requests.", self.prompt_tokens),
+            ("generated_tokens_total", "counter", "Tokens generated and received from workers.", self.generated_tokens),
+            (
+                "client_disconnects_total",
+                "counter",
+                "Requests cancelled because the client went away.",
+                self.client_disconnects,
+            ),
+        ):
+            lines += [
+                f"# HELP pdserve_router_{name} {help_text}",
+                f"# TYPE pdserve_router_{name} {kind}",
+                f"pdserve_router_{name} {value}",
+            ]
+        return "\n".join(lines) + "\n"

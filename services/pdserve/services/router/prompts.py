@@ -1,0 +1,81 @@
+"""Prompts to token ids: plain text, token ids as given, and chat messages through the model's template.
+
+Tokenizing a long prompt or rendering a chat template takes milliseconds of CPU, which must not
+stall the event loop that streams everyone else's tokens, so both run on one dedicated thread.
+One thread, because a Hugging Face tokenizer is not guaranteed to be safe to call from several
+threads at once; encoding is fast enough that one thread keeps up with any GPU's prefill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import jinja2
+
+from pdserve.services.router.api_requests import ChatMessage
+from pdserve.services.router.errors import ApiError, invalid_request
+
+# Text parts of one message are joined like vLLM does, so templates that expect string content work.
+PART_SEPARATOR = "\n"
+
+
+class PromptTokenizer:
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdserve-tokenize")
+
+    async def encode(self, text: str, param: str = "prompt") -> list[int]:
+        """Token ids of `text` exactly as the engine's own `tokenize` would produce them."""
+        if not text:
+            raise invalid_request(f"{param} is empty", param=param)
+        # verbose=False: a prompt longer than the model's context is refused by the caller with a
+        # clear 400; transformers' own warning about it would only add noise to the logs.
+        ids = await self._run(lambda: list(self.tokenizer(text, verbose=False).input_ids))
+        if not ids:
+            raise invalid_request(f"{param} has no tokens", param=param)
+        return ids
+
+    async def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """Token ids of the conversation rendered by the chat template, ending with the assistant's turn."""
+        conversation = [_message_dict(i, m) for i, m in enumerate(messages)]
+
+        def render() -> list[int]:
+            try:
+                ids = self.tokenizer.apply_chat_template(
+                    conversation, add_generation_prompt=True, tokenize=True, return_dict=False
+                )
+            except jinja2.TemplateError as exc:
+                # Templates reject conversations they cannot render (roles out of order, ...).
+                raise invalid_request(f"messages: the chat template refused them: {exc}", param="messages") from None
+            except ValueError as exc:
+                if getattr(self.tokenizer, "chat_template", None) is None:
+                    raise ApiError(400, "this model has no chat template; use /v1/completions") from None
+                raise invalid_request(f"messages: {exc}", param="messages") from None
+            return [int(t) for t in ids]
+
+        ids = await self._run(render)
+        if not ids:
+            raise invalid_request("messages render to an empty prompt", param="messages")
+        return ids
+
+    async def _run(self, fn: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _message_dict(index: int, message: ChatMessage) -> dict[str, str]:
+    content = message.content
+    if content is None:
+        if message.role != "assistant":
+            raise invalid_request(f"messages.{index}.content: required for {message.role} messages", param="messages")
+        content = ""
+    elif not isinstance(content, str):
+        content = PART_SEPARATOR.join(part.text for part in content)
+    # OpenAI's newer "developer" role means what "system" means to every open model's template.
+    role = "system" if message.role == "developer" else message.role
+    return {"role": role, "content": content}

@@ -1,0 +1,117 @@
+"""From a validated request body to the engine's SamplingParams, one per choice.
+
+Also the router's own limits: context length, prompt length, max_tokens and n. These are checked
+before anything reaches a worker, so a request that cannot be served is a 400 that names the
+numbers rather than a failure deep in the cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pdserve.errors import InvalidRequestError
+from pdserve.sampling_params import SamplingParams
+from pdserve.services.router.api_requests import INT64_MIN, SamplingFields
+from pdserve.services.router.errors import invalid_request
+
+# Each choice holds a backend request, a task and a queue; a list of prompts times n is capped here.
+MAX_CHOICES = 256
+
+
+@dataclass(slots=True, frozen=True)
+class Limits:
+    """Server-side limits (tokens) set when the app is created."""
+
+    max_prompt_tokens: int | None = None
+    max_tokens_limit: int | None = None
+    max_n: int = 8
+
+
+def check_unsupported(body: SamplingFields) -> None:
+    """400 for OpenAI fields that are declared (clients send them) but only at their neutral value."""
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(body, name) not in (None, 0.0):
+            raise invalid_request(f"{name}: only 0 is supported", param=name)
+    if body.logit_bias:
+        raise invalid_request("logit_bias: not supported (send null or {})", param="logit_bias")
+    if body.stream_options is not None and not body.stream:
+        raise invalid_request("stream_options: only allowed when stream is true", param="stream_options")
+
+
+def check_choices(num_prompts: int, n: int, limits: Limits) -> None:
+    if n > limits.max_n:
+        raise invalid_request(f"n: at most {limits.max_n} choices per prompt, got {n}", param="n")
+    if num_prompts * n > MAX_CHOICES:
+        raise invalid_request(
+            f"{num_prompts} prompts x n={n} is {num_prompts * n} choices; at most {MAX_CHOICES} per request",
+            param="prompt",
+        )
+
+
+def resolve_max_tokens(
+    requested: int | None,
+    prompt_len: int,
+    max_model_len: int,
+    limits: Limits,
+    *,
+    param: str = "max_tokens",
+    prompt_param: str = "prompt",
+) -> int:
+    """Tokens to generate for a prompt of `prompt_len` tokens.
+
+    None means up to the end of the context (capped by the server's max_tokens_limit). A prompt
+    must leave room for one generated token, and prompt + max_tokens must fit the context: like
+    vLLM, an oversized request is refused rather than silently shortened.
+    """
+    if limits.max_prompt_tokens is not None and prompt_len > limits.max_prompt_tokens:
+        raise invalid_request(
+            f"the prompt has {prompt_len} tokens; this server accepts at most {limits.max_prompt_tokens}",
+            param=prompt_param,
+        )
+    if prompt_len >= max_model_len:
+        raise invalid_request(
+            f"This model's maximum context length is {max_model_len} tokens, but the prompt has {prompt_len} "
+            f"tokens (at most {max_model_len - 1}, leaving room for one generated token). Shorten the prompt.",
+            param=prompt_param,
+        )
+    room = max_model_len - prompt_len
+    if requested is None:
+        return room if limits.max_tokens_limit is None else min(room, limits.max_tokens_limit)
+    if limits.max_tokens_limit is not None and requested > limits.max_tokens_limit:
+        raise invalid_request(
+            f"{param}: at most {limits.max_tokens_limit} on this server, got {requested}", param=param
+        )
+    if requested > room:
+        raise invalid_request(
+            f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+            f"{prompt_len + requested} tokens ({prompt_len} in the prompt, {requested} for the completion). "
+            f"Reduce the prompt or {param}.",
+            param=param,
+        )
+    return requested
+
+
+def choice_seed(seed: int | None, choice: int) -> int | None:
+    """Choice i samples with seed + i (wrapped into int64), so choice 0 equals the same request with n=1."""
+    if seed is None:
+        return None
+    return (seed + choice - INT64_MIN) % (1 << 64) + INT64_MIN
+
+
+def sampling_params(body: SamplingFields, max_tokens: int, seed: int | None, logprobs: bool) -> SamplingParams:
+    stop = body.stop if body.stop is not None else []
+    try:
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_k=0 if body.top_k is None else body.top_k,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            seed=seed,
+            stop=[stop] if isinstance(stop, str) else list(stop),
+            stop_token_ids=list(body.stop_token_ids or []),
+            ignore_eos=body.ignore_eos,
+            logprobs=logprobs,
+            include_stop_str_in_output=body.include_stop_str_in_output,
+        )
+    except InvalidRequestError as exc:
+        raise invalid_request(str(exc)) from None

@@ -1,0 +1,61 @@
+"""GET /v1/models, /health, /cluster and /metrics: what is served and how the cluster is doing."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from pdserve.services.router.api_responses import ClusterResponse, HealthResponse, ModelCard, ModelList
+from pdserve.services.router.context import RouterContext
+from pdserve.services.router.errors import DEFAULT_RETRY_AFTER_S
+
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def models_router(ctx: RouterContext) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/v1/models", response_model=ModelList, summary="The served model (OpenAI-compatible)")
+    async def list_models() -> ModelList:
+        card = ModelCard(
+            id=ctx.model_name,
+            object="model",
+            created=ctx.created,
+            owned_by="pdserve",
+            max_model_len=ctx.backend.max_model_len,
+        )
+        return ModelList(object="list", data=[card])
+
+    return router
+
+
+def status_router(ctx: RouterContext) -> APIRouter:
+    router = APIRouter()
+
+    @router.get(
+        "/health",
+        response_model=HealthResponse,
+        responses={503: {"model": HealthResponse, "description": "no prefill- and decode-capable workers yet"}},
+        summary="200 when requests can be served, else 503",
+    )
+    async def health() -> Response:
+        if ctx.backend.ready():
+            return JSONResponse({"status": "ok"})
+        return JSONResponse(
+            {"status": "unavailable"}, status_code=503, headers={"Retry-After": str(DEFAULT_RETRY_AFTER_S)}
+        )
+
+    @router.get("/cluster", response_model=ClusterResponse, summary="Live workers and their load")
+    async def cluster() -> ClusterResponse:
+        return ClusterResponse(workers=[w.as_json() for w in ctx.backend.workers()])
+
+    @router.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {PROMETHEUS_TEXT: {"schema": {"type": "string"}}}}},
+        summary="Counters in Prometheus' text format",
+    )
+    async def metrics() -> Response:
+        return Response(ctx.metrics.render(), media_type=PROMETHEUS_TEXT)
+
+    return router

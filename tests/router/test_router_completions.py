@@ -1,0 +1,191 @@
+"""POST /v1/completions against a real engine (LocalBackend, built-in tiny model)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from conftest import MODEL
+from router_helpers import sse_data, streamed_text
+
+from pdserve import LLM, SamplingParams
+
+GREEDY = {"temperature": 0.0}
+
+
+async def complete(client: httpx.AsyncClient, **body: object) -> dict:
+    response = await client.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_response_shape_and_usage(client: httpx.AsyncClient) -> None:
+    body = await complete(client, model=MODEL, prompt="Hello", max_tokens=6, **GREEDY)
+    assert body["id"].startswith("cmpl-")
+    assert body["object"] == "text_completion"
+    assert body["model"] == MODEL
+    assert isinstance(body["created"], int)
+    [choice] = body["choices"]
+    assert choice["index"] == 0
+    assert choice["logprobs"] is None
+    assert choice["finish_reason"] in ("stop", "length")
+    assert "token_ids" not in choice  # only with return_token_ids
+    usage = body["usage"]
+    assert usage["prompt_tokens"] == 5  # byte-level tokenizer: one token per byte
+    assert 1 <= usage["completion_tokens"] <= 6
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] >= 0
+
+
+async def test_cached_tokens_are_reported(client: httpx.AsyncClient) -> None:
+    prompt = "A prompt of more than two blocks of sixteen tokens each, " * 2
+    await complete(client, prompt=prompt, max_tokens=2)
+    again = await complete(client, prompt=prompt, max_tokens=2)
+    assert again["usage"]["prompt_tokens_details"]["cached_tokens"] >= 32
+
+
+async def test_greedy_output_equals_offline_llm(client: httpx.AsyncClient, reference_llm: LLM) -> None:
+    prompt = "The quick brown fox"
+    body = await complete(client, prompt=prompt, max_tokens=12, return_token_ids=True, **GREEDY)
+    [expected] = reference_llm.generate(prompt, SamplingParams(max_tokens=12, temperature=0.0))
+    [choice] = body["choices"]
+    assert choice["token_ids"] == expected.token_ids
+    assert choice["text"] == expected.text
+    assert choice["finish_reason"] == expected.finish_reason
+    assert choice["prompt_token_ids"] == list(prompt.encode())
+
+
+async def test_token_id_prompt_equals_text_prompt(client: httpx.AsyncClient) -> None:
+    by_text = await complete(client, prompt="abc", max_tokens=5, return_token_ids=True, **GREEDY)
+    by_ids = await complete(client, prompt=[97, 98, 99], max_tokens=5, return_token_ids=True, **GREEDY)
+    assert by_ids["choices"][0]["token_ids"] == by_text["choices"][0]["token_ids"]
+    assert by_ids["usage"]["prompt_tokens"] == 3
+
+
+async def test_prompt_list_and_n_give_choices_in_index_order(client: httpx.AsyncClient) -> None:
+    body = await complete(client, prompt=["ab", "xyz"], n=2, max_tokens=4, seed=7, return_token_ids=True)
+    choices = body["choices"]
+    assert [c["index"] for c in choices] == [0, 1, 2, 3]
+    assert [len(c["prompt_token_ids"]) for c in choices] == [2, 2, 3, 3]
+    assert body["usage"]["prompt_tokens"] == 5  # each prompt once, whatever n is
+    assert body["usage"]["completion_tokens"] == sum(len(c["token_ids"]) for c in choices)
+
+
+async def test_n_choices_use_derived_seeds(client: httpx.AsyncClient) -> None:
+    two = await complete(client, prompt="Hi", n=2, max_tokens=8, seed=123, ignore_eos=True, return_token_ids=True)
+    again = await complete(client, prompt="Hi", n=2, max_tokens=8, seed=123, ignore_eos=True, return_token_ids=True)
+    one = await complete(client, prompt="Hi", max_tokens=8, seed=124, ignore_eos=True, return_token_ids=True)
+    ids = [c["token_ids"] for c in two["choices"]]
+    assert ids == [c["token_ids"] for c in again["choices"]]  # reproducible
+    assert ids[0] != ids[1]  # different seeds per choice
+    assert ids[1] == one["choices"][0]["token_ids"]  # choice i samples with seed + i
+
+
+async def test_logprobs_shape(client: httpx.AsyncClient) -> None:
+    body = await complete(client, prompt="Hello", max_tokens=5, logprobs=1, ignore_eos=True, **GREEDY)
+    logprobs = body["choices"][0]["logprobs"]
+    assert len(logprobs["tokens"]) == len(logprobs["token_logprobs"]) == len(logprobs["text_offset"]) == 5
+    assert logprobs["top_logprobs"] is None
+    assert all(lp <= 0.0 for lp in logprobs["token_logprobs"])
+    assert logprobs["text_offset"][0] == 0
+
+
+async def test_stream_chunks_add_up_to_the_response(client: httpx.AsyncClient) -> None:
+    request = {"prompt": "Once upon a time", "max_tokens": 24, "ignore_eos": True, **GREEDY}
+    full = await complete(client, **request)
+    response = await client.post("/v1/completions", json={**request, "stream": True})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = sse_data(response.text)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert all(e["object"] == "text_completion" and e["id"] == chunks[0]["id"] for e in chunks)
+    assert all("usage" not in e for e in chunks)  # no include_usage: no usage key at all
+    assert [e["choices"][0]["finish_reason"] for e in chunks][-1] == full["choices"][0]["finish_reason"]
+    assert all(e["choices"][0]["finish_reason"] is None for e in chunks[:-1])
+    assert streamed_text(events) == full["choices"][0]["text"]
+
+
+def clean_substring(text: str, length: int, start: int) -> str:
+    """The first substring of `length` characters at or after `start` with no U+FFFD in it."""
+    for i in range(start, len(text) - length):
+        if "\ufffd" not in text[i : i + length]:
+            return text[i : i + length]
+    raise AssertionError(f"no clean substring of {length} characters in {text!r}")
+
+
+@pytest.mark.parametrize(
+    "pick_stops",
+    [
+        pytest.param(lambda text: [clean_substring(text, 2, 6)], id="one-stop-2-chars"),
+        pytest.param(lambda text: ["zzzzzz", clean_substring(text, 3, 3)], id="two-stops"),
+        pytest.param(lambda text: [clean_substring(text, 1, 4)], id="one-char"),
+        pytest.param(lambda text: ["never produced"], id="no-match"),
+    ],
+)
+async def test_stream_with_stop_strings_equals_non_stream(
+    client: httpx.AsyncClient, reference_llm: LLM, pick_stops
+) -> None:
+    # Stop strings the model really produces, so the cut happens mid-stream.
+    prompt = "Once upon a time"
+    [free] = reference_llm.generate(prompt, SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True))
+    stops = pick_stops(free.text)
+    request = {"prompt": prompt, "max_tokens": 40, "ignore_eos": True, "stop": stops, **GREEDY}
+    full = await complete(client, **request)
+    [choice] = full["choices"]
+    matched = [s for s in stops if s in free.text]
+    if matched:
+        assert choice["finish_reason"] == "stop"
+        assert choice["text"] == free.text[: min(free.text.index(s) for s in matched)]
+    else:
+        assert choice["text"] == free.text
+    response = await client.post("/v1/completions", json={**request, "stream": True})
+    events = sse_data(response.text)
+    assert streamed_text(events) == choice["text"]
+    assert events[-2]["choices"][0]["finish_reason"] == choice["finish_reason"]
+    # The holdback never lets a stop string out, not even in the middle of the stream.
+    assert not any(s in streamed_text(events) for s in stops)
+
+
+async def test_stream_include_usage(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/completions",
+        json={
+            "prompt": ["ab", "cd"],
+            "n": 2,
+            "max_tokens": 5,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "seed": 1,
+        },
+    )
+    events = sse_data(response.text)
+    assert events[-1] == "[DONE]"
+    last = events[-2]
+    assert last["choices"] == []
+    assert last["usage"]["prompt_tokens"] == 4
+    assert all(e["usage"] is None for e in events[:-2])
+    assert {c["index"] for e in events[:-2] for c in e["choices"]} == {0, 1, 2, 3}
+    finished = [c["index"] for e in events[:-2] for c in e["choices"] if c["finish_reason"] is not None]
+    assert sorted(finished) == [0, 1, 2, 3]
+
+
+async def test_stream_return_token_ids_and_logprobs(client: httpx.AsyncClient) -> None:
+    request = {"prompt": "Hey", "max_tokens": 10, "ignore_eos": True, "return_token_ids": True, "logprobs": 0}
+    full = await complete(client, **request, **GREEDY)
+    response = await client.post("/v1/completions", json={**request, **GREEDY, "stream": True})
+    chunks = [e for e in sse_data(response.text) if e != "[DONE]"]
+    assert chunks[0]["choices"][0]["prompt_token_ids"] == [72, 101, 121]
+    assert all("prompt_token_ids" not in e["choices"][0] for e in chunks[1:])
+    streamed_ids = [t for e in chunks for t in e["choices"][0]["token_ids"]]
+    assert streamed_ids == full["choices"][0]["token_ids"]
+    streamed_logprobs = [lp for e in chunks for lp in e["choices"][0]["logprobs"]["token_logprobs"]]
+    assert streamed_logprobs == pytest.approx(full["choices"][0]["logprobs"]["token_logprobs"])
+    offsets = [o for e in chunks for o in e["choices"][0]["logprobs"]["text_offset"]]
+    assert offsets == full["choices"][0]["logprobs"]["text_offset"]
+
+
+async def test_max_tokens_null_runs_to_the_end_of_the_context(client: httpx.AsyncClient, backend) -> None:
+    prompt = [65] * (backend.max_model_len - 3)
+    body = await complete(client, prompt=prompt, max_tokens=None, ignore_eos=True, **GREEDY)
+    assert body["usage"]["completion_tokens"] == 3
+    assert body["choices"][0]["finish_reason"] == "length"

@@ -1,0 +1,62 @@
+"""The official openai client against the router on a real socket."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import pytest
+from conftest import MODEL
+
+MESSAGES: Any = [{"role": "user", "content": "Say hi"}]
+
+
+@pytest.fixture
+def oai(live_url: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{live_url}/v1", api_key="unused", max_retries=0)
+
+
+async def test_completions(oai: openai.AsyncOpenAI) -> None:
+    result = await oai.completions.create(model=MODEL, prompt="Hello", max_tokens=8, temperature=0.0)
+    assert result.object == "text_completion"
+    assert result.choices[0].finish_reason in ("stop", "length")
+    assert result.usage is not None and result.usage.prompt_tokens == 5
+
+    stream = await oai.completions.create(
+        model=MODEL, prompt="Hello", max_tokens=8, temperature=0.0, stream=True, stream_options={"include_usage": True}
+    )
+    parts: list[str] = []
+    usage = None
+    async for event in stream:
+        parts.extend(choice.text for choice in event.choices)
+        usage = event.usage or usage
+    assert "".join(parts) == result.choices[0].text
+    assert usage is not None and usage.completion_tokens == result.usage.completion_tokens
+
+
+async def test_chat_completions(oai: openai.AsyncOpenAI) -> None:
+    result = await oai.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8, temperature=0.0)
+    assert result.object == "chat.completion"
+    message = result.choices[0].message
+    assert message.role == "assistant" and isinstance(message.content, str)
+
+    stream: Any = await oai.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=8, temperature=0.0, stream=True
+    )
+    parts, finish = [], None
+    async for event in stream:
+        for choice in event.choices:
+            parts.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    assert "".join(parts) == message.content
+    assert finish == result.choices[0].finish_reason
+
+
+async def test_models_and_errors(oai: openai.AsyncOpenAI) -> None:
+    models = await oai.models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    with pytest.raises(openai.BadRequestError) as bad:
+        await oai.completions.create(model=MODEL, prompt="Hello", max_tokens=0)
+    assert "max_tokens" in str(bad.value)
+    with pytest.raises(openai.NotFoundError):
+        await oai.completions.create(model="gpt-9", prompt="Hello")
