@@ -8,15 +8,13 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from fastapi import FastAPI
-from router_helpers import wait_until
-
 from pdserve import LLM
 from pdserve.engine.config import EngineConfig
 from pdserve.engine.llm_engine import LLMEngine
 from pdserve.services.router import RouterServer, create_app
 from pdserve.serving.local_backend import LocalBackend
+from router_helpers import MODEL, wait_until
 
-MODEL = "tiny"
 # 512 blocks of 16 tokens: room for the 2048-token context and a few concurrent requests,
 # without the default 1 GiB pool.
 KV_BLOCKS = 512
@@ -58,7 +56,7 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 async def live_url(app: FastAPI) -> AsyncIterator[str]:
     """The app served by uvicorn on a free local port (real sockets: disconnects, the openai client)."""
     server = RouterServer(app, "127.0.0.1", 0, graceful_shutdown_s=2)
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(handle_signals=False))
     await server.wait_started()
     yield f"http://127.0.0.1:{server.port}"
     server.stop()

@@ -11,6 +11,8 @@ from typing import Any
 from pdserve.protocol import TokenChunk
 from pdserve.serving.backend import GenerateRequest, WorkerInfo
 
+MODEL = "tiny"  # the name the test apps serve the built-in model under
+
 Script = Callable[[GenerateRequest], AsyncIterator[TokenChunk]]
 
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import httpx
-from router_helpers import sse_data, streamed_text
-
 from pdserve import LLM, SamplingParams
+from router_helpers import sse_data, streamed_text
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
 CHATML = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"

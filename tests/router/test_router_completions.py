@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import MODEL
-from router_helpers import sse_data, streamed_text
-
 from pdserve import LLM, SamplingParams
+from router_helpers import MODEL, sse_data, streamed_text
 
 GREEDY = {"temperature": 0.0}
 

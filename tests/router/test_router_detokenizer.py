@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from pdserve.models import build_byte_tokenizer
 from pdserve.services.router.detokenizer import StreamDetokenizer
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-from router_helpers import wait_until
-
 from pdserve.engine.llm_engine import LLMEngine
+from router_helpers import wait_until
 
 LONG = {"max_tokens": 1500, "ignore_eos": True, "temperature": 0.0}
 

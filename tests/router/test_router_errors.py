@@ -9,12 +9,11 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from fastapi import FastAPI
-from router_helpers import ScriptedBackend, chunk, sse_data
-
 from pdserve.engine.llm_engine import LLMEngine
 from pdserve.protocol import TokenChunk
 from pdserve.services.router import create_app
 from pdserve.serving.backend import GenerateRequest
+from router_helpers import ScriptedBackend, chunk, sse_data
 
 
 def assert_error(response: httpx.Response, status: int, param: str | None = None, *words: str) -> dict:
@@ -89,6 +88,16 @@ async def test_malformed_bodies(client: httpx.AsyncClient) -> None:
     assert_error(await client.post("/v1/completions", content=b'{"prompt": NaN}', headers=headers), 400)
     nan = b'{"prompt": "x", "temperature": NaN}'
     assert_error(await client.post("/v1/completions", content=nan, headers=headers), 400, "temperature")
+    # JSON may carry lone surrogates; nothing downstream (tokenizer, logs, msgpack) can encode them.
+    for path, body in [
+        ("/v1/completions", b'{"prompt": "a\\ud800b"}'),
+        ("/v1/completions", b'{"prompt": ["ok", "\\udfff"]}'),
+        ("/v1/completions", b'{"prompt": "a", "stop": "\\ud800"}'),
+        ("/v1/completions", b'{"prompt": "a", "model": "\\ud800"}'),
+        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "\\ud800"}]}'),
+        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\ud800"}]}]}'),
+    ]:
+        assert_error(await client.post(path, content=body, headers=headers), 400, None, "surrogate")
     deep = b"[" * 100_000 + b"]" * 100_000
     assert_error(await client.post("/v1/completions", content=deep, headers=headers), 400)
     assert_error(await client.post("/v1/completions", content=b"prompt=x", headers={"content-type": "text/plain"}), 400)

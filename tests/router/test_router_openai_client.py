@@ -6,7 +6,7 @@ from typing import Any
 
 import openai
 import pytest
-from conftest import MODEL
+from router_helpers import MODEL
 
 MESSAGES: Any = [{"role": "user", "content": "Say hi"}]
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import httpx
 import structlog
-from conftest import MODEL
-from router_helpers import ScriptedBackend
-
 from pdserve.engine.llm_engine import LLMEngine
 from pdserve.services.router import create_app
+from router_helpers import MODEL, ScriptedBackend
 
 
 async def test_health(client: httpx.AsyncClient, engine: LLMEngine) -> None:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import hmac
 
 from fastapi.security import HTTPBearer
-from starlette.types import ASGIApp, Receive, Scope, Send
-
 from pdserve.services.router.errors import ApiError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 PROTECTED_PREFIX = "/v1/"
 

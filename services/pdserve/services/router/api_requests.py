@@ -11,15 +11,26 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from pdserve.sampling_params import MAX_TOP_K
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
 # Token ids travel as msgpack integers; no vocabulary comes near 2**31.
 TokenId = Annotated[int, Field(ge=0, lt=1 << 31)]
 Seed = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+
+
+def _utf8_encodable(value: str) -> str:
+    # JSON can carry lone surrogates ("\ud800"); no tokenizer, log or wire encoding can.
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("contains an unpaired UTF-16 surrogate") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_utf8_encodable)]
 
 
 class StrictModel(BaseModel):
@@ -33,12 +44,12 @@ class StreamOptions(StrictModel):
 class SamplingFields(StrictModel):
     """Fields shared by completions and chat completions."""
 
-    model: str | None = Field(None, description="must be the served model's id if given")
+    model: Text | None = Field(None, description="must be the served model's id if given")
     temperature: float | None = Field(1.0, ge=0.0, le=100.0, description="0 is greedy")
     top_p: float | None = Field(1.0, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=-1, le=MAX_TOP_K, description="vLLM extension; -1 or 0 disables")
     n: int = Field(1, ge=1, description="choices per prompt (at most the router's max_n)")
-    stop: str | list[str] | None = Field(None, description="up to 16 strings; the text is cut before the first match")
+    stop: Text | list[Text] | None = Field(None, description="up to 16 strings; the text is cut before the first match")
     stop_token_ids: list[TokenId] | None = Field(None, description="vLLM extension")
     seed: Seed | None = Field(None, description="choice i of a prompt samples with seed + i")
     stream: bool | None = False
@@ -55,7 +66,7 @@ class SamplingFields(StrictModel):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[TokenId] | list[str] | list[list[TokenId]] = Field(
+    prompt: Text | list[TokenId] | list[Text] | list[list[TokenId]] = Field(
         description="a string, a list of token ids, or a list of either (one choice per prompt and n)"
     )
     max_tokens: int | None = Field(16, ge=1, description="null means up to the end of the context")
@@ -69,12 +80,12 @@ class CompletionRequest(SamplingFields):
 
 class TextPart(StrictModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(StrictModel):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = Field(None, description="may be null only for assistant messages")
+    content: Text | list[TextPart] | None = Field(None, description="may be null only for assistant messages")
     name: str | None = Field(None, description="accepted and ignored")
 
 

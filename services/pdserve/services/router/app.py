@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
-
 from pdserve.services.router.api_keys import ApiKeyMiddleware, bearer_scheme
 from pdserve.services.router.body_limit import BodyLimitMiddleware
 from pdserve.services.router.chat import chat_router

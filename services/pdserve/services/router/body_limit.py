@@ -6,9 +6,8 @@ holds whether or not the client sent Content-Length, and nothing downstream can 
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from pdserve.services.router.errors import ApiError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodyLimitMiddleware:

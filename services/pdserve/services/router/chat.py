@@ -9,8 +9,6 @@ from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request
-from starlette.responses import Response
-
 from pdserve.services.router.api_requests import ChatCompletionRequest
 from pdserve.services.router.api_responses import (
     ChatChoice,
@@ -36,6 +34,7 @@ from pdserve.services.router.sampling import (
 )
 from pdserve.services.router.sse import DONE, sse_json
 from pdserve.serving.backend import GenerateRequest
+from starlette.responses import Response
 
 log = structlog.get_logger("pdserve.router.chat")
 
@@ -56,6 +55,7 @@ def chat_router(ctx: RouterContext) -> APIRouter:
 
 
 async def _chat(ctx: RouterContext, body: ChatCompletionRequest, request: Request) -> Response:
+    deadline = ctx.deadline()
     ctx.check_model(body.model)
     check_unsupported(body)
     check_choices(1, body.n, ctx.limits)
@@ -69,7 +69,6 @@ async def _chat(ctx: RouterContext, body: ChatCompletionRequest, request: Reques
     )
 
     response_id = f"chatcmpl-{uuid.uuid4().hex}"
-    deadline = ctx.deadline()
     requests = [
         (
             0,

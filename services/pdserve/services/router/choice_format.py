@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-
 from pdserve.services.router.choice_stream import ChoiceStream, TokenDelta
 from pdserve.services.router.detokenizer import StreamDetokenizer
 from pdserve.services.router.errors import ApiError, internal_error

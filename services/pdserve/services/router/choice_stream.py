@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import structlog
-
 from pdserve.protocol import TokenChunk
 from pdserve.services.router.errors import ApiError, backend_error, internal_error
 from pdserve.serving.backend import GenerateRequest
@@ -136,7 +135,12 @@ class ChoiceStream:
         if chunk.index + len(chunk.token_ids) <= have and chunk.finish_reason is None:
             return  # a duplicate of tokens we already have
         held = self._ahead.get(chunk.index)
-        if held is None or len(chunk.token_ids) > len(held.token_ids) or chunk.finish_reason is not None:
+        # Two chunks at one index: keep the finishing one, else the longer one.
+        if (
+            held is None
+            or chunk.finish_reason is not None
+            or (held.finish_reason is None and len(chunk.token_ids) > len(held.token_ids))
+        ):
             self._ahead[chunk.index] = chunk
         if len(self._ahead) > MAX_CHUNKS_AHEAD:
             log.error("backend stream has a gap", backend_request_id=self.request.request_id, have=have)

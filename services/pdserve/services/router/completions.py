@@ -9,8 +9,6 @@ from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request
-from starlette.responses import Response
-
 from pdserve.services.router.api_requests import CompletionRequest, TokenId
 from pdserve.services.router.api_responses import CompletionChoice, CompletionLogprobs, CompletionResponse
 from pdserve.services.router.choice_format import StreamedChoice, error_event, final_text, token_id_fields
@@ -29,6 +27,7 @@ from pdserve.services.router.sampling import (
 )
 from pdserve.services.router.sse import DONE, sse_json
 from pdserve.serving.backend import GenerateRequest
+from starlette.responses import Response
 
 log = structlog.get_logger("pdserve.router.completions")
 
@@ -49,6 +48,7 @@ def completions_router(ctx: RouterContext) -> APIRouter:
 
 
 async def _complete(ctx: RouterContext, body: CompletionRequest, request: Request) -> Response:
+    deadline = ctx.deadline()
     ctx.check_model(body.model)
     check_unsupported(body)
     if body.echo:
@@ -61,7 +61,6 @@ async def _complete(ctx: RouterContext, body: CompletionRequest, request: Reques
     check_choices(len(prompts), body.n, ctx.limits)
 
     response_id = f"cmpl-{uuid.uuid4().hex}"
-    deadline = ctx.deadline()
     want_logprobs = body.logprobs is not None
     requests: list[tuple[int, GenerateRequest]] = []
     for prompt_index, ids in enumerate(prompts):

@@ -28,7 +28,7 @@ class RouterContext:
         if model is not None and model != self.model_name:
             raise ApiError(
                 404,
-                f"The model `{model}` does not exist; this server serves `{self.model_name}`",
+                f"The model {model!r} does not exist; this server serves {self.model_name!r}",
                 param="model",
                 code="model_not_found",
             )

@@ -14,10 +14,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pdserve.services.router.errors import ApiError, invalid_request
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
-
-from pdserve.services.router.errors import ApiError, invalid_request
 
 # pydantic names each alternative of a union in the error location ("str", "list[str]",
 # "list[constrained-int]"); they are not field names, so messages leave them out.
@@ -63,13 +62,20 @@ def describe_validation_errors(errors: Sequence[Any]) -> ApiError:
     paths = [_field_path(e.get("loc", ())) for e in errors]
     target = paths[0]
     same_field = [e for e, p in zip(errors, paths, strict=True) if p == target]
-    if len(same_field) > 1 and all(len(e.get("loc", ())) == len(same_field[0].get("loc", ())) for e in same_field):
+    at_field = len(same_field) > 1 and all(
+        len(e.get("loc", ())) == len(same_field[0].get("loc", ())) for e in same_field
+    )
+    fitting = [e for e in same_field if not str(e.get("type", "")).endswith("_type")]
+    if at_field and fitting:
+        # One alternative had the right type but a wrong value (a surrogate in a string): say that.
+        message = _message(fitting[0])
+    elif at_field:
         # Every alternative of a union failed at the field itself: list what would have fit.
         options = [_readable_type(e["loc"][-1]) for e in same_field if isinstance(e["loc"][-1], str)]
         message = f"expected one of: {', '.join(dict.fromkeys(options))}"
     else:
-        # Otherwise the error of the alternative that got furthest is the most helpful: the
-        # deepest, then the one at the latest list index (["a", 3] fails as list[str] at item 1).
+        # Otherwise the error of the alternative that got furthest is the most helpful
+        # (["a", 3] fails as list[str] at item 1, not as list[int] at item 0).
         best = max(errors, key=_progress)
         target = _field_path(best.get("loc", ()))
         message = _message(best)
@@ -82,6 +88,8 @@ def _message(error: Any) -> str:
         return "unknown or unsupported field"
     if error.get("type") == "missing":
         return "field required"
+    if error.get("type") == "value_error":
+        return str(error.get("msg", "invalid value")).removeprefix("Value error, ")
     return str(error.get("msg", "invalid value"))
 
 
@@ -92,9 +100,10 @@ def _field_path(loc: Sequence[Any]) -> str:
     return ".".join(parts)
 
 
-def _progress(error: Any) -> tuple[int, list[int]]:
+def _progress(error: Any) -> tuple[int, list[int], bool]:
+    # Deeper, then at a later index, then a wrong value of the right type over a wrong type.
     loc = [p for p in error.get("loc", ()) if not _is_union_tag(p)]
-    return len(loc), [p for p in loc if isinstance(p, int)]
+    return len(loc), [p for p in loc if isinstance(p, int)], not str(error.get("type", "")).endswith("_type")
 
 
 def _is_union_tag(part: Any) -> bool:
@@ -102,4 +111,6 @@ def _is_union_tag(part: Any) -> bool:
 
 
 def _readable_type(tag: str) -> str:
+    # "function-after[_utf8_encodable(), str]" -> "str"; "list[constrained-int]" -> "list[int]"
+    tag = re.sub(r"function-\w+\[[^,\]]*, ([^\]]+)\]", r"\1", tag)
     return re.sub(r"constrained-(\w+)", r"\1", tag)

@@ -10,15 +10,14 @@ from collections.abc import AsyncGenerator, Callable
 
 import structlog
 from fastapi import Request
-from pydantic import BaseModel
-from starlette.responses import Response
-
 from pdserve.services.router.api_responses import PromptTokensDetails, Usage
 from pdserve.services.router.choice_group import ChoiceGroup
 from pdserve.services.router.choice_stream import ChoiceStream
 from pdserve.services.router.context import RouterContext
 from pdserve.services.router.disconnect import ClientDisconnected, until_disconnect
 from pdserve.services.router.sse import SseResponse
+from pydantic import BaseModel
+from starlette.responses import Response
 
 log = structlog.get_logger("pdserve.router")
 

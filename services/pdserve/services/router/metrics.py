@@ -35,7 +35,7 @@ class RouterMetrics:
             lines.append(f'pdserve_router_requests_total{{endpoint="{endpoint}",status="{status}"}} {count}')
         for name, kind, help_text, value in (
             ("requests_in_flight", "gauge", "HTTP requests being served now.", self.in_flight),
-            ("prompt_tokens_total", "counter", "Prompt tokens of admitted requests.", self.prompt_tokens),
+            ("prompt_tokens_total", "counter", "Prompt tokens sent to workers (each prompt once).", self.prompt_tokens),
             ("generated_tokens_total", "counter", "Tokens generated and received from workers.", self.generated_tokens),
             (
                 "client_disconnects_total",

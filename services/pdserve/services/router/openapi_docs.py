@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
-
 from pdserve.services.router.api_responses import ErrorResponse
+from pydantic import BaseModel
 
 ERROR_STATUSES = {
     400: "invalid request (validation, context length, unsupported field)",

@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jinja2
-
 from pdserve.services.router.api_requests import ChatMessage
 from pdserve.services.router.errors import ApiError, invalid_request
 

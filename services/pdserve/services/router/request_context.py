@@ -10,19 +10,20 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
 
 import structlog
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from pdserve.services.router.errors import internal_error
 from pdserve.services.router.metrics import RouterMetrics
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = structlog.get_logger("pdserve.router.http")
 
 REQUEST_ID_HEADER = b"x-request-id"
+QUIET_PATHS = frozenset({"/health", "/metrics"})
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
@@ -61,7 +62,9 @@ class RequestContextMiddleware:
             finally:
                 self.metrics.in_flight -= 1
                 self.metrics.observe_request(scope["path"], status)
-                log.info(
+                # Probes and scrapes come every few seconds; they are logged only at debug level.
+                log.log(
+                    logging.DEBUG if scope["path"] in QUIET_PATHS else logging.INFO,
                     "http request",
                     method=scope["method"],
                     path=scope["path"],

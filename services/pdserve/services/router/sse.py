@@ -12,10 +12,9 @@ import json
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
+from pdserve.services.router.disconnect import wait_for_disconnect
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
-
-from pdserve.services.router.disconnect import wait_for_disconnect
 
 DONE = b"data: [DONE]\n\n"
 

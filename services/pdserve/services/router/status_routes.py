@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-
 from pdserve.services.router.api_responses import ClusterResponse, HealthResponse, ModelCard, ModelList
 from pdserve.services.router.context import RouterContext
 from pdserve.services.router.errors import DEFAULT_RETRY_AFTER_S
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -1,0 +1,126 @@
+"""Paged decode attention on CPU tensors through the C kernel in cpu_paged_attention.c.
+
+The kernel reads each sequence's K and V rows straight from their blocks, once per kv head, where the
+torch reference first gathers them into a padded copy and then runs SDPA (ops/bench_kernels.py compares
+the two). float32 and bfloat16 only; `supports` says whether a call can run here. The library is built
+on first use (native_build.py); if that fails, one warning is logged and `available` stays False.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+
+import structlog
+import torch
+from torch import Tensor
+
+from pdserve.kernels.native_build import NativeBuildError, load_library
+
+log = structlog.get_logger("pdserve.kernels")
+
+SOURCE = Path(__file__).with_name("cpu_paged_attention.c")
+# Codes the C side knows the dtypes by.
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
+# Bounds of the C kernel's stack arrays (MAX_GROUP, MAX_CHUNKS * LANES there).
+MAX_GROUP = 16
+MAX_HEAD_DIM = 256
+# The C kernel's ERR_* return codes.
+ERRORS = {
+    1: "out of memory for the per-thread score buffers",
+    2: "a context length is < 1 or beyond its block table",
+    3: "a block table entry is not a block of the cache",
+    4: f"more than {MAX_GROUP} query heads per kv head",
+    5: f"head_dim above {MAX_HEAD_DIM}",
+}
+
+_i64, _ptr = ctypes.c_int64, ctypes.c_void_p
+_ARGTYPES = [_ptr] * 6 + [_i64] * 10 + [ctypes.c_float, ctypes.c_int, ctypes.c_int]
+
+
+def supports(query: Tensor, k_cache: Tensor) -> bool:
+    """Whether the C kernel handles these tensors: on the CPU, float32 or bfloat16 alike, sizes in bounds."""
+    return (
+        query.device.type == "cpu"
+        and k_cache.device.type == "cpu"
+        and query.dtype in DTYPE_CODES
+        and k_cache.dtype == query.dtype
+        and query.shape[1] // max(k_cache.shape[2], 1) <= MAX_GROUP
+        and query.shape[2] <= MAX_HEAD_DIM
+    )
+
+
+def available() -> bool:
+    """Whether the library is built and loaded; the first call builds it (about a second)."""
+    return _library() is not None
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    try:
+        library = load_library(SOURCE)
+    except (NativeBuildError, OSError) as exc:
+        log.warning("native CPU kernels unavailable; using the torch reference", error=str(exc))
+        return None
+    library.pdserve_paged_decode.argtypes = _ARGTYPES
+    library.pdserve_paged_decode.restype = ctypes.c_int
+    return library
+
+
+def paged_attention_decode(
+    query: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    block_tables: Tensor,
+    context_lens: Tensor,
+    scale: float,
+) -> Tensor:
+    """query [B, H, D] attends to all context_lens[b] (int32, >= 1) tokens of its blocks -> new [B, H, D].
+
+    Needs `supports(query, k_cache)` and `available()`. Raises ValueError for a context length out of
+    [1, max_blocks * block_size] or a block id outside the cache, before the kernel reads any K or V.
+    """
+    library = _library()
+    assert library is not None, "the native kernel is not available"
+    batch, num_heads, head_dim = query.shape
+    num_blocks, block_size, num_kv_heads, cache_head_dim = k_cache.shape
+    assert supports(query, k_cache), "dtype, device or sizes the C kernel does not handle"
+    assert cache_head_dim == head_dim and num_heads % num_kv_heads == 0
+    # The kernel computes row addresses from the shape alone.
+    assert k_cache.is_contiguous() and v_cache.is_contiguous() and v_cache.shape == k_cache.shape
+    assert v_cache.dtype == k_cache.dtype and v_cache.device == k_cache.device
+    assert query.stride(-1) == 1, "each query head's D values must be dense"
+    assert block_tables.dtype == torch.int32 and block_tables.dim() == 2 and block_tables.shape[0] == batch
+    assert block_tables.stride(-1) == 1 and block_tables.device.type == "cpu"
+    assert context_lens.dtype == torch.int32 and context_lens.shape == (batch,) and context_lens.is_contiguous()
+    assert context_lens.device.type == "cpu"
+    out = torch.empty(batch, num_heads, head_dim, dtype=query.dtype)
+    if batch == 0:
+        return out
+    err = library.pdserve_paged_decode(
+        out.data_ptr(),
+        query.data_ptr(),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        block_tables.data_ptr(),
+        context_lens.data_ptr(),
+        batch,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        block_size,
+        num_blocks,
+        block_tables.shape[1],
+        query.stride(0),
+        query.stride(1),
+        block_tables.stride(0),
+        scale,
+        DTYPE_CODES[query.dtype],
+        torch.get_num_threads(),
+    )
+    if err == 1:
+        raise MemoryError(ERRORS[err])
+    if err:
+        raise ValueError(f"paged_attention_decode: {ERRORS.get(err, f'error {err}')}")
+    return out
