@@ -4,8 +4,11 @@ Cache layout (the engine relies on it): per layer a `k_cache` and a `v_cache`, e
 [num_blocks, block_size, num_kv_heads, head_dim]; token slot = block_id * block_size + offset_in_block.
 Queries have num_heads = num_kv_heads * group heads, and query head h reads kv head h // group.
 
-Triton runs when the tensors are on CUDA and triton imports; otherwise the torch reference runs.
-PDSERVE_KERNELS=torch|triton forces one (triton on CPU tensors only works under TRITON_INTERPRET=1).
+Triton runs when the tensors are on CUDA and triton imports; otherwise the torch reference runs, except
+for decode attention on CPU tensors, which runs a C kernel built on first use (cpu_paged_attention.py)
+when it builds and the dtype is float32 or bfloat16. PDSERVE_KERNELS=torch|triton|native forces one:
+triton on CPU tensors only works under TRITON_INTERPRET=1; native raises if the C kernel cannot be
+built, and leaves everything the C kernel does not cover to the reference.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import functools
 import os
 
-from pdserve.kernels import reference
+from pdserve.kernels import cpu_paged_attention, reference
 from torch import Tensor
 
 __all__ = [
@@ -49,6 +52,13 @@ def paged_attention_decode(
 
     block_tables [B, max_blocks] int32; entries past a sequence's last block may be any valid block id.
     """
+    forced = os.environ.get(BACKEND_ENV, "")
+    if forced in ("", "native") and cpu_paged_attention.supports(query, k_cache):
+        if cpu_paged_attention.available():
+            native_decode = cpu_paged_attention.paged_attention_decode
+            return native_decode(query, k_cache, v_cache, block_tables, context_lens, scale)
+        if forced:
+            raise RuntimeError(f"{BACKEND_ENV}=native but the C kernel did not build; see the warning logged above")
     if _use_triton(query):
         from pdserve.kernels.triton_paged_attention import paged_attention_decode as triton_decode
 
@@ -96,14 +106,14 @@ def scatter_kv_blocks(kv: Tensor, k_cache: Tensor, v_cache: Tensor, block_ids: T
 def _use_triton(tensor: Tensor) -> bool:
     # Read per call (a dict lookup) so tests and tools can switch backends without re-importing.
     forced = os.environ.get(BACKEND_ENV, "")
-    if forced == "torch":
+    if forced in ("torch", "native"):
         return False
     if forced == "triton":
         if not _triton_importable():
             raise RuntimeError(f"{BACKEND_ENV}=triton but triton does not import; install pdserve[triton]")
         return True
     if forced:
-        raise ValueError(f"{BACKEND_ENV}={forced!r}: expected 'torch' or 'triton'")
+        raise ValueError(f"{BACKEND_ENV}={forced!r}: expected 'torch', 'triton' or 'native'")
     return tensor.is_cuda and _triton_importable()
 
 

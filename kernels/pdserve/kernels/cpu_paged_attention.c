@@ -9,9 +9,10 @@
  * out is contiguous [batch, num_heads, head_dim]. Query head h reads kv head h / group.
  * Query, caches and out share one dtype, float32 or bfloat16; all arithmetic is float32.
  *
- * One work item is a (sequence, kv head) pair: its group of query heads shares every K and V row,
- * so each row is read from memory once. Two passes per item, with no per-token rescaling: the
- * scores of the whole context, a softmax over them, then the weighted sum of the V rows.
+ * A work item is one sequence's kv heads (or some of them when there are fewer sequences than
+ * threads): each K and V row is read from memory once, for the whole group of query heads sharing it.
+ * Two passes per item, with no per-token rescaling: the scores of the whole context, a softmax over
+ * them, then the weighted sum of the V rows (ops/bench_kernels.py has the numbers behind the choices).
  */
 
 #include <math.h>
@@ -28,12 +29,17 @@
 #define ERR_BAD_BLOCK_ID 3
 #define ERR_GROUP_TOO_LARGE 4
 #define ERR_HEAD_DIM_TOO_LARGE 5
+#define ERR_BAD_SHAPE 6
 
 /* Floats per vector: one AVX-512 register; the compiler splits it on narrower machines.
  * Tokens are also taken LANES at a time, so that one vector holds LANES scores. */
 #define LANES 16
 /* Most query heads per kv head (Llama and Qwen models use up to 8). */
 #define MAX_GROUP 16
+/* Most kv heads one work item covers (bounds a stack array; more heads make more items). */
+#define MAX_KV_HEADS_PER_ITEM 8
+/* Work items per thread below which sequences are split by kv heads. */
+#define ITEMS_PER_THREAD 4
 /* Longest head_dim, in vectors (256 floats): rows of K and V stay in registers. */
 #define MAX_CHUNKS 16
 
@@ -187,126 +193,140 @@ static int check_sequence(const decode_args *a, int64_t seq) {
     return ERR_OK;
 }
 
-/* Floats of scratch one work item needs: query and accumulator rows per query head, a tile of LANES
- * rows, then the scores. */
-static size_t scratch_floats(int64_t group, int64_t head_dim, int64_t context_len) {
-    const int64_t row_width = round_up(head_dim, LANES);
-    return (size_t)((2 * group + LANES) * row_width + group * round_up(context_len, LANES));
+/* Floats of scratch a work item of `heads` query heads needs: a query and an accumulator row per head,
+ * then its scores. */
+static size_t scratch_floats(int64_t heads, int64_t head_dim, int64_t context_len) {
+    return (size_t)(heads * (2 * round_up(head_dim, LANES) + round_up(context_len, LANES)));
 }
 
-/* Where one kv head's rows of a sequence live in a cache. */
+/* Where a sequence's token rows live in one cache. */
 typedef struct {
     const char *cache; /* k_cache or v_cache */
     const int32_t *table;
-    int64_t block_size, block_bytes, token_stride, head_offset; /* bytes, but block_size in tokens */
-} head_rows;
+    int64_t block_size;                               /* tokens */
+    int64_t block_bytes, token_stride, head_offset;   /* bytes */
+} token_rows_of;
 
-/* rows[i] = address of token first + i, for i < count. */
-static inline void token_rows(const head_rows *h, int64_t first, int64_t count, const char **rows) {
-    int64_t block = first / h->block_size, offset = first % h->block_size;
+/* rows[i] = address of token first + i (at head_offset in its row), for i < count. */
+static inline void token_rows(const token_rows_of *r, int64_t first, int64_t count, const char **rows) {
+    int64_t block = first / r->block_size, offset = first % r->block_size;
     for (int64_t i = 0; i < count; i++) {
-        rows[i] = h->cache + h->table[block] * h->block_bytes + offset * h->token_stride + h->head_offset;
-        if (++offset == h->block_size) block++, offset = 0;
+        rows[i] = r->cache + r->table[block] * r->block_bytes + offset * r->token_stride + r->head_offset;
+        if (++offset == r->block_size) block++, offset = 0;
     }
 }
 
-/* The float32 rows of tokens [first, first + count) of head h: pointers into the cache for float32 data,
- * into `tile` (LANES rows of row_width floats, zero-padded) for bfloat16. Also prefetches the next
- * LANES tokens' rows (below `end`): blocks sit at random places, where hardware prefetchers cannot follow.
- * Returns how many floats of each row to read. */
-static inline __attribute__((always_inline)) int64_t load_rows(const head_rows *h, int64_t first, int64_t count,
-                                                              int64_t end, int64_t head_dim, int dtype,
-                                                              float *restrict tile, const float **out) {
+/* Prefetches `bytes` from each of tokens [first, min(first + count, end)). */
+static inline void prefetch_tokens(const token_rows_of *r, int64_t first, int64_t count, int64_t end, int64_t bytes) {
     const char *rows[LANES];
-    const int64_t chunks = round_up(head_dim, LANES) / LANES;
-    const int64_t row_bytes = head_dim * (dtype == DTYPE_BF16 ? 2 : 4);
-    const int64_t ahead = end - (first + count) < LANES ? end - (first + count) : LANES;
-    token_rows(h, first + count, ahead, rows);
-    for (int64_t i = 0; i < ahead; i++)
-        for (int64_t line = 0; line < row_bytes; line += 64) __builtin_prefetch(rows[i] + line);
-    token_rows(h, first, count, rows);
-    if (dtype != DTYPE_BF16) {
-        for (int64_t i = 0; i < count; i++) out[i] = (const float *)rows[i];
-        return head_dim;
-    }
-    for (int64_t i = 0; i < count; i++) {
-        for (int64_t c = 0; c < chunks; c++)
-            store_f32(tile + i * chunks * LANES + c * LANES, load_chunk(rows[i], c * LANES, head_dim, DTYPE_BF16));
-        out[i] = tile + i * chunks * LANES;
-    }
-    return chunks * LANES;
+    count = end - first < count ? end - first : count;
+    if (count <= 0) return;
+    token_rows(r, first, count, rows);
+    for (int64_t i = 0; i < count; i++)
+        for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch(rows[i] + line);
 }
 
-/* Attention of the query heads of kv head `kv_head` of sequence `seq`, written to out.
- * Tokens go LANES at a time: their K (then V) rows are widened to float32 once, then used by each
- * query head of the group in turn, whose query (or accumulator) row stays in registers.
+/* rows[i] = address of token first + i for i < count; ahead[i] = that of token first + LANES + i for the
+ * ones below end, whose number it returns. */
+static inline int64_t rows_and_ahead(const token_rows_of *r, int64_t first, int64_t count, int64_t end,
+                                     const char **rows, const char **ahead) {
+    token_rows(r, first, count, rows);
+    int64_t later = end - (first + LANES);
+    later = later < 0 ? 0 : later < LANES ? later : LANES;
+    token_rows(r, first + LANES, later, ahead);
+    return later;
+}
+
+static inline void prefetch_row(const char *row, int64_t bytes) {
+    for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch(row + line);
+}
+
+/* Attention of query heads [kv_first * group, (kv_first + kv_count) * group) of sequence `seq`.
+ * Tokens go LANES at a time, one kv head after the other, so each block is read while it is hot; the
+ * rows LANES tokens ahead are prefetched (blocks sit at random places, where hardware prefetchers
+ * cannot follow). A K or V row is widened to float32 once and used by every query head of its group.
  * Always inlined into callers that pass a constant head_dim, so the row loops unroll fully.
  */
-static inline __attribute__((always_inline)) void attend(const decode_args *a, int64_t seq, int64_t kv_head,
-                                                        const int64_t head_dim, float *restrict scratch) {
-    const int dtype = a->dtype;
+static inline __attribute__((always_inline)) void attend(const decode_args *a, int64_t seq, int64_t kv_first,
+                                                        int64_t kv_count, int dtype, const int64_t head_dim,
+                                                        float *restrict scratch) {
     const int64_t elem = dtype == DTYPE_BF16 ? 2 : 4;
     const int64_t group = a->num_heads / a->num_kv_heads;
+    const int64_t heads = kv_count * group;
     const int64_t context_len = a->context_lens[seq];
     const int64_t chunks = round_up(head_dim, LANES) / LANES;
     const int64_t row_width = chunks * LANES;
     const int64_t score_stride = round_up(context_len, LANES);
-    float *restrict query = scratch;                  /* [group][row_width], times scale */
-    float *restrict acc = query + group * row_width;  /* [group][row_width] */
-    float *restrict tile = acc + group * row_width;   /* [LANES][row_width] */
-    float *restrict scores = tile + LANES * row_width; /* [group][score_stride] */
-    head_rows h = {a->k_cache, a->block_tables + seq * a->block_table_stride, a->block_size,
-                   a->block_size * a->num_kv_heads * head_dim * elem, a->num_kv_heads * head_dim * elem,
-                   kv_head * head_dim * elem};
-    const float *rows[LANES];
+    const int64_t head_bytes = head_dim * elem;
+    float *restrict query = scratch;                  /* [heads][row_width], times scale */
+    float *restrict acc = query + heads * row_width;  /* [heads][row_width] */
+    float *restrict scores = acc + heads * row_width; /* [heads][score_stride] */
+    token_rows_of r = {a->k_cache, a->block_tables + seq * a->block_table_stride, a->block_size,
+                       a->block_size * a->num_kv_heads * head_bytes, a->num_kv_heads * head_bytes,
+                       kv_first * head_bytes};
+    const char *rows[LANES], *ahead[LANES];
 
-    for (int64_t g = 0; g < group; g++) {
-        int64_t head = kv_head * group + g;
+    for (int64_t h = 0; h < heads; h++) {
+        const int64_t head = kv_first * group + h;
         const char *src = (const char *)a->query + (seq * a->query_seq_stride + head * a->query_head_stride) * elem;
         for (int64_t c = 0; c < chunks; c++)
-            store_f32(query + g * row_width + c * LANES, load_chunk(src, c * LANES, head_dim, dtype) * a->scale);
+            store_f32(query + h * row_width + c * LANES, load_chunk(src, c * LANES, head_dim, dtype) * a->scale);
     }
 
     /* Pass 1: scores of every context token. Lanes past the context are written but never read. */
+    prefetch_tokens(&r, 0, LANES, context_len, kv_count * head_bytes);
     for (int64_t first = 0; first < context_len; first += LANES) {
         const int64_t count = context_len - first < LANES ? context_len - first : LANES;
-        const int64_t len = load_rows(&h, first, count, context_len, head_dim, dtype, tile, rows);
-        for (int64_t g = 0; g < group; g++) {
-            f32v q[MAX_CHUNKS], dots[LANES];
-            for (int64_t c = 0; c < chunks; c++) q[c] = load_f32(query + g * row_width + c * LANES);
+        const int64_t later = rows_and_ahead(&r, first, count, context_len, rows, ahead);
+        for (int64_t k = 0; k < kv_count; k++) {
+            f32v dots[MAX_GROUP][LANES];
             for (int64_t i = 0; i < LANES; i++) {
-                dots[i] = splat(0.0f);
-                if (i < count)
-                    for (int64_t c = 0; c < chunks; c++) dots[i] += q[c] * load_chunk(rows[i], c * LANES, len, DTYPE_F32);
+                /* One row ahead per row used: prefetches issued in bursts measured slower. */
+                if (i < later) prefetch_row(ahead[i] + k * head_bytes, head_bytes);
+                f32v key[MAX_CHUNKS];
+                for (int64_t c = 0; c < chunks; c++)
+                    key[c] = i < count ? load_chunk(rows[i] + k * head_bytes, c * LANES, head_dim, dtype) : splat(0.0f);
+                for (int64_t g = 0; g < group; g++) {
+                    f32v dot = splat(0.0f);
+                    for (int64_t c = 0; c < chunks; c++)
+                        dot += load_f32(query + (k * group + g) * row_width + c * LANES) * key[c];
+                    dots[g][i] = dot;
+                }
             }
-            store_f32(scores + g * score_stride + first, sum_each(dots));
+            for (int64_t g = 0; g < group; g++)
+                store_f32(scores + (k * group + g) * score_stride + first, sum_each(dots[g]));
         }
     }
 
-    float inverse_sum[MAX_GROUP];
-    for (int64_t g = 0; g < group; g++) inverse_sum[g] = 1.0f / softmax_numerators(scores + g * score_stride, context_len);
+    r.cache = a->v_cache;
+    prefetch_tokens(&r, 0, LANES, context_len, kv_count * head_bytes);
+    float inverse_sum[MAX_GROUP * MAX_KV_HEADS_PER_ITEM];
+    for (int64_t h = 0; h < heads; h++) inverse_sum[h] = 1.0f / softmax_numerators(scores + h * score_stride, context_len);
 
     /* Pass 2: the numerator-weighted sum of V rows; the softmax sums divide once at the end. */
-    h.cache = a->v_cache;
-    memset(acc, 0, (size_t)(group * row_width) * sizeof(float));
+    memset(acc, 0, (size_t)(heads * row_width) * sizeof(float));
     for (int64_t first = 0; first < context_len; first += LANES) {
         const int64_t count = context_len - first < LANES ? context_len - first : LANES;
-        const int64_t len = load_rows(&h, first, count, context_len, head_dim, dtype, tile, rows);
-        for (int64_t g = 0; g < group; g++) {
-            f32v sums[MAX_CHUNKS];
-            for (int64_t c = 0; c < chunks; c++) sums[c] = load_f32(acc + g * row_width + c * LANES);
+        const int64_t later = rows_and_ahead(&r, first, count, context_len, rows, ahead);
+        for (int64_t k = 0; k < kv_count; k++)
             for (int64_t i = 0; i < count; i++) {
-                f32v weight = splat(scores[g * score_stride + first + i]);
-                for (int64_t c = 0; c < chunks; c++) sums[c] += weight * load_chunk(rows[i], c * LANES, len, DTYPE_F32);
+                if (i < later) prefetch_row(ahead[i] + k * head_bytes, head_bytes);
+                f32v value[MAX_CHUNKS];
+                for (int64_t c = 0; c < chunks; c++) value[c] = load_chunk(rows[i] + k * head_bytes, c * LANES, head_dim, dtype);
+                for (int64_t g = 0; g < group; g++) {
+                    const int64_t h = k * group + g;
+                    const f32v weight = splat(scores[h * score_stride + first + i]);
+                    float *sums = acc + h * row_width;
+                    for (int64_t c = 0; c < chunks; c++)
+                        store_f32(sums + c * LANES, load_f32(sums + c * LANES) + weight * value[c]);
+                }
             }
-            for (int64_t c = 0; c < chunks; c++) store_f32(acc + g * row_width + c * LANES, sums[c]);
-        }
     }
 
-    for (int64_t g = 0; g < group; g++) {
-        const int64_t first = (seq * a->num_heads + kv_head * group + g) * head_dim;
+    for (int64_t h = 0; h < heads; h++) {
+        const int64_t first = (seq * a->num_heads + kv_first * group + h) * head_dim;
         for (int64_t d = 0; d < head_dim; d++) {
-            float value = acc[g * row_width + d] * inverse_sum[g];
+            const float value = acc[h * row_width + d] * inverse_sum[h];
             if (dtype == DTYPE_BF16)
                 ((uint16_t *)a->out)[first + d] = f32_to_bf16(value);
             else
@@ -315,11 +335,13 @@ static inline __attribute__((always_inline)) void attend(const decode_args *a, i
     }
 }
 
-static void attend_any_head_dim(const decode_args *a, int64_t seq, int64_t kv_head, float *scratch) {
+/* attend with head_dim as a constant for the common sizes, so the compiler unrolls its row loops.
+ * (dtype stays a run-time value: specialising it too doubled the compile time and measured no faster.) */
+static void attend_any(const decode_args *a, int64_t seq, int64_t kv_first, int64_t kv_count, float *scratch) {
     switch (a->head_dim) {
-    case 64: attend(a, seq, kv_head, 64, scratch); break;
-    case 128: attend(a, seq, kv_head, 128, scratch); break;
-    default: attend(a, seq, kv_head, a->head_dim, scratch); break;
+    case 64: attend(a, seq, kv_first, kv_count, a->dtype, 64, scratch); break;
+    case 128: attend(a, seq, kv_first, kv_count, a->dtype, 128, scratch); break;
+    default: attend(a, seq, kv_first, kv_count, a->dtype, a->head_dim, scratch); break;
     }
 }
 
@@ -333,6 +355,8 @@ int pdserve_paged_decode(void *out, const void *query, const void *k_cache, cons
     const decode_args a = {out, query, k_cache, v_cache, block_tables, context_lens,
                            batch, num_heads, num_kv_heads, head_dim, block_size, num_blocks, max_blocks,
                            query_seq_stride, query_head_stride, block_table_stride, scale, dtype};
+    if (batch < 0 || num_kv_heads < 1 || num_heads % num_kv_heads || head_dim < 1 || block_size < 1) return ERR_BAD_SHAPE;
+    if (batch == 0) return ERR_OK;
     const int64_t group = num_heads / num_kv_heads;
     if (group > MAX_GROUP) return ERR_GROUP_TOO_LARGE;
     if (head_dim > MAX_CHUNKS * LANES) return ERR_HEAD_DIM_TOO_LARGE;
@@ -342,10 +366,17 @@ int pdserve_paged_decode(void *out, const void *query, const void *k_cache, cons
         if (err) return err;
         longest = context_lens[seq] > longest ? context_lens[seq] : longest;
     }
-    const size_t scratch_bytes = scratch_floats(group, head_dim, longest) * sizeof(float);
-    const int64_t items = batch * num_kv_heads;
+    num_threads = num_threads > 0 ? num_threads : 1;
+    /* A work item is a sequence's kv heads, split into parts only when there are too few sequences
+     * to keep every thread busy. */
+    int64_t parts = (ITEMS_PER_THREAD * num_threads + batch - 1) / batch;
+    int64_t heads_per_item = num_kv_heads < MAX_KV_HEADS_PER_ITEM ? num_kv_heads : MAX_KV_HEADS_PER_ITEM;
+    if (parts > 1) heads_per_item = (heads_per_item + parts - 1) / parts;
+    parts = (num_kv_heads + heads_per_item - 1) / heads_per_item;
+    const size_t scratch_bytes = scratch_floats(heads_per_item * group, head_dim, longest) * sizeof(float);
+    const int64_t items = batch * parts;
     int failed = 0;
-#pragma omp parallel num_threads(num_threads > 0 ? num_threads : 1)
+#pragma omp parallel num_threads(num_threads)
     {
         float *scratch = malloc(scratch_bytes);
         if (!scratch) {
@@ -354,10 +385,12 @@ int pdserve_paged_decode(void *out, const void *query, const void *k_cache, cons
         }
         /* Dynamic: items differ in length by up to 100x when fresh requests join old ones. */
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t item = 0; item < items; item++)
-            if (scratch) attend_any_head_dim(&a, item / num_kv_heads, item % num_kv_heads, scratch);
+        for (int64_t item = 0; item < items; item++) {
+            const int64_t kv_first = item % parts * heads_per_item;
+            const int64_t kv_count = num_kv_heads - kv_first < heads_per_item ? num_kv_heads - kv_first : heads_per_item;
+            if (scratch) attend_any(&a, item / parts, kv_first, kv_count, scratch);
+        }
         free(scratch);
     }
-    (void)num_threads;
     return failed ? ERR_NO_MEMORY : ERR_OK;
 }

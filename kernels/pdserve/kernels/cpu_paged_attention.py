@@ -14,9 +14,8 @@ from pathlib import Path
 
 import structlog
 import torch
-from torch import Tensor
-
 from pdserve.kernels.native_build import NativeBuildError, load_library
+from torch import Tensor
 
 log = structlog.get_logger("pdserve.kernels")
 
@@ -33,10 +32,11 @@ ERRORS = {
     3: "a block table entry is not a block of the cache",
     4: f"more than {MAX_GROUP} query heads per kv head",
     5: f"head_dim above {MAX_HEAD_DIM}",
+    6: "a shape the kernel cannot take (num_heads % num_kv_heads, sizes < 1)",
 }
 
-_i64, _ptr = ctypes.c_int64, ctypes.c_void_p
-_ARGTYPES = [_ptr] * 6 + [_i64] * 10 + [ctypes.c_float, ctypes.c_int, ctypes.c_int]
+# pdserve_paged_decode's C signature: six pointers, ten int64 sizes and strides, scale, dtype, threads.
+_ARGTYPES: list[type] = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 10 + [ctypes.c_float, ctypes.c_int, ctypes.c_int]
 
 
 def supports(query: Tensor, k_cache: Tensor) -> bool:

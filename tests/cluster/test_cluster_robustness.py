@@ -1,0 +1,61 @@
+"""Garbage on every subject crashes nothing; requests still work afterwards."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import msgpack
+from cluster_harness import NatsServer, start_cluster
+
+from pdserve import SamplingParams
+from pdserve.protocol import GenerateTask, KvAdmission, KvOffer, TaskAck, decode, encode
+from pdserve.serving.backend import GenerateRequest
+
+
+def garbage(rng: random.Random) -> list[bytes]:
+    valid = encode(GenerateTask("x", [1, 2, 3], {"max_tokens": 4}, "s", time.time() + 10))
+    samples = [
+        b"",
+        b"\xc1",
+        valid[: len(valid) // 2],
+        msgpack.packb({"v": 99, "type": "GenerateTask"}),
+        msgpack.packb({"v": 1, "type": "KvOffer"}),
+        msgpack.packb([1, 2, 3]),
+        msgpack.packb({"v": 1, "type": "GenerateTask", "request_id": 5, "prompt_token_ids": "no"}),
+        encode(GenerateTask("bad-params", [1, 2], {"max_tokens": -1}, "s", time.time() + 10)),
+        encode(GenerateTask("huge-token", [10**9], {"max_tokens": 2}, "s", time.time() + 10)),
+    ]
+    samples += [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200))) for _ in range(20)]
+    return samples
+
+
+async def test_malformed_messages_are_refused_not_fatal(nats_server: NatsServer) -> None:
+    cluster = await start_cluster(nats_server.url, prefill=1, decode=1, colocated=1)
+    try:
+        nc = cluster.router_nc
+        assert nc is not None
+        subjects = cluster.backend.subjects  # type: ignore[union-attr]
+        rng = random.Random(7)
+        for payload in garbage(rng):
+            for worker in ("prefill-0", "worker-0"):
+                reply = await nc.request(subjects.task(worker), payload, timeout=2)
+                ack = decode(reply.data, TaskAck)
+                assert not ack.accepted and ack.code == 400, ack
+            reply = await nc.request(subjects.kv_offer("decode-0"), payload, timeout=2)
+            assert not decode(reply.data, KvAdmission).accepted
+            for subject in (subjects.heartbeat, subjects.cancel, subjects.stream(cluster.backend.router_id, "x")):  # type: ignore[union-attr]
+                await nc.publish(subject, payload)
+        # A well-formed offer with a layout from another model is refused with the reason.
+        offer = KvOffer("o", [1, 2, 3], 4, {"max_tokens": 4}, {"model_fingerprint": "other", "dtype": "float32",
+                        "num_layers": 4, "num_kv_heads": 2, "head_dim": 16, "block_size": 16}, 3 * 256, "s", time.time() + 5)
+        admission = decode((await nc.request(subjects.kv_offer("decode-0"), encode(offer), timeout=2)).data, KvAdmission)
+        assert not admission.accepted and "model_fingerprint" in admission.reason
+        await nc.flush()
+        assert all(w.counters["malformed"] > 0 for w in cluster.workers)
+        request = GenerateRequest("after", [5, 6, 7], SamplingParams(max_tokens=5, temperature=0.0), time.time() + 30)
+        chunks = [c async for c in cluster.backend.generate(request)]  # type: ignore[union-attr]
+        assert chunks[-1].finish_reason == "length"
+        await cluster.wait_idle()
+    finally:
+        await cluster.stop()
