@@ -15,7 +15,7 @@ from pdserve.kernels import reference
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("forced", ["", "torch"])
+@pytest.mark.parametrize("forced", ["torch"])
 def test_cpu_tensors_run_the_reference(monkeypatch: pytest.MonkeyPatch, forced: str) -> None:
     monkeypatch.setenv(kernels.BACKEND_ENV, forced)
     case = make_case([5, 3], 4, 2, 8, torch.float32)

@@ -216,14 +216,16 @@ static inline void token_rows(const token_rows_of *r, int64_t first, int64_t cou
     }
 }
 
-/* Prefetches `bytes` from each of tokens [first, min(first + count, end)). */
+static inline void prefetch_row(const char *row, int64_t bytes) {
+    for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch(row + line);
+}
+
+/* Prefetches `bytes` from each of tokens [first, min(first + count, end)), count <= LANES. */
 static inline void prefetch_tokens(const token_rows_of *r, int64_t first, int64_t count, int64_t end, int64_t bytes) {
     const char *rows[LANES];
     count = end - first < count ? end - first : count;
-    if (count <= 0) return;
     token_rows(r, first, count, rows);
-    for (int64_t i = 0; i < count; i++)
-        for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch(rows[i] + line);
+    for (int64_t i = 0; i < count; i++) prefetch_row(rows[i], bytes);
 }
 
 /* rows[i] = address of token first + i for i < count; ahead[i] = that of token first + LANES + i for the
@@ -235,10 +237,6 @@ static inline int64_t rows_and_ahead(const token_rows_of *r, int64_t first, int6
     later = later < 0 ? 0 : later < LANES ? later : LANES;
     token_rows(r, first + LANES, later, ahead);
     return later;
-}
-
-static inline void prefetch_row(const char *row, int64_t bytes) {
-    for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch(row + line);
 }
 
 /* Attention of query heads [kv_first * group, (kv_first + kv_count) * group) of sequence `seq`.
