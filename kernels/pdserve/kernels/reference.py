@@ -167,9 +167,19 @@ def _gather_blocks(cache: Tensor, block_ids: Tensor, num_tokens: int) -> Tensor:
 def _causal_attention(query: Tensor, keys: Tensor, values: Tensor, scale: float) -> Tensor:
     """query [H, q_len, D] at the last q_len of the keys' positions; keys, values [Hkv, ctx, D]."""
     q_len, context_len = query.shape[1], keys.shape[1]
+    # 4-D inputs: with 3-D ones SDPA on CPU takes the slow math path instead of its flash kernel
+    # (about 3x slower for a 256-token chunk, ops/bench_kernels.py).
+    q4 = query.unsqueeze(0)
     if q_len == context_len:
-        return F.scaled_dot_product_attention(query, keys, values, is_causal=True, scale=scale, enable_gqa=True)
+        out = F.scaled_dot_product_attention(
+            q4, keys.unsqueeze(0), values.unsqueeze(0), is_causal=True, scale=scale, enable_gqa=True
+        )
+        return out[0]
     # SDPA's is_causal aligns the mask top-left; a chunk after a cached prefix needs it bottom-right.
+    # With a mask, GQA must be expanded by hand to stay on the fast path.
+    group = query.shape[0] // keys.shape[0]
     positions = torch.arange(context_len, device=query.device)
     mask = positions[None, :] <= positions[context_len - q_len :, None]
-    return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale, enable_gqa=True)
+    k4 = keys.repeat_interleave(group, 0).unsqueeze(0)
+    v4 = values.repeat_interleave(group, 0).unsqueeze(0)
+    return F.scaled_dot_product_attention(q4, k4, v4, attn_mask=mask, scale=scale)[0]
