@@ -126,6 +126,10 @@ class ClusterBackend:
                 deadline=request.deadline,
                 decode_worker=decode_worker,
             )
+            # Counted before the ack comes back, so a burst of concurrent requests spreads out.
+            self.view.note_assigned(beat.worker_id)
+            if decode_worker:
+                self.view.note_assigned(decode_worker)
             try:
                 subject = self.subjects.task(beat.worker_id)
                 reply = await self.nc.request(subject, encode(task), timeout=TASK_ACK_TIMEOUT_S)
@@ -134,9 +138,6 @@ class ClusterBackend:
                 log.warning("task not acknowledged", request_id=rid, worker=beat.worker_id, error=repr(exc))
                 last = (f"worker {beat.worker_id} did not answer", 503)
                 continue
-            self.view.note_assigned(beat.worker_id)
-            if decode_worker:
-                self.view.note_assigned(decode_worker)
             if ack.accepted:
                 log.info("task sent", request_id=rid, worker=beat.worker_id, decode_worker=decode_worker or None)
                 return None

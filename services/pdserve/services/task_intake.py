@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import structlog
@@ -34,15 +35,25 @@ async def take_task(worker: WorkerBase, msg: Msg, *, hold_kv: bool) -> tuple[Gen
     if rid in worker.streams:
         await worker.refuse(msg, f"request id {rid!r} is already running here", 400)
         return None
-    # Register the stream before the engine can produce output for it.
-    worker.streams[rid] = task.stream_subject
     try:
-        await worker.loop.call(lambda: worker.engine.add_request(rid, task.prompt_token_ids, params, hold_kv=hold_kv))
+        # Validated here, on the event loop (read-only), so the ack need not wait for a step.
+        tokens = worker.engine.tokenize(task.prompt_token_ids)
     except InvalidRequestError as exc:
-        worker.streams.pop(rid, None)
         await worker.refuse(msg, str(exc), 400)
         return None
+    # Register the stream before the engine can produce output for it.
+    worker.streams[rid] = task.stream_subject
+    added = worker.loop.submit(lambda: worker.engine.add_request(rid, tokens, params, hold_kv=hold_kv))
+    added.add_done_callback(lambda f: _added(worker, rid, f))
     worker.counters["accepted"] += 1
     await worker.reply(msg, TaskAck(accepted=True))
-    log.info("task accepted", request_id=rid, prompt_tokens=len(task.prompt_token_ids))
+    log.info("task accepted", request_id=rid, prompt_tokens=len(tokens))
     return task, params
+
+
+def _added(worker: WorkerBase, rid: str, future: asyncio.Future[object]) -> None:
+    """The engine refused a request we already acknowledged (it passed our checks): end it."""
+    if future.cancelled() or future.exception() is None:
+        return
+    log.warning("engine refused an acknowledged request", request_id=rid, error=str(future.exception()))
+    worker.spawn(worker.fail(rid, f"request could not be started: {future.exception()}", 400), name=f"fail-{rid}")

@@ -8,6 +8,7 @@ Keeping metadata out of the call signature lets transformers' own forward run un
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,17 +40,22 @@ class AttentionMetadata:
     v_caches: list[torch.Tensor]
 
 
-_current: AttentionMetadata | None = None
+class _StepState(threading.local):
+    # Per thread: several engines (a test cluster, a prefill and a decode engine in one
+    # process) may step at the same time on their own threads.
+    metadata: AttentionMetadata | None = None
+
+
+_state = _StepState()
 
 
 @contextmanager
 def attention_metadata(metadata: AttentionMetadata) -> Iterator[None]:
-    global _current
-    _current = metadata
+    _state.metadata = metadata
     try:
         yield
     finally:
-        _current = None
+        _state.metadata = None
 
 
 def paged_attention(
@@ -63,7 +69,7 @@ def paged_attention(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """query (1, H, T, D), key/value (1, Hkv, T, D) after RoPE -> (1, T, H, D)."""
-    meta = _current
+    meta = _state.metadata
     assert meta is not None, "paged attention called outside a model-runner step"
     layer = int(module.layer_idx)  # type: ignore[arg-type]
     k_cache, v_cache = meta.k_caches[layer], meta.v_caches[layer]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -30,7 +30,11 @@ _CLOSE_PERIOD_NS = 100_000_000
 
 
 class LinkError(KvTransferError):
-    """UCX reported a failure on the endpoint (peer gone, reset, truncated message)."""
+    """UCX reported a failure on the endpoint (peer gone, reset, cancelled)."""
+
+
+class TruncatedError(LinkError):
+    """A tagged message was longer than the buffer posted for it; UCX wrote nothing past it."""
 
 
 def wire_buffer(tensor: torch.Tensor) -> Array:
@@ -60,24 +64,33 @@ class Link:
     def closed(self) -> bool:
         return self._ep is None
 
+    # post_* hand the operation to UCX now (so operations on one stream keep their order) and
+    # return a task that finishes when UCX is done; send_frame/recv_frame post and wait.
+
+    def post_send_frame(self, frame: bytearray) -> asyncio.Task[None]:
+        return self._post(lambda ep, arr: ep.stream_send(arr), Array(frame))
+
+    def post_recv_frame(self, kind: wire.FrameKind) -> asyncio.Task[wire.Frame]:
+        """Receive exactly one frame of `kind`; the task raises wire.FrameError if it is malformed."""
+        buf = bytearray(wire.REPLY_BYTES if kind is wire.FrameKind.REPLY else wire.FRAME_BYTES)
+        done = self._post(lambda ep, arr: ep.stream_recv(arr), Array(buf))
+        return asyncio.ensure_future(_decoded(done, buf, kind))
+
+    def post_send_tensor(self, tensor: torch.Tensor, tag: int) -> asyncio.Task[None]:
+        return self._post(lambda ep, arr: ep.tag_send(arr, ucx_api.UCXXTag(tag)), wire_buffer(tensor))
+
+    def post_recv_tensor(self, tensor: torch.Tensor, tag: int) -> asyncio.Task[None]:
+        """Receive into `tensor`. UCX fails a longer message (TruncatedError) and never writes past
+        it; a shorter one cannot be told apart with ucxx 0.52, which is why LAYER frames carry nbytes."""
+        return self._post(lambda ep, arr: ep.tag_recv(arr, ucx_api.UCXXTag(tag)), wire_buffer(tensor))
+
     async def send_frame(self, frame: bytearray) -> None:
-        await self._run(lambda ep, arr: ep.stream_send(arr), Array(frame))
+        await self.post_send_frame(frame)
 
     async def recv_frame(self, kind: wire.FrameKind) -> wire.Frame:
-        """Receive exactly one frame of `kind`; raises wire.FrameError if it is malformed."""
-        buf = bytearray(wire.REPLY_BYTES if kind is wire.FrameKind.REPLY else wire.FRAME_BYTES)
-        await self._run(lambda ep, arr: ep.stream_recv(arr), Array(buf))
-        return wire.decode(buf, kind)
+        return await self.post_recv_frame(kind)
 
-    async def send_tensor(self, tensor: torch.Tensor, tag: int) -> None:
-        await self._run(lambda ep, arr: ep.tag_send(arr, ucx_api.UCXXTag(tag)), wire_buffer(tensor))
-
-    async def recv_tensor(self, tensor: torch.Tensor, tag: int) -> None:
-        """Receive into `tensor`. UCX fails a longer message (truncated) and never writes past it;
-        a shorter one cannot be told apart with ucxx 0.52, which is why LAYER frames carry nbytes."""
-        await self._run(lambda ep, arr: ep.tag_recv(arr, ucx_api.UCXXTag(tag)), wire_buffer(tensor))
-
-    async def _run(self, post: Callable[[Any, Array], Any], arr: Array) -> None:
+    def _post(self, post: Callable[[Any, Array], Any], arr: Array) -> asyncio.Task[None]:
         if self._ep is None:
             raise LinkError(f"link to {self.peer} is closed")
         self.last_used = time.monotonic()
@@ -87,10 +100,16 @@ class Link:
             raise LinkError(f"UCX to {self.peer}: {exc or type(exc).__name__}") from exc
         key = id(request)
         self._inflight[key] = (request, arr)
+        return asyncio.ensure_future(self._finish(key, request, arr))
+
+    async def _finish(self, key: int, request: Any, arr: Array) -> None:
         try:
             await request.wait()
         except asyncio.CancelledError:
             raise  # still posted: stays pinned until close()
+        except ucx_api.UCXMessageTruncatedError as exc:
+            self._inflight.pop(key, None)
+            raise TruncatedError(f"message from {self.peer} longer than the {arr.nbytes} bytes expected") from exc
         except ucx_api.UCXError as exc:
             self._inflight.pop(key, None)
             raise LinkError(f"UCX to {self.peer}: {exc or type(exc).__name__}") from exc
@@ -110,3 +129,16 @@ class Link:
             _orphans[:] = [entry for entry in _orphans if not entry[0].completed]
             _orphans.extend(entry for entry in self._inflight.values() if not entry[0].completed)
             self._inflight.clear()
+
+
+async def _decoded(done: asyncio.Task[None], buf: bytearray, kind: wire.FrameKind) -> wire.Frame:
+    await done
+    return wire.decode(buf, kind)
+
+
+async def settle(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancel what is still running and collect every outcome, so nothing is left unretrieved."""
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -32,9 +32,8 @@ import threading
 from dataclasses import dataclass
 
 import structlog
+import ucxx._lib.libucxx as ucx_api  # on import, ucxx sets UCX defaults (RNDV_THRESH, ...) in os.environ
 
-# ucxx sets its own UCX defaults (RNDV_THRESH, MEMTYPE_CACHE, ...) in os.environ on import.
-import ucxx._lib.libucxx as ucx_api  # noqa: E402
 from pdserve.errors import KvTransferError
 
 log = structlog.get_logger("pdserve.transfer")
@@ -53,14 +52,29 @@ class TransportInfo:
     ucx_version: str
     ucx_tls: str
     transports: tuple[str, ...]
-    options: tuple[tuple[str, str], ...]
+    options: tuple[tuple[str, str], ...]  # what we set; UCX_* environment variables win
+    shm_error_handling: bool  # sysv/posix/cma may carry endpoints with peer error handling
 
-    def as_dict(self) -> dict[str, object]:
+    def intra_node_path(self, error_handling: bool) -> str:
+        """Which transport a large same-host transfer takes, as measured for this configuration
+        (UCX picks per endpoint; UCX_PROTO_INFO=y prints its actual choice)."""
+        names = {t.split("/")[0] for t in self.transports}
+        if error_handling and not self.shm_error_handling:
+            return "tcp (error handling without shared-memory support)"
+        if "cma" in names:
+            return "cma zero-copy rendezvous, sysv/posix eager"
+        if names & {"sysv", "posix"}:
+            return "sysv/posix copy-in copy-out"
+        return "tcp"
+
+    def as_dict(self, error_handling: bool) -> dict[str, object]:
         return {
             "ucx_version": self.ucx_version,
             "ucx_tls": self.ucx_tls,
             "transports": list(self.transports),
             "options": dict(self.options),
+            "error_handling": error_handling,
+            "intra_node_path": self.intra_node_path(error_handling),
         }
 
 
@@ -80,10 +94,14 @@ class UcxRuntime:
         self._notifier = threading.Thread(target=self._notify, name="pdserve-ucx-notifier", daemon=True)
         self._notifier.start()
         self.info = TransportInfo(
-            ucx_version="%d.%d.%d" % ucx_api.get_ucx_version(),
+            ucx_version=".".join(str(part) for part in ucx_api.get_ucx_version()),
             ucx_tls=str(self.context.config.get("TLS", "?")),
             transports=tuple(sorted(set(_RESOURCE_LINE.findall(self.context.info)))),
             options=tuple(sorted(options.items())),
+            shm_error_handling=all(
+                os.environ.get(f"UCX_{k}", DEFAULT_UCX_OPTIONS[k]).lower() in ("y", "yes", "1", "on")
+                for k in DEFAULT_UCX_OPTIONS
+            ),
         )
 
     def _notify(self) -> None:

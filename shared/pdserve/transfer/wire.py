@@ -61,6 +61,7 @@ class Code(enum.IntEnum):
     CANCELLED = 13
     CLOSING = 14
     INTERNAL = 15
+    PEER = 16  # the connection failed mid-transfer (never sent: there is nobody to send it to)
 
     @property
     def reason(self) -> str:
