@@ -7,7 +7,6 @@ import time
 
 import msgpack
 from cluster_harness import NatsServer, start_cluster
-
 from pdserve import SamplingParams
 from pdserve.protocol import GenerateTask, KvAdmission, KvOffer, TaskAck, decode, encode
 from pdserve.serving.backend import GenerateRequest
@@ -47,9 +46,11 @@ async def test_malformed_messages_are_refused_not_fatal(nats_server: NatsServer)
             for subject in (subjects.heartbeat, subjects.cancel, subjects.stream(cluster.backend.router_id, "x")):  # type: ignore[union-attr]
                 await nc.publish(subject, payload)
         # A well-formed offer with a layout from another model is refused with the reason.
-        offer = KvOffer("o", [1, 2, 3], 4, {"max_tokens": 4}, {"model_fingerprint": "other", "dtype": "float32",
-                        "num_layers": 4, "num_kv_heads": 2, "head_dim": 16, "block_size": 16}, 3 * 256, "s", time.time() + 5)
-        admission = decode((await nc.request(subjects.kv_offer("decode-0"), encode(offer), timeout=2)).data, KvAdmission)
+        layout = {"model_fingerprint": "other", "dtype": "float32", "num_layers": 4, "num_kv_heads": 2,
+                  "head_dim": 16, "block_size": 16}
+        offer = KvOffer("o", [1, 2, 3], 4, {"max_tokens": 4}, layout, 3 * 256, "s", time.time() + 5)
+        reply = await nc.request(subjects.kv_offer("decode-0"), encode(offer), timeout=2)
+        admission = decode(reply.data, KvAdmission)
         assert not admission.accepted and "model_fingerprint" in admission.reason
         await nc.flush()
         assert all(w.counters["malformed"] > 0 for w in cluster.workers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import structlog
 from nats.aio.msg import Msg
@@ -51,7 +52,7 @@ async def take_task(worker: WorkerBase, msg: Msg, *, hold_kv: bool) -> tuple[Gen
     return task, params
 
 
-def _added(worker: WorkerBase, rid: str, future: asyncio.Future[object]) -> None:
+def _added(worker: WorkerBase, rid: str, future: asyncio.Future[Any]) -> None:
     """The engine refused a request we already acknowledged (it passed our checks): end it."""
     if future.cancelled() or future.exception() is None:
         return

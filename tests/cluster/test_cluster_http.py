@@ -1,0 +1,101 @@
+"""The HTTP API in front of a real disaggregated cluster: parity, the openai client, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+
+import httpx
+import openai
+from cluster_harness import NatsServer, start_cluster
+from pdserve import LLM, SamplingParams
+
+
+def mixed_prompts(n: int = 16) -> list[list[int]]:
+    rng = random.Random(11)
+    return [[rng.randrange(256) for _ in range(rng.randint(3, 300))] for _ in range(n)]
+
+
+async def complete(client: httpx.AsyncClient, prompt: list[int], stream: bool) -> list[int]:
+    body = {"model": "test", "prompt": prompt, "max_tokens": 16, "temperature": 0, "ignore_eos": True,
+            "return_token_ids": True, "stream": stream}
+    if not stream:
+        r = await client.post("/v1/completions", json=body)
+        assert r.status_code == 200, r.text
+        return list(r.json()["choices"][0]["token_ids"])
+    ids: list[int] = []
+    async with client.stream("POST", "/v1/completions", json=body) as r:
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunk = json.loads(line[6:])
+                for choice in chunk["choices"]:
+                    ids += choice.get("token_ids") or []
+    return ids
+
+
+async def test_http_disaggregated_and_colocated_match_offline(nats_server: NatsServer) -> None:
+    ps = mixed_prompts()
+    expected = [o.token_ids for o in LLM(dtype="float32").generate(
+        ps, SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True))]
+    for shape in ({"prefill": 1, "decode": 1}, {"prefill": 0, "decode": 0, "colocated": 1}):
+        cluster = await start_cluster(nats_server.url, http=True, **shape)
+        try:
+            async with httpx.AsyncClient(base_url=cluster.base_url, timeout=60) as client:
+                streamed = await asyncio.gather(*[complete(client, p, True) for p in ps])
+                whole = await asyncio.gather(*[complete(client, p, False) for p in ps])
+            assert streamed == expected, shape
+            assert whole == expected, shape
+            await cluster.wait_idle()
+        finally:
+            await cluster.stop()
+
+
+async def test_openai_client_against_the_cluster(nats_server: NatsServer) -> None:
+    cluster = await start_cluster(nats_server.url, http=True)
+    try:
+        client = openai.AsyncOpenAI(base_url=cluster.base_url + "/v1", api_key="unused")
+        done = await client.completions.create(model="test", prompt="Hello", max_tokens=8, temperature=0)
+        assert done.choices[0].finish_reason in ("stop", "length") and done.usage is not None
+        chat = await client.chat.completions.create(
+            model="test", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0
+        )
+        assert chat.choices[0].message.role == "assistant"
+        pieces = []
+        stream = await client.chat.completions.create(
+            model="test", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0, stream=True
+        )
+        async for event in stream:
+            if event.choices and event.choices[0].delta.content:
+                pieces.append(event.choices[0].delta.content)
+        assert "".join(pieces) == chat.choices[0].message.content
+        await client.close()
+        await cluster.wait_idle()
+    finally:
+        await cluster.stop()
+
+
+async def test_client_disconnect_frees_decode_blocks_within_a_second(nats_server: NatsServer) -> None:
+    cluster = await start_cluster(nats_server.url, http=True)
+    try:
+        body = {"model": "test", "prompt": "Tell me everything", "max_tokens": 1800, "ignore_eos": True,
+                "stream": True}
+        decode = cluster.by_role("decode")[0]
+        async with (
+            httpx.AsyncClient(base_url=cluster.base_url, timeout=60) as client,
+            client.stream("POST", "/v1/completions", json=body) as r,
+        ):
+            seen = 0
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    seen += 1
+                if seen >= 5:
+                    break
+            assert decode.engine.kv_blocks_used > 0
+        started = time.monotonic()
+        await cluster.wait_idle(timeout=1.0)
+        assert time.monotonic() - started <= 1.0
+    finally:
+        await cluster.stop()
