@@ -3,9 +3,11 @@ send/recv of one buffer, and a numpy memcpy, side by side, with UCX peer error h
 
     python ops/bench_kv_transfer.py [--sizes-mib 1 16 64] [--layers 8] [--reps 10]
 
-Each size is one request split into --layers equal layers. Reported: median GB/s (1e9 bytes/s)
-over --reps repetitions after one warm-up; KvSender time is push() (hello, layers, verdict),
-raw time is one tagged send plus a one-byte ack. The receiver runs in a spawned process.
+Each size is one request split into --layers equal float32 layers. Reported: median GB/s
+(1e9 bytes/s) over --reps repetitions after one warm-up. KvSender time is push() (hello,
+ready, layers, verdict) into a fresh ticket per request, as a decode worker does (its receive
+buffers are new memory each time); raw time is one tagged send of the whole request into a
+reused buffer plus an 8-byte ack. The receiver runs in a spawned process.
 """
 
 from __future__ import annotations
@@ -58,11 +60,12 @@ async def _receiver(conn: Connection, error_handling: bool) -> None:
     while True:
         cmd, *args = await loop.run_in_executor(None, conn.recv)
         if cmd == "expect":
-            shapes, count = args
-            tickets = [receiver.expect("bench", shapes, torch.float32) for _ in range(count)]
-            conn.send([t.id for t in tickets])
-            for t in tickets:
-                await receiver.wait(t.id, timeout=60.0)
+            # One ticket at a time, buffers dropped after use: what a decode worker does.
+            (shapes,) = args
+            ticket = receiver.expect("bench", shapes, torch.float32)
+            conn.send(ticket.id)
+            await receiver.wait(ticket.id, timeout=60.0)
+            conn.send("taken")
         elif cmd == "raw":
             nbytes, count = args
             if raw is None:
@@ -100,9 +103,12 @@ async def _sender(conn: Connection, args: argparse.Namespace, error_handling: bo
         layers = [torch.randn(shape) for shape in shapes]
         actual = sum(t.numel() * t.element_size() for t in layers)
         count = args.reps + 1
-        conn.send(("expect", shapes, count))
-        tickets = await loop.run_in_executor(None, conn.recv)
-        times = [await sender.push(address, ticket, layers, timeout=60.0) for ticket in tickets]
+        times = []
+        for _ in range(count):
+            conn.send(("expect", shapes))
+            ticket = await loop.run_in_executor(None, conn.recv)
+            times.append(await sender.push(address, ticket, layers, timeout=60.0))
+            await loop.run_in_executor(None, conn.recv)
         results[f"kv {mib}"] = [actual / t / 1e9 for t in times[1:]]
 
         payload, ack = torch.randn(nbytes // 4).view(torch.uint8), torch.empty(8, dtype=torch.uint8)

@@ -151,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
         worker = sub.add_parser(role, help=text)
         add_worker_args(worker)
         if role == "decode":
-            worker.add_argument("--ucx-host", default="127.0.0.1", help="address the UCX listener binds")
+            worker.add_argument(
+                "--ucx-host", default="127.0.0.1", help="address published for KV pushes ('auto': this host's IP)"
+            )
             worker.add_argument("--ucx-port", type=int, default=0, help="UCX listener port (0: any free)")
         worker.set_defaults(func=_serve(role))
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 
 import structlog
 import torch
@@ -81,8 +82,12 @@ async def serve_worker(role: str, args: argparse.Namespace) -> None:
     elif role == "decode":
         from pdserve.services.decode import DecodeWorker
 
+        ucx_host = args.ucx_host
+        if ucx_host == "auto":
+            # In a container: publish the address other containers reach us at.
+            ucx_host = socket.gethostbyname(socket.gethostname())
         worker = DecodeWorker(
-            engine, bus_options(args), ucx_host=args.ucx_host, ucx_port=args.ucx_port, **common
+            engine, bus_options(args), ucx_host=ucx_host, ucx_port=args.ucx_port, **common
         )
     else:
         worker = ColocatedWorker(engine, bus_options(args), **common)

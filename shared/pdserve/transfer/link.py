@@ -64,6 +64,12 @@ class Link:
     def closed(self) -> bool:
         return self._ep is None
 
+    @property
+    def alive(self) -> bool:
+        """Open and not known to be broken. With peer error handling UCX notices a peer that
+        closed or died and clears this; without it a dead peer shows only as a timeout."""
+        return self._ep is not None and bool(self._ep.alive)
+
     # post_* hand the operation to UCX now (so operations on one stream keep their order) and
     # return a task that finishes when UCX is done; send_frame/recv_frame post and wait.
 

@@ -97,6 +97,14 @@ class KvReceiver:
     def active_tickets(self) -> int:
         return len(self._book)
 
+    def ticket_state(self, ticket_id: int) -> str | None:
+        """"waiting", "receiving" or "done" for a live ticket; None once it ended or if unknown."""
+        return self._book.state(ticket_id)
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections)
+
     @property
     def reserved_bytes(self) -> int:
         """Bytes of receive buffers held by live tickets."""
@@ -162,6 +170,7 @@ class KvReceiver:
         if self._accept_task is not None:
             self._accept_task.cancel()
             await asyncio.gather(self._accept_task, return_exceptions=True)
+            self._accept_task = None
         self._book.fail_all(wire.Code.CLOSING, "KV receiver closed")
         tasks = list(self._connections.values())
         for link, task in list(self._connections.items()):
@@ -173,19 +182,23 @@ class KvReceiver:
 
     async def _accept(self, queue: asyncio.Queue[int]) -> None:
         while True:
-            conn_request = await queue.get()
-            listener = self._listener
-            if listener is None:
-                return
-            peer = f"connection #{next(self._numbers)} to {self.address}"
-            try:
-                endpoint = listener.create_endpoint_from_conn_request(conn_request, self.error_handling)
-            except ucx_api.UCXError as exc:
-                log.warning("kv connection refused by UCX", peer=peer, error=str(exc))
-                continue
-            self.stats.connections_accepted += 1
-            link = Link(endpoint, peer)
-            self._connections[link] = asyncio.create_task(self._serve(link), name=f"kv-receive {peer}")
+            self._admit(await queue.get())
+
+    def _admit(self, conn_request: int) -> None:
+        # A helper, not inline in _accept: a local left in that long-lived frame would keep the
+        # last endpoint, and through it the UCX listener and its port, alive after close().
+        listener = self._listener
+        if listener is None:
+            return
+        peer = f"connection #{next(self._numbers)} to {self.address}"
+        try:
+            endpoint = listener.create_endpoint_from_conn_request(conn_request, self.error_handling)
+        except ucx_api.UCXError as exc:
+            log.warning("kv connection refused by UCX", peer=peer, error=str(exc))
+            return
+        self.stats.connections_accepted += 1
+        link = Link(endpoint, peer)
+        self._connections[link] = asyncio.create_task(self._serve(link), name=f"kv-receive {peer}")
 
     async def _serve(self, link: Link) -> None:
         """One connection: transfers one after another until idle, closed or a failure."""
@@ -284,9 +297,9 @@ class KvReceiver:
     ) -> None:
         self.stats.rejected[code.reason] += 1
         log.warning("kv message rejected", peer=link.peer, ticket=ticket_id, reason=code.reason, detail=message)
-        await self._reply_error(link, ticket_id, code, message)
         if res is not None:
-            self._end(res, code, message)
+            self._end(res, code, message)  # first, so that the ticket is over once the sender hears why
+        await self._reply_error(link, ticket_id, code, message)
 
     def _end(self, res: Reservation, code: wire.Code, message: str) -> None:
         # Detach first: this connection closes its own endpoint before the buffers can go.

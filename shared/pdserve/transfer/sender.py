@@ -92,8 +92,8 @@ class KvSender:
                 while True:
                     link = self._link(address)
                     async with link.lock:
-                        if link.closed:
-                            continue  # the push before ours broke it: take a fresh one
+                        if not link.alive:
+                            continue  # broken while we queued (the push before ours failed): take a fresh one
                         try:
                             await self._transfer(link, ticket_id, layers)
                         except BaseException:
@@ -141,7 +141,7 @@ class KvSender:
 
     def _link(self, address: str) -> Link:
         link = self._links.get(address)
-        if link is not None and not link.closed and time.monotonic() - link.last_used < self.max_idle_s:
+        if link is not None and link.alive and time.monotonic() - link.last_used < self.max_idle_s:
             return link
         if link is not None:
             self._drop(address, link)

@@ -76,7 +76,7 @@ class TicketBook:
         self.lease_timeout_s = lease_timeout_s
         self.stats = stats
         self._live: dict[int, Reservation] = {}
-        self._ended: OrderedDict[int, Code] = OrderedDict()
+        self._ended: OrderedDict[int, tuple[Code, str]] = OrderedDict()  # id -> how it ended
 
     def __len__(self) -> int:
         return len(self._live)
@@ -84,6 +84,10 @@ class TicketBook:
     @property
     def reserved_bytes(self) -> int:
         return sum(r.ticket.total_nbytes for r in self._live.values())
+
+    def state(self, ticket_id: int) -> str | None:
+        res = self._live.get(ticket_id)
+        return None if res is None else res.state.value
 
     def reserve(
         self, request_id: str, layer_shapes: Sequence[tuple[int, ...]], dtype: torch.dtype, device: torch.device
@@ -119,11 +123,11 @@ class TicketBook:
         is the reply to send (unknown, expired, busy)."""
         res = self._live.get(ticket_id)
         if res is None:
-            code = self._ended.get(ticket_id)
+            code, message = self._ended.get(ticket_id, (None, ""))
             if code is Code.EXPIRED_TICKET:
-                raise TicketError(code, f"ticket {ticket_id} expired")
+                raise TicketError(code, message)
             if code is not None:
-                raise TicketError(Code.UNKNOWN_TICKET, f"ticket {ticket_id} already ended ({code.reason})")
+                raise TicketError(Code.UNKNOWN_TICKET, f"ticket {ticket_id} already ended: {message}")
             raise TicketError(Code.UNKNOWN_TICKET, f"unknown ticket {ticket_id}")
         if res.state is not State.WAITING:
             raise TicketError(Code.TICKET_BUSY, f"ticket {ticket_id} is {res.state.value}")
@@ -158,7 +162,7 @@ class TicketBook:
             abort()  # closes the endpoint receiving into these buffers before they are dropped
         res.layers = []
         res.error = TicketError(code, message)
-        self._remember(ticket_id, code)
+        self._remember(ticket_id, code, message)
         if res.state is not State.DONE:
             self.stats.transfers_failed += 1
         if code is Code.EXPIRED_TICKET:
@@ -172,10 +176,8 @@ class TicketBook:
         """Wait for the ticket to end; return its layers (ownership passes to the caller) or raise."""
         res = self._live.get(ticket_id)
         if res is None:
-            code = self._ended.get(ticket_id)
-            if code is None:
-                raise TicketError(Code.UNKNOWN_TICKET, f"unknown ticket {ticket_id}")
-            raise TicketError(code, f"ticket {ticket_id} already ended ({code.reason})")
+            code, message = self._ended.get(ticket_id, (Code.UNKNOWN_TICKET, f"unknown ticket {ticket_id}"))
+            raise TicketError(code, message)
         if res.waited:
             raise KvTransferError(f"ticket {ticket_id} already has a waiter")
         res.waited = True
@@ -190,7 +192,7 @@ class TicketBook:
         self._live.pop(ticket_id, None)
         if res.timer is not None:
             res.timer.cancel()
-        self._remember(ticket_id, Code.OK)
+        self._remember(ticket_id, Code.OK, "KV already taken")
         layers, res.layers = res.layers, []
         return layers
 
@@ -199,8 +201,8 @@ class TicketBook:
             what = "KV was not collected" if res.state is State.DONE else "KV did not arrive"
             self.fail(res.ticket.id, Code.EXPIRED_TICKET, f"ticket {res.ticket.id} expired: {what} in time")
 
-    def _remember(self, ticket_id: int, code: Code) -> None:
-        self._ended[ticket_id] = code
+    def _remember(self, ticket_id: int, code: Code, message: str) -> None:
+        self._ended[ticket_id] = (code, message)
         while len(self._ended) > _HISTORY:
             self._ended.popitem(last=False)
 
