@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_offline import bench_model_path  # noqa: E402
+from bench_offline import bench_model_path
 
 
 def free_port() -> int:
@@ -56,8 +56,8 @@ def model_name(client: httpx.Client) -> str:
 
 
 def one_request(client: httpx.Client, prompt: list[int]) -> tuple[float, float]:
-    body = {"model": model_name(client), "prompt": prompt, "max_tokens": 4, "temperature": 0, "ignore_eos": True, "stream": True,
-            "return_token_ids": True}
+    body = {"model": model_name(client), "prompt": prompt, "max_tokens": 4, "temperature": 0,
+            "ignore_eos": True, "stream": True, "return_token_ids": True}
     start = time.perf_counter()
     stamps: list[float] = []
     with client.stream("POST", "/v1/completions", json=body) as r:
@@ -114,7 +114,8 @@ def main() -> None:
     seconds = [float(r["seconds"]) for r in records]
     nbytes = [float(r["bytes"]) for r in records]
     med = statistics.median
-    print(f"\nprompt {args.prompt_tokens} tokens, {len(ttst)} sequential requests, KV {med(nbytes) / 2**20:.2f} MiB each")
+    kv_mib = med(nbytes) / 2**20
+    print(f"\nprompt {args.prompt_tokens} tokens, {len(ttst)} sequential requests, KV {kv_mib:.2f} MiB each")
     print(f"time to first token   p50 {med(ttft) * 1000:8.1f} ms")
     print(f"time to second token  p50 {med(ttst) * 1000:8.1f} ms")
     print(f"KV push (UCX)         p50 {med(seconds) * 1000:8.2f} ms  ({med(nbytes) / med(seconds) / 1e9:.2f} GB/s)")
