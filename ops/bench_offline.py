@@ -60,10 +60,12 @@ def workload(name: str, num_prompts: int, seed: int) -> tuple[list[list[int]], l
     return prompts, outputs
 
 
-def run_pdserve(path: Path, prompts: list[list[int]], outputs: list[int], dtype: str) -> tuple[float, int]:
+def run_pdserve(
+    path: Path, prompts: list[list[int]], outputs: list[int], dtype: str, budget: int
+) -> tuple[float, int]:
     from pdserve import LLM, SamplingParams
 
-    llm = LLM(path, dtype=dtype)
+    llm = LLM(path, dtype=dtype, max_num_batched_tokens=budget)
     llm.generate([prompts[0][:16]], SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
     llm.engine.block_manager.reset_prefix_cache()
     params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in outputs]
@@ -101,6 +103,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-hf", action="store_true", help="time pdserve only")
+    parser.add_argument("--max-num-batched-tokens", type=int, default=2048, help="pdserve's per-step token budget")
     parser.add_argument("--cache", default=os.environ.get("PDSERVE_CACHE_DIR", str(Path.home() / ".cache/pdserve")))
     args = parser.parse_args()
 
@@ -112,7 +115,7 @@ def main() -> None:
         flush=True,
     )
     results = {}
-    secs, toks = run_pdserve(path, prompts, outputs, args.dtype)
+    secs, toks = run_pdserve(path, prompts, outputs, args.dtype, args.max_num_batched_tokens)
     results["pdserve"] = {"seconds": round(secs, 2), "output_tok_s": round(toks / secs, 1)}
     print(f"pdserve LLM.generate : {secs:7.2f} s  {toks / secs:8.1f} output tok/s", flush=True)
     if not args.skip_hf:
