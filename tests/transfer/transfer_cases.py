@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import AsyncIterator, Callable
 
 import torch
 import ucxx._lib.libucxx as ucx_api
-from pdserve.transfer import KvReceiver, runtime
+from pdserve.transfer import KvReceiver, runtime, wire
 from pdserve.transfer.link import Link
 from pdserve.transfer.sender import parse_address
 
@@ -47,7 +48,9 @@ async def raw_link(address: str) -> AsyncIterator[Link]:
     rt = runtime.acquire()
     host, port = parse_address(address)
     link = Link(ucx_api.UCXEndpoint.create(rt.worker, host, port, True), f"test client of {address}")
+    link.open_as_sender(secrets.randbits(wire.CONNECTION_ID_BITS))
     try:
+        await link.opened()
         yield link
     finally:
         link.close()

@@ -67,6 +67,7 @@ class PrefillWorker(WorkerBase):
             pending = self.pending.get(rid)
             subject = self.streams.get(rid)
             if pending is None or subject is None:
+                self.pending.pop(rid, None)  # cancelled before its first token
                 continue
             if out.finished:
                 # Done at the first token (eos, max_tokens=1) or aborted: nothing to hand off.

@@ -1,14 +1,18 @@
-"""One UCX endpoint as an async link: fixed-size control frames on its stream, tensors by tag.
+"""One UCX endpoint as an async link: fixed-size control frames and tensors, all by tag.
 
 The rule this class protects: memory handed to UCX stays alive until UCX is done with it.
 A request that is abandoned (timeout, cancel) is still posted, so UCX may still write into or
-read from its buffer; such buffers stay pinned until close() has closed the endpoint, which
-cancels every request still in flight. After any failure the link is closed, never reused.
+read from its buffer; such buffers stay pinned until the request completes, which close()
+forces by closing the endpoint (UCX then cancels it). After any failure the link is closed,
+never reused.
+
+Only the CONNECT frame travels on the UCX stream (see wire.py for why).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -20,13 +24,14 @@ from ucxx._lib.arr import Array
 from pdserve.errors import KvTransferError
 from pdserve.transfer import wire
 
-# Requests that close() could not confirm cancelled, kept with their buffers: leaking a buffer
-# is better than UCX writing into freed memory. Pruned as they complete.
-_orphans: list[tuple[Any, Array]] = []
-
-# close_blocking waits for the progress thread; bounded so that a wedged peer cannot stall the
-# event loop (measured: ~1 us to ~1 ms).
+# close_blocking runs the close on the progress thread (a plain close() from the event loop
+# races it and crashed in tests) and waits at most this long (measured: ~1 us to ~1 ms).
 _CLOSE_PERIOD_NS = 100_000_000
+
+# Requests still in flight when their link closed, kept with their buffers until UCX reports
+# them done: leaking a buffer is better than UCX writing into freed memory.
+_orphans: list[tuple[Any, Array]] = []
+_PRUNE_EVERY_S = 0.05
 
 
 class LinkError(KvTransferError):
@@ -50,15 +55,22 @@ def wire_buffer(tensor: torch.Tensor) -> Array:
 
 
 class Link:
-    """An open UCX endpoint to `peer` ("host:port" or a description, for messages)."""
+    """An open UCX endpoint to `peer` ("host:port" or a description, for messages).
 
-    def __init__(self, endpoint: ucx_api.UCXEndpoint, peer: str) -> None:
+    Frames go out with tag `send_tag` and are received with `recv_tag`; a receiver learns them
+    from the sender's CONNECT frame (`accept_connect`) and sets them with `use_tags`.
+    """
+
+    def __init__(self, endpoint: ucx_api.UCXEndpoint, peer: str, send_tag: int = 0, recv_tag: int = 0) -> None:
         self._ep: ucx_api.UCXEndpoint | None = endpoint
         self.peer = peer
+        self.send_tag = send_tag
+        self.recv_tag = recv_tag
         self.last_used = time.monotonic()
         self.lock = asyncio.Lock()  # one transfer at a time per link
         # id -> (request, buffer) for every request UCX may still touch
         self._inflight: dict[int, tuple[Any, Array]] = {}
+        self._opening: asyncio.Task[None] | None = None
 
     @property
     def closed(self) -> bool:
@@ -70,16 +82,35 @@ class Link:
         closed or died and clears this; without it a dead peer shows only as a timeout."""
         return self._ep is not None and bool(self._ep.alive)
 
-    # post_* hand the operation to UCX now (so operations on one stream keep their order) and
-    # return a task that finishes when UCX is done; send_frame/recv_frame post and wait.
+    def use_tags(self, send_tag: int, recv_tag: int) -> None:
+        self.send_tag, self.recv_tag = send_tag, recv_tag
+
+    # post_* hand the operation to UCX now (so that frames keep their order) and return a task
+    # that finishes when UCX is done with it; send_frame/recv_frame post and wait.
+
+    def open_as_sender(self, connection_id: int) -> None:
+        """Send CONNECT and take the connection's tags; `opened()` reports how the send went."""
+        self.use_tags(wire.frame_tag(connection_id), wire.reply_tag(connection_id))
+        self._opening = self._post(lambda ep, arr: ep.stream_send(arr), Array(wire.connect(connection_id)))
+
+    async def opened(self) -> None:
+        opening, self._opening = self._opening, None
+        if opening is not None:
+            await opening
+
+    async def accept_connect(self) -> int:
+        """The connection id from the peer's CONNECT frame; raises wire.FrameError if malformed."""
+        buf = bytearray(wire.FRAME_BYTES)
+        await self._post(lambda ep, arr: ep.stream_recv(arr), Array(buf))
+        return wire.decode(buf, wire.FrameKind.CONNECT).ticket_id
 
     def post_send_frame(self, frame: bytearray) -> asyncio.Task[None]:
-        return self._post(lambda ep, arr: ep.stream_send(arr), Array(frame))
+        return self._post(lambda ep, arr: ep.tag_send(arr, ucx_api.UCXXTag(self.send_tag)), Array(frame))
 
     def post_recv_frame(self, kind: wire.FrameKind) -> asyncio.Task[wire.Frame]:
         """Receive exactly one frame of `kind`; the task raises wire.FrameError if it is malformed."""
         buf = bytearray(wire.REPLY_BYTES if kind is wire.FrameKind.REPLY else wire.FRAME_BYTES)
-        done = self._post(lambda ep, arr: ep.stream_recv(arr), Array(buf))
+        done = self._post(lambda ep, arr: ep.tag_recv(arr, ucx_api.UCXXTag(self.recv_tag)), Array(buf))
         return asyncio.ensure_future(_decoded(done, buf, kind))
 
     def post_send_tensor(self, tensor: torch.Tensor, tag: int) -> asyncio.Task[None]:
@@ -106,39 +137,61 @@ class Link:
             raise LinkError(f"UCX to {self.peer}: {exc or type(exc).__name__}") from exc
         key = id(request)
         self._inflight[key] = (request, arr)
-        return asyncio.ensure_future(self._finish(key, request, arr))
+        return asyncio.ensure_future(self._finish(key, request, arr.nbytes))
 
-    async def _finish(self, key: int, request: Any, arr: Array) -> None:
+    async def _finish(self, key: int, request: Any, nbytes: int) -> None:
+        failure: LinkError | None = None
         try:
-            await request.wait()
+            # Shielded: cancelling ucxx's own future strands the request in ucxx, and with it the
+            # endpoint and a listener's port (measured). It completes when the link closes.
+            await asyncio.shield(request.wait())
         except asyncio.CancelledError:
-            raise  # still posted: stays pinned until close()
-        except ucx_api.UCXMessageTruncatedError as exc:
-            self._inflight.pop(key, None)
-            raise TruncatedError(f"message from {self.peer} longer than the {arr.nbytes} bytes expected") from exc
+            raise  # still posted: stays pinned until it completes (close() makes it)
+        except ucx_api.UCXMessageTruncatedError:
+            failure = TruncatedError(f"message from {self.peer} longer than the {nbytes} bytes expected")
         except ucx_api.UCXError as exc:
-            self._inflight.pop(key, None)
-            raise LinkError(f"UCX to {self.peer}: {exc or type(exc).__name__}") from exc
+            failure = LinkError(f"UCX to {self.peer}: {exc or type(exc).__name__}")
         self._inflight.pop(key, None)
         self.last_used = time.monotonic()
+        del request  # raised outside the except clause, the error keeps no UCX object alive
+        if failure is not None:
+            raise failure
 
     def close(self) -> None:
-        """Close the endpoint (cancelling whatever is in flight), then unpin its buffers. Idempotent."""
+        """Close the endpoint; UCX cancels whatever is still in flight. Idempotent."""
         ep, self._ep = self._ep, None
         if ep is None:
             return
-        try:
+        with contextlib.suppress(Exception):  # closing a failed endpoint may report that failure again
             ep.close_blocking(period=_CLOSE_PERIOD_NS, max_attempts=1)
-        except Exception:  # closing a failed endpoint may report that failure again
-            pass
-        finally:
-            _orphans[:] = [entry for entry in _orphans if not entry[0].completed]
-            _orphans.extend(entry for entry in self._inflight.values() if not entry[0].completed)
-            self._inflight.clear()
+        pending = [entry for entry in self._inflight.values() if not entry[0].completed]
+        self._inflight.clear()
+        if pending:
+            _adopt(pending)
+        if self._opening is not None and self._opening.done():
+            self._opening.exception()  # retrieved: its failure is the link's, already handled
+            self._opening = None
+
+
+def _adopt(entries: list[tuple[Any, Array]]) -> None:
+    if not _orphans:
+        with contextlib.suppress(RuntimeError):  # no loop: pruned by the next close that has one
+            asyncio.get_running_loop().call_later(_PRUNE_EVERY_S, _prune)
+    _orphans.extend(entries)
+
+
+def _prune() -> None:
+    _orphans[:] = [entry for entry in _orphans if not entry[0].completed]
+    if _orphans:
+        with contextlib.suppress(RuntimeError):  # loop closed: nothing left to run UCX anyway
+            asyncio.get_running_loop().call_later(_PRUNE_EVERY_S, _prune)
 
 
 async def _decoded(done: asyncio.Task[None], buf: bytearray, kind: wire.FrameKind) -> wire.Frame:
-    await done
+    try:
+        await done
+    except TruncatedError:
+        raise wire.FrameError(wire.Code.BAD_KIND, f"{kind.name} frame longer than {len(buf)} bytes") from None
     return wire.decode(buf, kind)
 
 

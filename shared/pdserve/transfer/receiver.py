@@ -34,6 +34,8 @@ log = structlog.get_logger("pdserve.transfer.receiver")
 
 # An error reply is best effort: the peer may be the reason we are replying.
 _REPLY_TIMEOUT_S = 1.0
+# A sender sends CONNECT right after connecting; a connection that does not is dropped.
+_CONNECT_TIMEOUT_S = 5.0
 
 
 class _Reject(Exception):
@@ -80,6 +82,7 @@ class KvReceiver:
         self._listener: ucx_api.UCXListener | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._connections: dict[Link, asyncio.Task[None]] = {}
+        self._connection_ids: set[int] = set()
         self._numbers = itertools.count(1)
 
     @property
@@ -201,9 +204,11 @@ class KvReceiver:
         self._connections[link] = asyncio.create_task(self._serve(link), name=f"kv-receive {peer}")
 
     async def _serve(self, link: Link) -> None:
-        """One connection: transfers one after another until idle, closed or a failure."""
+        """One connection: CONNECT, then transfers one after another until idle, closed or a failure."""
+        connection_id: int | None = None
         try:
-            while True:
+            connection_id = await self._handshake(link)
+            while connection_id is not None:
                 try:
                     hello = await asyncio.wait_for(link.recv_frame(wire.FrameKind.HELLO), self.idle_timeout_s)
                 except TimeoutError:
@@ -221,6 +226,25 @@ class KvReceiver:
         finally:
             link.close()
             self._connections.pop(link, None)
+            self._connection_ids.discard(connection_id)
+
+    async def _handshake(self, link: Link) -> int | None:
+        """The connection id from the sender's CONNECT frame, or None (counted, logged) if unusable."""
+        try:
+            connection_id = await asyncio.wait_for(link.accept_connect(), _CONNECT_TIMEOUT_S)
+        except (TimeoutError, wire.FrameError) as exc:
+            code = exc.code if isinstance(exc, wire.FrameError) else wire.Code.TIMEOUT
+            self.stats.rejected[code.reason] += 1
+            log.warning("kv connection without a valid CONNECT", peer=link.peer, reason=code.reason)
+            return None
+        if connection_id in self._connection_ids:
+            # Tags are matched worker-wide: a second connection with this id could read the first's frames.
+            self.stats.rejected[wire.Code.BAD_KIND.reason] += 1
+            log.warning("kv connection reuses a live connection id", peer=link.peer)
+            return None
+        self._connection_ids.add(connection_id)
+        link.use_tags(wire.reply_tag(connection_id), wire.frame_tag(connection_id))
+        return connection_id
 
     async def _transfer(self, link: Link, hello: wire.Frame) -> bool:
         """Receive one ticket's KV; True if the connection may carry another transfer."""

@@ -16,7 +16,9 @@ on, UCX by default refuses its shared-memory transports and falls back to TCP (~
 `MM_ERROR_HANDLING=y` lets sysv/posix carry error-handling endpoints and
 `CMA_MEMORY_INVALIDATE=y` lets cma do zero-copy rendezvous for them (~8 GB/s), and a peer that
 dies mid-transfer then gives the survivor an error. Without error handling the survivor is
-aborted by UCX inside process_vm_readv instead. `UCX_<NAME>` in the environment overrides.
+aborted by UCX inside process_vm_readv instead. `TCP_CM_REUSEADDR=y` lets a receiver listen
+again on its fixed port while closed connections linger in TIME-WAIT (a restart, in a new
+process or the same one). `UCX_<NAME>` in the environment overrides any of these.
 
 The runtime is shared by every KvReceiver and KvSender of the process, counted by
 acquire/release, and bound to the event loop it was created on; it is torn down when the
@@ -39,7 +41,11 @@ from pdserve.errors import KvTransferError
 
 log = structlog.get_logger("pdserve.transfer")
 
-DEFAULT_UCX_OPTIONS: dict[str, str] = {"MM_ERROR_HANDLING": "y", "CMA_MEMORY_INVALIDATE": "y"}
+DEFAULT_UCX_OPTIONS: dict[str, str] = {
+    "MM_ERROR_HANDLING": "y",
+    "CMA_MEMORY_INVALIDATE": "y",
+    "TCP_CM_REUSEADDR": "y",
+}
 
 _NOTIFIER_PERIOD_NS = 100_000_000  # how often the notifier thread checks for shutdown
 # The progress thread sleeps in epoll until UCX has an event; the timeout only bounds a missed
@@ -106,7 +112,7 @@ class UcxRuntime:
             options=tuple(sorted(options.items())),
             shm_error_handling=all(
                 os.environ.get(f"UCX_{k}", DEFAULT_UCX_OPTIONS[k]).lower() in ("y", "yes", "1", "on")
-                for k in DEFAULT_UCX_OPTIONS
+                for k in ("MM_ERROR_HANDLING", "CMA_MEMORY_INVALIDATE")
             ),
         )
 

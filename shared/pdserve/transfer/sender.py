@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import secrets
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -89,11 +90,11 @@ class KvSender:
             await asyncio.to_thread(torch.cuda.synchronize, next(t.device for t in layers if t.is_cuda))
         try:
             async with asyncio.timeout(timeout):
-                while True:
+                for attempt in range(2):
                     link = self._link(address)
                     async with link.lock:
-                        if not link.alive:
-                            continue  # broken while we queued (the push before ours failed): take a fresh one
+                        if not link.alive and attempt == 0:
+                            continue  # broke while we queued (the push before ours failed): one fresh try
                         try:
                             await self._transfer(link, ticket_id, layers)
                         except BaseException:
@@ -118,6 +119,7 @@ class KvSender:
 
     async def _transfer(self, link: Link, ticket_id: int, layers: Sequence[torch.Tensor]) -> None:
         sizes = [t.numel() * t.element_size() for t in layers]
+        await link.opened()
         await link.send_frame(wire.hello(ticket_id, len(layers), sum(sizes)))
         _check_reply(await link.recv_frame(wire.FrameKind.REPLY), ticket_id, link.peer)
         # Post every layer now (frames keep their order on the stream); the verdict may come early
@@ -156,6 +158,7 @@ class KvSender:
             raise LinkError(f"cannot connect to {address}: {exc}") from exc
         self.stats.endpoints_created += 1
         link = Link(endpoint, address)
+        link.open_as_sender(secrets.randbits(wire.CONNECTION_ID_BITS))
         self._links[address] = link
         return link
 

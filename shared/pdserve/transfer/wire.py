@@ -1,10 +1,14 @@
-"""The KV transfer wire format: fixed-size control frames on a UCX stream, payloads as tagged messages.
+"""The KV transfer wire format: fixed-size control frames and tagged payloads over one UCX endpoint.
 
-One connection (one UCX endpoint) carries transfers one after another. Per transfer:
+A connection starts with one CONNECT frame on the endpoint's stream, carrying a random
+connection id chosen by the sender; every later frame is a tagged message with a tag derived
+from that id (`frame_tag` sender -> receiver, `reply_tag` back), so that only short-lived
+stream receives are ever posted (ucxx 0.52 leaks an endpoint closed under a pending stream
+receive). One connection carries transfers one after another. Per transfer:
 
-    sender -> receiver  HELLO  (ticket, layer count, total bytes)           stream, 32 bytes
-    receiver -> sender  REPLY  (OK: ready, or an error code and a reason)   stream, 128 bytes
-    sender -> receiver  LAYER i (ticket, layer index, layer bytes)          stream, 32 bytes
+    sender -> receiver  HELLO  (ticket, layer count, total bytes)           32 bytes
+    receiver -> sender  REPLY  (OK: ready, or an error code and a reason)   128 bytes
+    sender -> receiver  LAYER i (ticket, layer index, layer bytes)          32 bytes
                         payload i, exactly `layer bytes` long               tag payload_tag(ticket, i)
     ... for every layer, in order ...
     receiver -> sender  REPLY  (OK: accepted, or an error code and a reason)
@@ -33,13 +37,13 @@ REPLY_BYTES = FRAME_BYTES + REASON_BYTES  # 128
 MAX_LAYERS = 4096
 
 _TAG_MIX = 0x9E3779B97F4A7C15  # odd, so index -> index * _TAG_MIX is a bijection mod 2**64
-_U64 = (1 << 64) - 1
 
 
 class FrameKind(enum.IntEnum):
     HELLO = 1
     LAYER = 2
     REPLY = 3
+    CONNECT = 4
 
 
 class Code(enum.IntEnum):
@@ -89,6 +93,11 @@ class Frame:
     reason: str = ""
 
 
+def connect(connection_id: int) -> bytearray:
+    """The first frame of a connection, on the stream; `connection_id` travels as the ticket field."""
+    return bytearray(_FRAME.pack(MAGIC, VERSION, FrameKind.CONNECT, connection_id, 0, 0, 0))
+
+
 def hello(ticket_id: int, num_layers: int, total_nbytes: int) -> bytearray:
     return bytearray(_FRAME.pack(MAGIC, VERSION, FrameKind.HELLO, ticket_id, num_layers, 0, total_nbytes))
 
@@ -130,7 +139,22 @@ def decode(buf: bytes | bytearray | memoryview, expect: FrameKind) -> Frame:
     return Frame(FrameKind(kind), ticket_id, value, nbytes, reason)
 
 
+# Tag spaces: control frames have the top bit set, payloads never do.
+_CONTROL = 1 << 63
+CONNECTION_ID_BITS = 62
+
+
+def frame_tag(connection_id: int) -> int:
+    """Tag of frames from sender to receiver on one connection."""
+    return _CONTROL | (connection_id << 1)
+
+
+def reply_tag(connection_id: int) -> int:
+    """Tag of replies from receiver to sender on one connection."""
+    return _CONTROL | (connection_id << 1) | 1
+
+
 def payload_tag(ticket_id: int, index: int) -> int:
     """The UCX tag of layer `index`'s payload. Tags are matched worker-wide, so they are unique
     per (ticket, layer): distinct layers of one ticket can never collide, and tickets are random."""
-    return (ticket_id ^ ((index + 1) * _TAG_MIX)) & _U64
+    return (ticket_id ^ ((index + 1) * _TAG_MIX)) & (_CONTROL - 1)
