@@ -70,7 +70,7 @@ async def _receiver(conn: Connection, error_handling: bool) -> None:
             nbytes, count = args
             if raw is None:
                 endpoint = listener.create_endpoint_from_conn_request(await requests.get(), error_handling)
-                raw = Link(endpoint, "bench sender")
+                raw = Link(rt, endpoint, "bench sender")
             buf, ack = torch.empty(nbytes, dtype=torch.uint8), torch.ones(8, dtype=torch.uint8)
             conn.send("ready")
             for _ in range(count):
@@ -95,7 +95,7 @@ async def _sender(conn: Connection, args: argparse.Namespace, error_handling: bo
     address, raw_port = await loop.run_in_executor(None, conn.recv)
     sender = KvSender(error_handling=error_handling)
     rt = runtime.acquire()
-    raw = Link(ucx_api.UCXEndpoint.create(rt.worker, "127.0.0.1", raw_port, error_handling), "bench receiver")
+    raw = Link(rt, ucx_api.UCXEndpoint.create(rt.worker, "127.0.0.1", raw_port, error_handling), "bench receiver")
     results: dict[str, list[float]] = {}
     for mib in args.sizes_mib:
         nbytes = mib * MIB

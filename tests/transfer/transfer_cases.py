@@ -47,7 +47,7 @@ async def raw_link(address: str) -> AsyncIterator[Link]:
     """A bare UCX link to a receiver, for speaking the wire protocol wrongly on purpose."""
     rt = runtime.acquire()
     host, port = parse_address(address)
-    link = Link(ucx_api.UCXEndpoint.create(rt.worker, host, port, True), f"test client of {address}")
+    link = Link(rt, ucx_api.UCXEndpoint.create(rt.worker, host, port, True), f"test client of {address}")
     link.open_as_sender(secrets.randbits(wire.CONNECTION_ID_BITS))
     try:
         await link.opened()

@@ -23,9 +23,11 @@ from ucxx._lib.arr import Array
 
 from pdserve.errors import KvTransferError
 from pdserve.transfer import wire
+from pdserve.transfer.runtime import UcxRuntime
 
-# close_blocking runs the close on the progress thread (a plain close() from the event loop
-# races it and crashed in tests) and waits at most this long (measured: ~1 us to ~1 ms).
+# close_blocking progresses the worker until the endpoint is closed, at most this long
+# (measured: ~1 us to ~1 ms). ucxx's non-blocking close() crashed (segfault) on an endpoint
+# whose peer had already gone.
 _CLOSE_PERIOD_NS = 100_000_000
 
 # Requests still in flight when their link closed, kept with their buffers until UCX reports
@@ -61,7 +63,10 @@ class Link:
     from the sender's CONNECT frame (`accept_connect`) and sets them with `use_tags`.
     """
 
-    def __init__(self, endpoint: ucx_api.UCXEndpoint, peer: str, send_tag: int = 0, recv_tag: int = 0) -> None:
+    def __init__(
+        self, rt: UcxRuntime, endpoint: ucx_api.UCXEndpoint, peer: str, send_tag: int = 0, recv_tag: int = 0
+    ) -> None:
+        self._rt = rt
         self._ep: ucx_api.UCXEndpoint | None = endpoint
         self.peer = peer
         self.send_tag = send_tag
@@ -142,9 +147,7 @@ class Link:
     async def _finish(self, key: int, request: Any, nbytes: int) -> None:
         failure: LinkError | None = None
         try:
-            # Shielded: cancelling ucxx's own future strands the request in ucxx, and with it the
-            # endpoint and a listener's port (measured). It completes when the link closes.
-            await asyncio.shield(request.wait())
+            await self._rt.watch(request)
         except asyncio.CancelledError:
             raise  # still posted: stays pinned until it completes (close() makes it)
         except ucx_api.UCXMessageTruncatedError:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import math
 from collections.abc import Sequence
@@ -45,7 +46,7 @@ class _Reject(Exception):
 
 
 def _on_connect(conn_request: int, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[int]) -> None:
-    """UCX progress thread: hand the connection request to the event loop."""
+    """Called by UCX from inside worker progress: queue the connection request for `_accept`."""
     with contextlib.suppress(RuntimeError):  # loop closed: the receiver is gone
         loop.call_soon_threadsafe(queue.put_nowait, conn_request)
 
@@ -180,6 +181,11 @@ class KvReceiver:
             link.close()
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        del tasks
+        # The UCX listener (and its port) lives as long as any endpoint it accepted, and failed
+        # asyncio tasks keep those in reference cycles: collect now, or a later listener on this
+        # port would share it with a zombie that accepts and never answers (measured).
+        gc.collect()
         runtime.release(rt)
         log.info("kv receiver closed", **self.stats.as_dict())
 
@@ -200,7 +206,8 @@ class KvReceiver:
             log.warning("kv connection refused by UCX", peer=peer, error=str(exc))
             return
         self.stats.connections_accepted += 1
-        link = Link(endpoint, peer)
+        assert self._runtime is not None
+        link = Link(self._runtime, endpoint, peer)
         self._connections[link] = asyncio.create_task(self._serve(link), name=f"kv-receive {peer}")
 
     async def _serve(self, link: Link) -> None:

@@ -1,20 +1,23 @@
-"""The process's UCX runtime: one UCX context and worker, a progress thread and a notifier thread.
+"""The process's UCX runtime: one UCX context and worker, progressed by the event loop itself.
 
 Why not `ucxx.create_listener` / `ucxx.create_endpoint`: in ucxx 0.52 the listener creates its
 endpoints with peer error handling on whatever it is asked for, so a client without error
 handling fails to connect ("error handling level mismatch"). We use ucxx's core API instead
-(`ucxx._lib.libucxx`, the layer ucxx's own benchmarks use) and own the worker, which also lets
-us pick the options below and shut the threads down cleanly.
+(`ucxx._lib.libucxx`, the layer ucxx's own benchmarks use) and own the worker.
 
-Why Python futures: with ucxx's default request waiting, every pending receive busy-polls the
-event loop (a full core per idle connection, measured). With `enable_python_future` a
-notifier thread resolves asyncio futures and an idle worker costs ~nothing. ucxx's own notifier
-thread is not a daemon and hangs interpreter exit unless stopped; ours is a daemon.
+Why the event loop progresses UCX (ucxx's "blocking" mode: the worker's epoll fd is a reader
+of the loop) instead of ucxx's progress and notifier threads: every UCX call then happens on one
+thread. With the threads (ucxx's default), on 2 cores, we measured: an event loop blocked for
+good when a request on a failing endpoint was looked at before the progress thread had
+submitted it (a peer dying mid-push could hang the survivor); a busy-polling core per pending
+receive without Python futures; a ~4 ms round trip without delayed submission. Single-threaded
+none of these can happen, and the round trip is ~0.2 ms; the cost is that UCX's copies run on
+the loop (a cma read moves ~5 GB/s, so a 64 MiB layer holds the loop ~13 ms).
 
 Why these UCX options (measured on one host, see docs/transfer.md): with peer error handling
 on, UCX by default refuses its shared-memory transports and falls back to TCP (~0.6 GB/s).
 `MM_ERROR_HANDLING=y` lets sysv/posix carry error-handling endpoints and
-`CMA_MEMORY_INVALIDATE=y` lets cma do zero-copy rendezvous for them (~8 GB/s), and a peer that
+`CMA_MEMORY_INVALIDATE=y` lets cma do zero-copy rendezvous for them (~5 GB/s), and a peer that
 dies mid-transfer then gives the survivor an error. Without error handling the survivor is
 aborted by UCX inside process_vm_readv instead. `TCP_CM_REUSEADDR=y` lets a receiver listen
 again on its fixed port while closed connections linger in TIME-WAIT (a restart, in a new
@@ -31,8 +34,8 @@ import asyncio
 import atexit
 import os
 import re
-import threading
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 import ucxx._lib.libucxx as ucx_api  # on import, ucxx sets UCX defaults (RNDV_THRESH, ...) in os.environ
@@ -47,10 +50,9 @@ DEFAULT_UCX_OPTIONS: dict[str, str] = {
     "TCP_CM_REUSEADDR": "y",
 }
 
-_NOTIFIER_PERIOD_NS = 100_000_000  # how often the notifier thread checks for shutdown
-# The progress thread sleeps in epoll until UCX has an event; the timeout only bounds a missed
-# wake-up. ucxx's 1 ms costs ~3% of a core per idle process; 100 ms costs ~0.1% (measured).
-_EPOLL_TIMEOUT_MS = 100
+# The loop progresses UCX when its epoll fd fires; these ticks only bound a missed wake-up.
+_BUSY_TICK_S = 0.005
+_IDLE_TICK_S = 0.1
 _RESOURCE_LINE = re.compile(r"^#\s+resource\s+\d+\s*:.*flags\s+\S+\s+(\S+)\s*$", re.MULTILINE)
 
 
@@ -89,22 +91,22 @@ class TransportInfo:
 
 
 class UcxRuntime:
-    """One UCX worker with its threads, bound to one event loop. Use `acquire()`, not this."""
+    """One UCX worker progressed by one event loop. Use `acquire()`, not this."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.users = 0
-        options = {} if os.environ.get("PD_NOOPT") else {k: v for k, v in DEFAULT_UCX_OPTIONS.items() if f"UCX_{k}" not in os.environ}
+        options = {k: v for k, v in DEFAULT_UCX_OPTIONS.items() if f"UCX_{k}" not in os.environ}
         features = (ucx_api.Feature.TAG, ucx_api.Feature.STREAM, ucx_api.Feature.WAKEUP)
+        _make_cuda_current()
         self.context = ucx_api.UCXContext(options, feature_flags=features)
-        # Delayed submission: the progress thread posts every operation itself instead of the event
-        # loop calling into a worker another thread is blocked in; measured 4 ms -> 0.6 ms round trip.
-        self.worker = ucx_api.UCXWorker(self.context, enable_delayed_submission=not os.environ.get("PD_NODELAY"), enable_python_future=not os.environ.get("PD_NOFUT"))
-        _bind_cuda_in_progress_thread(self.worker)
-        self.worker.start_progress_thread(polling_mode=False, epoll_timeout=int(os.environ.get("PD_EPT", _EPOLL_TIMEOUT_MS)))
-        self._stop = threading.Event()
-        self._notifier = threading.Thread(target=self._notify, name="pdserve-ucx-notifier", daemon=True)
-        self._notifier.start()
+        self.worker = ucx_api.UCXWorker(self.context, enable_delayed_submission=False, enable_python_future=False)
+        self.worker.init_blocking_progress_mode()
+        self._fd = self.worker.epoll_file_descriptor
+        self._pending: dict[int, tuple[Any, asyncio.Future[None]]] = {}
+        self._kicked = False
+        loop.add_reader(self._fd, self.progress)
+        self._timer = loop.call_later(_IDLE_TICK_S, self._tick)
         self.info = TransportInfo(
             ucx_version=".".join(str(part) for part in ucx_api.get_ucx_version()),
             ucx_tls=str(self.context.config.get("TLS", "?")),
@@ -116,38 +118,59 @@ class UcxRuntime:
             ),
         )
 
-    def _notify(self) -> None:
-        """Thread: hand completed UCX requests to the event loop, which resolves their futures."""
-        asyncio.set_event_loop(self.loop)  # ucxx creates its futures for the thread's loop
-        worker, waits = self.worker, ucx_api.PythonRequestNotifierWaitState
-        while not self._stop.is_set():
-            worker.populate_python_futures_pool()
-            state = worker.wait_request_notifier(period_ns=_NOTIFIER_PERIOD_NS)
-            if state == waits.Shutdown:
+    def watch(self, request: Any) -> asyncio.Future[None]:
+        """A future that completes (or fails with ucxx's error) when `request` does. Cancelling
+        the future does not cancel the request: close its endpoint for that."""
+        future = self.loop.create_future()
+        self._pending[id(request)] = (request, future)
+        self.kick()
+        return future
+
+    def kick(self) -> None:
+        """Progress soon: a new operation may complete without the epoll fd firing."""
+        if not self._kicked:
+            self._kicked = True
+            self.loop.call_soon(self.progress)
+
+    def progress(self) -> None:
+        """Progress until UCX has nothing more, settle finished requests, re-arm the fd."""
+        self._kicked = False
+        worker = self.worker
+        while True:
+            worker.progress()  # ucxx's progress also runs its deferred work (cancelling a failed endpoint's requests)
+            self._settle()
+            if worker.arm():
                 return
-            if state == waits.Timeout:
+
+    def _settle(self) -> None:
+        for key, (request, future) in list(self._pending.items()):
+            if not request.completed:
                 continue
-            done = threading.Event()
-
-            def run(done: threading.Event = done) -> None:
-                try:
-                    worker.run_request_notifier()
-                finally:
-                    done.set()
-
+            del self._pending[key]
+            if future.done():
+                continue  # its waiter gave up (timeout, cancel)
             try:
-                self.loop.call_soon_threadsafe(run)
-            except RuntimeError:
-                return  # the loop is closed: nobody is left to notify
-            # Wait a little so notifications are not queued faster than the loop runs them.
-            done.wait(0.05)
+                request.check_error()
+            except Exception as exc:  # ucxx's UCXError subclasses; the waiter maps them
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
+
+    def _tick(self) -> None:
+        # A missed wake-up costs at most one tick; fast while requests are in flight.
+        self.progress()
+        self._timer = self.loop.call_later(_BUSY_TICK_S if self._pending else _IDLE_TICK_S, self._tick)
 
     def shutdown(self) -> None:
-        """Stop both threads. Endpoints and listeners must have been closed already."""
-        self._stop.set()
-        self.worker.stop_request_notifier_thread()
-        self._notifier.join(timeout=2.0)
-        self.worker.stop_progress_thread()
+        """Stop progressing. Endpoints and listeners must have been closed already."""
+        self._timer.cancel()
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self._fd)
+        for _, future in self._pending.values():
+            if not future.done():
+                future.set_exception(KvTransferError("UCX runtime shut down"))
+                future.exception()  # retrieved: nobody may be waiting any more
+        self._pending.clear()
 
 
 _runtime: UcxRuntime | None = None
@@ -195,11 +218,10 @@ def _shutdown_at_exit() -> None:
         _discard(_runtime)
 
 
-def _bind_cuda_in_progress_thread(worker: ucx_api.UCXWorker) -> None:
-    """UCX's progress thread must have the CUDA context current to move device memory."""
+def _make_cuda_current() -> None:
+    """UCX moves device memory from the thread that progresses it: the loop's, which needs the
+    CUDA context current."""
     import torch
 
-    if not torch.cuda.is_available():
-        return
-    device = torch.cuda.current_device()
-    worker.set_progress_thread_start_callback(torch.cuda.set_device, cb_args=(device,))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(torch.cuda.current_device())

@@ -3,8 +3,8 @@
 `push` sends one request's KV to a decode worker's KvReceiver against the ticket that worker
 handed out, layer by layer, and returns once the receiver has checked and accepted every
 layer. One UCX endpoint per peer address is reused; pushes to the same peer take turns on it
-(a push is bandwidth-bound, so running two at once on one host gains nothing). On any error
-the endpoint is closed and forgotten, never reused: a peer that restarted gets a fresh one.
+(one push already keeps every layer in flight at once). On any error the endpoint is closed
+and forgotten, never reused: a peer that restarted gets a fresh one.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ class KvSender:
         except ucx_api.UCXError as exc:
             raise LinkError(f"cannot connect to {address}: {exc}") from exc
         self.stats.endpoints_created += 1
-        link = Link(endpoint, address)
+        link = Link(self._runtime, endpoint, address)
         link.open_as_sender(secrets.randbits(wire.CONNECTION_ID_BITS))
         self._links[address] = link
         return link
