@@ -47,7 +47,6 @@ class ClusterBackend:
         self.view = ClusterView(nc, subjects)
         self._queues: dict[str, asyncio.Queue[TokenChunk]] = {}
         self.malformed = 0
-        self._default_max_model_len = 0
 
     async def start(self) -> None:
         await self.view.start()
@@ -56,7 +55,7 @@ class ClusterBackend:
     @property
     def max_model_len(self) -> int:
         lens = [b.max_model_len for b in self.view.live()]
-        return min(lens) if lens else self._default_max_model_len
+        return min(lens) if lens else 0  # no workers: the router answers 503
 
     def ready(self) -> bool:
         roles = {b.role for b in self.view.live() if not b.draining}

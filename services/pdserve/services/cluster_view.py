@@ -57,10 +57,6 @@ class ClusterView:
                 alive.append(beat)
         return alive
 
-    def get(self, worker_id: str) -> WorkerHeartbeat | None:
-        beat = next((b for b in self.live() if b.worker_id == worker_id), None)
-        return beat
-
     def load(self, beat: WorkerHeartbeat) -> float:
         """Lower is better: queued work first, then KV pressure as the tie-breaker."""
         queued = beat.running + beat.waiting + self.assigned.get(beat.worker_id, 0)

@@ -47,7 +47,6 @@ class PrefillWorker(WorkerBase):
         self.pending: dict[str, PendingHandoff] = {}
         self.sender = KvSender()
         self.view: ClusterView | None = None
-        self.transfer_seconds: list[float] = []
 
     async def subscribe_work(self) -> None:
         assert self.nc is not None
@@ -93,7 +92,6 @@ class PrefillWorker(WorkerBase):
             started = time.perf_counter()
             await self.sender.push(admission.ucx_address, admission.ticket, export.layers, timeout=self.push_timeout_s)
             elapsed = time.perf_counter() - started
-            self.transfer_seconds.append(elapsed)
             log.info(
                 "kv pushed",
                 request_id=rid,

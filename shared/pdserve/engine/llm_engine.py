@@ -203,9 +203,6 @@ class LLMEngine:
         self._finish(seq, "prefilled")
         return True
 
-    def can_import(self, num_tokens: int) -> bool:
-        return self.block_manager.can_allocate(self.block_manager.blocks_needed(num_tokens))
-
     def import_kv(self, export: KvExport, params: SamplingParams, request_id: str | None = None) -> Sequence:
         """Continue a request prefilled elsewhere: validate the KV, copy it into fresh blocks and
         join the running batch. Raises KvLayoutMismatchError, InvalidRequestError or
