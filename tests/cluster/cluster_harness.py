@@ -162,3 +162,20 @@ async def start_cluster(
                         break
                 await asyncio.sleep(0.05)
     return cluster
+
+
+async def crash(worker: WorkerBase) -> None:
+    """Stop a worker the way its peers see a kill -9: no drain, no goodbye, no error chunks;
+    its heartbeats stop, its subscriptions vanish, its UCX endpoints close."""
+    for background in (worker._heartbeat_task, worker._deadline_task, *worker._tasks):
+        if background is not None:
+            background.cancel()
+    if worker.nc is not None:
+        with contextlib.suppress(Exception):
+            await worker.nc.close()
+    await worker.loop.stop()
+    if isinstance(worker, DecodeWorker):
+        await worker.receiver.close()
+    if isinstance(worker, PrefillWorker):
+        await worker.sender.close()
+    worker.streams.clear()

@@ -4,6 +4,12 @@ Per request: choose a colocated worker or a prefill worker plus a decode worker 
 first, from heartbeats), send the GenerateTask as a request (the ack says admitted or why
 not; a refusal or silence moves on to the next candidate), then yield TokenChunks from the
 request's stream subject in output order. Closing the generator early publishes a cancel.
+
+When the attempt is lost (its worker went silent, tokens went missing, the stream stalled) or
+fails in a way another worker may not (KV hand-off or import), the request migrates: the
+prompt plus every token delivered so far is re-prefilled on a live pair, which continues the
+same stream at the next index, so nothing is duplicated or dropped (greedy and seeded sampling
+give the same tokens; see docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import structlog
 from nats.aio.client import Client
@@ -30,6 +37,7 @@ from pdserve.protocol import (
     params_to_wire,
 )
 from pdserve.services.cluster_view import ClusterView
+from pdserve.services.stream_follower import AttemptFollower, MigrationPolicy
 from pdserve.serving.backend import GenerateRequest, WorkerInfo
 from pdserve.serving.chunks import error_chunk
 
@@ -40,8 +48,12 @@ MAX_TASK_TRIES = 3
 
 
 class ClusterBackend:
-    def __init__(self, nc: Client, subjects: Subjects, router_id: str | None = None) -> None:
+    def __init__(
+        self, nc: Client, subjects: Subjects, router_id: str | None = None, policy: MigrationPolicy | None = None
+    ) -> None:
         self.nc = nc
+        self.policy = policy or MigrationPolicy()
+        self.migrations = 0
         self.subjects = subjects
         self.router_id = router_id or f"router-{uuid.uuid4().hex[:10]}"
         self.view = ClusterView(nc, subjects)
@@ -75,55 +87,88 @@ class ClusterBackend:
         if queue is not None:
             queue.put_nowait(chunk)
 
-    def _targets(self) -> list[tuple[WorkerHeartbeat, str]]:
-        """(worker to send the task to, decode worker for it or "") in order of preference."""
-        decodes = self.view.by_load(("decode",))
+    def _targets(self, avoid: set[str]) -> list[tuple[WorkerHeartbeat, str]]:
+        """(worker to send the task to, decode worker for it or "") in order of preference;
+        workers in `avoid` (they lost this request before) only when nobody else is left."""
+        decodes = _avoiding(self.view.by_load(("decode",)), avoid)
         roles: tuple[str, ...] = ("worker", "prefill") if decodes else ("worker",)
         targets = []
-        for beat in self.view.by_load(roles):
+        for beat in _avoiding(self.view.by_load(roles), avoid):
             targets.append((beat, decodes[0].worker_id if beat.role == "prefill" else ""))
         return targets
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenChunk]:
+        """Serve one request, migrating it (re-prefill of prompt plus the tokens delivered so
+        far, on a live pair) when the attempt serving it is lost, up to max_migrations times."""
         rid = request.request_id
-        queue: asyncio.Queue[TokenChunk] = asyncio.Queue()
-        self._queues[rid] = queue
-        finished = False
-        sent = False
-        try:
-            error = await self._dispatch(request)
-            if error is not None:
-                finished = True
-                yield error
-                return
-            sent = True
-            async for chunk in _in_order(queue, rid, request.deadline):
-                if chunk.finish_reason is not None:
-                    finished = True
-                yield chunk
-                if finished:
+        delivered: list[int] = []
+        avoid: set[str] = set()
+        for attempt in range(self.policy.max_migrations + 1):
+            # A fresh id per attempt: a stale holder's late chunks can never mix into the new one.
+            wire_id = rid if attempt == 0 else f"{rid}-m{attempt}"
+            queue: asyncio.Queue[TokenChunk] = asyncio.Queue()
+            self._queues[wire_id] = queue
+            follower: AttemptFollower | None = None
+            try:
+                target = await self._dispatch(request, wire_id, delivered, avoid)
+                if isinstance(target, TokenChunk):
+                    yield replace(target, request_id=rid, index=len(delivered))
                     return
-        finally:
-            self._queues.pop(rid, None)
-            if sent and not finished:
-                with contextlib.suppress(Exception):
-                    await self.nc.publish(self.subjects.cancel, encode(CancelRequest(rid)))
+                follower = AttemptFollower(queue, self.view, target, len(delivered), request.deadline, self.policy)
+                async for chunk in follower.chunks():
+                    if follower.outcome in ("error", "deadline") and self._retryable(chunk, attempt):
+                        follower.outcome, follower.lost_reason = "lost", chunk.error
+                        break
+                    delivered.extend(chunk.token_ids)
+                    yield replace(chunk, request_id=rid)
+                if follower.outcome != "lost":
+                    return
+            finally:
+                self._queues.pop(wire_id, None)
+                if follower is not None and follower.outcome != "finished":
+                    # Lost, failed, or the client went away: whoever still holds it lets go.
+                    with contextlib.suppress(Exception):
+                        await self.nc.publish(self.subjects.cancel, encode(CancelRequest(wire_id, "migrated")))
+            avoid.add(follower.holder)
+            self.migrations += 1
+            log.warning(
+                "request lost; migrating",
+                request_id=rid,
+                attempt=attempt + 1,
+                reason=follower.lost_reason,
+                delivered_tokens=len(delivered),
+            )
+        reason = follower.lost_reason if follower is not None else "unknown"
+        message = f"request lost its worker {self.policy.max_migrations + 1} times (last: {reason}); retry later"
+        yield error_chunk(rid, self.router_id, message, 503, len(delivered))
 
-    async def _dispatch(self, request: GenerateRequest) -> TokenChunk | None:
-        """Send the task to the best worker that accepts it; an error chunk if none does."""
+    def _retryable(self, chunk: TokenChunk, attempt: int) -> bool:
+        """A worker-side failure another pair may not have: the KV hand-off or import failed."""
+        return chunk.error_code in (500, 502, 503) and attempt < self.policy.max_migrations
+
+    async def _dispatch(
+        self, request: GenerateRequest, wire_id: str, delivered: list[int], avoid: set[str]
+    ) -> str | TokenChunk:
+        """Send the task to the best worker that accepts it: that worker's id, or an error chunk."""
         rid = request.request_id
-        targets = self._targets()
+        targets = self._targets(avoid)
+        if delivered or avoid:
+            until = min(time.time() + self.policy.wait_for_workers_s, request.deadline)
+            while not targets and time.time() < until:
+                await asyncio.sleep(self.policy.poll_s)
+                targets = self._targets(avoid)
         if not targets:
             return error_chunk(rid, self.router_id, "no live workers can serve the request", 503)
         last = (f"{min(len(targets), MAX_TASK_TRIES)} workers refused the request", 503)
         for beat, decode_worker in targets[:MAX_TASK_TRIES]:
             task = GenerateTask(
-                request_id=rid,
+                request_id=wire_id,
                 prompt_token_ids=request.prompt_token_ids,
                 params=params_to_wire(request.params),
-                stream_subject=self.subjects.stream(self.router_id, rid),
+                stream_subject=self.subjects.stream(self.router_id, wire_id),
                 deadline=request.deadline,
                 decode_worker=decode_worker,
+                resume_token_ids=list(delivered),
             )
             # Counted before the ack comes back, so a burst of concurrent requests spreads out.
             self.view.note_assigned(beat.worker_id)
@@ -131,48 +176,31 @@ class ClusterBackend:
                 self.view.note_assigned(decode_worker)
             try:
                 subject = self.subjects.task(beat.worker_id)
-                reply = await self.nc.request(subject, encode(task), timeout=TASK_ACK_TIMEOUT_S)
+                timeout = min(TASK_ACK_TIMEOUT_S, max(request.deadline - time.time(), 0.01))
+                reply = await self.nc.request(subject, encode(task), timeout=timeout)
                 ack = decode(reply.data, TaskAck)
             except Exception as exc:  # timeout, no responders, broker reconnecting, garbage
                 log.warning("task not acknowledged", request_id=rid, worker=beat.worker_id, error=repr(exc))
                 last = (f"worker {beat.worker_id} did not answer", 503)
                 continue
             if ack.accepted:
-                log.info("task sent", request_id=rid, worker=beat.worker_id, decode_worker=decode_worker or None)
-                return None
-            if ack.code == 400:
-                return error_chunk(rid, self.router_id, ack.reason, 400)
+                log.info(
+                    "task sent",
+                    request_id=rid,
+                    worker=beat.worker_id,
+                    decode_worker=decode_worker or None,
+                    resumed_tokens=len(delivered),
+                )
+                return beat.worker_id
+            if ack.code in (400, 504):
+                return error_chunk(rid, self.router_id, ack.reason, ack.code)
             last = (ack.reason, ack.code)
         return error_chunk(rid, self.router_id, last[0], last[1])
 
     async def close(self) -> None:
         self._queues.clear()
+        await self.view.stop()
 
 
-async def _in_order(queue: asyncio.Queue[TokenChunk], rid: str, deadline: float) -> AsyncIterator[TokenChunk]:
-    """Yield chunks by output index: duplicates dropped, early arrivals held until the gap
-    fills. Different workers publish a request's chunks (prefill the first, decode the rest),
-    and the broker orders messages per publisher only."""
-    next_index = 0
-    held: dict[int, TokenChunk] = {}
-    while True:
-        remaining = deadline - time.time()
-        if remaining <= 0:
-            yield error_chunk(rid, "router", "request deadline passed", 504, next_index)
-            return
-        try:
-            chunk = await asyncio.wait_for(queue.get(), timeout=remaining)
-        except TimeoutError:
-            continue
-        if chunk.error:
-            yield chunk
-            return
-        if chunk.index + len(chunk.token_ids) <= next_index and chunk.finish_reason is None:
-            continue  # already delivered
-        held[chunk.index] = chunk
-        while next_index in held:
-            ready = held.pop(next_index)
-            next_index += len(ready.token_ids)
-            yield ready
-            if ready.finish_reason is not None:
-                return
+def _avoiding(beats: list[WorkerHeartbeat], avoid: set[str]) -> list[WorkerHeartbeat]:
+    return [b for b in beats if b.worker_id not in avoid] + [b for b in beats if b.worker_id in avoid]

@@ -1,11 +1,15 @@
 """Who is alive, built from heartbeats: the router and prefill workers choose peers from it.
 
 A worker is dropped once it has been silent for `miss_limit` of its own heartbeat intervals,
-so a killed process disappears within a few seconds without any explicit goodbye.
+so a killed process disappears within a few seconds without any explicit goodbye. Silence
+heard while our own broker connection is down (or just back) says nothing about the worker,
+so nobody is dropped then: a broker restart must not look like the whole cluster dying.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 
 import structlog
@@ -28,9 +32,37 @@ class ClusterView:
         # Requests this process sent to a worker since its last heartbeat: spreads a burst
         # that arrives between two heartbeats instead of sending it all to one worker.
         self.assigned: dict[str, int] = {}
+        self._blind_until = 0.0  # monotonic; until then silence is not held against anyone
+        self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.nc.subscribe(self.subjects.heartbeat, cb=self._on_heartbeat)
+        self._watch = asyncio.create_task(self._watch_connection(), name="cluster-view-connection")
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+
+    async def _watch_connection(self, period_s: float = 0.1) -> None:
+        while True:
+            if not self.nc.is_connected:
+                # Blind while down, and for one full miss window after: heartbeats need that
+                # long to come back once we are resubscribed.
+                interval = max((beat.interval_s for beat, _ in self._beats.values()), default=1.0)
+                self._blind_until = time.monotonic() + self.miss_limit * interval + 1.0
+            await asyncio.sleep(period_s)
+
+    @property
+    def blind(self) -> bool:
+        return time.monotonic() < self._blind_until or not self.nc.is_connected
+
+    def is_alive(self, worker_id: str) -> bool:
+        """False once the worker has gone silent (never while we cannot hear anyone)."""
+        if self.blind:
+            return True
+        return any(b.worker_id == worker_id for b in self.live())
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         try:
@@ -46,9 +78,10 @@ class ClusterView:
 
     def live(self, role: str | None = None) -> list[WorkerHeartbeat]:
         now = time.monotonic()
+        blind = self.blind
         alive = []
         for worker_id, (beat, seen) in list(self._beats.items()):
-            if now - seen > self.miss_limit * max(beat.interval_s, 0.1):
+            if not blind and now - seen > self.miss_limit * max(beat.interval_s, 0.1):
                 del self._beats[worker_id]
                 self.assigned.pop(worker_id, None)
                 log.warning("worker went silent; dropped", worker=worker_id, role=beat.role)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import structlog
 from nats.aio.msg import Msg
 from pdserve.engine.kv_transfer import KvExport, KvLayout
-from pdserve.errors import KvCapacityError, KvLayoutMismatchError, KvTransferError, ProtocolError
+from pdserve.errors import InvalidRequestError, KvCapacityError, KvLayoutMismatchError, KvTransferError, ProtocolError
 from pdserve.outputs import RequestOutput
-from pdserve.protocol import KvAdmission, KvOffer, decode, params_from_wire
+from pdserve.protocol import KvAdmission, KvOffer, TokenChunk, decode, params_from_wire
 from pdserve.sampling_params import SamplingParams
 from pdserve.services.worker_base import WorkerBase
 from pdserve.serving.chunks import chunk_from_output
@@ -21,14 +21,28 @@ from pdserve.transfer import KvReceiver
 
 log = structlog.get_logger("pdserve.decode")
 
+# What to do when admitted KV never arrives (the prefill worker died, the transfer broke) or
+# cannot be imported: prefill the request here from the offer's tokens, or end it with a 502.
+TRANSFER_FAILURE_POLICIES = ("recompute", "fail")
+
 
 class DecodeWorker(WorkerBase):
     role = "decode"
 
     def __init__(
-        self, *args: object, ucx_host: str = "127.0.0.1", ucx_port: int = 0, lease_s: float = 10.0, **kwargs: object
+        self,
+        *args: object,
+        ucx_host: str = "127.0.0.1",
+        ucx_port: int = 0,
+        lease_s: float = 10.0,
+        transfer_failure_policy: str = "recompute",
+        **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        if transfer_failure_policy not in TRANSFER_FAILURE_POLICIES:
+            raise ValueError(f"transfer failure policy must be one of {TRANSFER_FAILURE_POLICIES}")
+        self.transfer_failure_policy = transfer_failure_policy
+        self.counters["recomputed"] = 0
         self.lease_s = lease_s
         self.receiver = KvReceiver(ucx_host, ucx_port, lease_timeout_s=lease_s)
         self.reserved_blocks = 0
@@ -89,6 +103,7 @@ class DecodeWorker(WorkerBase):
         self.reserved_blocks += blocks
         self.tickets[rid] = ticket.id
         self.streams[rid] = offer.stream_subject
+        self.watch_deadline(rid, offer.deadline)
         admission = KvAdmission(True, ticket=ticket.id, ucx_address=self.receiver.address, lease_s=self.lease_s)
         await self.reply(msg, admission)
         self.spawn(self._receive(offer, params, ticket.id, blocks), name=f"receive-{rid}")
@@ -103,15 +118,15 @@ class DecodeWorker(WorkerBase):
         try:
             layers = await self.receiver.wait(ticket, timeout=self.lease_s)
         except KvTransferError as exc:
-            # The prefill side reports the failure on the stream; here we only give back the room.
-            log.warning("kv never arrived", request_id=rid, error=str(exc))
-            self.streams.pop(rid, None)
-            return
+            layers, problem = None, f"KV transfer failed: {exc}"
         finally:
             self.reserved_blocks -= blocks
             self.tickets.pop(rid, None)
         if rid not in self.streams:
             return  # cancelled while the KV was in flight
+        if layers is None:
+            await self._transfer_failed(offer, params, problem)
+            return
         export = KvExport(
             request_id=rid,
             layout=self.engine.kv_layout,
@@ -119,14 +134,40 @@ class DecodeWorker(WorkerBase):
             first_token=offer.first_token,
             first_logprob=offer.first_logprob,
             layers=layers,
+            resumed_tokens=offer.resumed_tokens,
         )
         try:
             await self.loop.call(lambda: self._import(export, params, offer.num_cached_tokens))
-        except (KvCapacityError, KvLayoutMismatchError) as exc:
-            await self.fail(rid, f"decode worker could not import the KV: {exc}", 503, index=1)
+        except (KvCapacityError, KvLayoutMismatchError, InvalidRequestError) as exc:
+            await self._transfer_failed(offer, params, f"decode worker could not import the KV: {exc}")
             return
         self.counters["accepted"] += 1
         log.info("kv imported", request_id=rid, tokens=len(offer.prompt_token_ids))
+
+    async def _transfer_failed(self, offer: KvOffer, params: SamplingParams, problem: str) -> None:
+        """Admitted KV that never arrived or would not import: recompute it here, or fail."""
+        rid = offer.request_id
+        first_index = offer.resumed_tokens
+        if self.transfer_failure_policy == "fail":
+            log.warning("kv lost; failing the request", request_id=rid, error=problem)
+            await self.fail(rid, problem, 502, index=first_index + 1)
+            return
+        log.warning("kv lost; recomputing the prefill here", request_id=rid, error=problem)
+        split = len(offer.prompt_token_ids) - offer.resumed_tokens
+        prompt = offer.prompt_token_ids[:split]
+        resume = [*offer.prompt_token_ids[split:], offer.first_token]
+        try:
+            await self.loop.call(lambda: self.engine.add_request(rid, prompt, params, resume_token_ids=resume))
+        except InvalidRequestError as exc:
+            await self.fail(rid, f"{problem}; recompute refused: {exc}", 502, index=first_index + 1)
+            return
+        self.counters["recomputed"] += 1
+        # The prefill worker may have died before publishing the first token; the router drops
+        # the duplicate if it did not.
+        first = TokenChunk(rid, first_index, [offer.first_token], self.worker_id)
+        if params.logprobs and offer.first_logprob is not None:
+            first.logprobs = [offer.first_logprob]
+        await self.publish_chunk(self.streams.get(rid, offer.stream_subject), first)
 
     def _import(self, export: KvExport, params: SamplingParams, cached_tokens: int) -> None:
         seq = self.engine.import_kv(export, params)

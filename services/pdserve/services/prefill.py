@@ -87,8 +87,14 @@ class PrefillWorker(WorkerBase):
                 await self.fail(rid, "no decode worker could take the request (all full or gone)", 503, index=0)
                 return
             decode_worker, admission = admitted
-            # The first token goes out now: time to first token does not wait for the transfer.
-            await self.publish_chunk(subject, chunk_from_output(first, self.worker_id))
+            # From admission on, the decode worker owns the stream: it ends the request, or
+            # recomputes it if our push never lands. The first token goes out now (time to first
+            # token does not wait for the transfer) and names that owner, so the router knows
+            # whose death to watch for.
+            self.streams.pop(rid, None)
+            chunk = chunk_from_output(first, self.worker_id)
+            chunk.extra["decode_worker"] = decode_worker
+            await self.publish_chunk(subject, chunk)
             started = time.perf_counter()
             await self.sender.push(admission.ucx_address, admission.ticket, export.layers, timeout=self.push_timeout_s)
             elapsed = time.perf_counter() - started
@@ -101,11 +107,11 @@ class PrefillWorker(WorkerBase):
                 gbps=round(export.nbytes / max(elapsed, 1e-9) / 1e9, 3),
             )
         except KvTransferError as exc:
-            log.warning("kv push failed", request_id=rid, error=str(exc))
-            await self.fail(rid, f"KV transfer to the decode worker failed: {exc}", 502, index=1)
+            # Not ours to report: the decode worker sees its ticket fail and applies its policy.
+            log.warning("kv push failed; the decode worker takes over", request_id=rid, error=str(exc))
         except Exception:
             log.exception("hand-off failed", request_id=rid)
-            await self.fail(rid, "internal error during KV hand-off", 500, index=1)
+            await self.fail(rid, "internal error during KV hand-off", 500, index=len(first.token_ids) - 1)
         finally:
             self.pending.pop(rid, None)
             self.streams.pop(rid, None)
@@ -132,6 +138,7 @@ class PrefillWorker(WorkerBase):
             deadline=task.deadline,
             first_logprob=export.first_logprob,
             num_cached_tokens=first.num_cached_tokens,
+            resumed_tokens=export.resumed_tokens,
         )
         payload = encode(offer)
         candidates = [task.decode_worker] if task.decode_worker else []

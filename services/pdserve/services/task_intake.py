@@ -39,16 +39,22 @@ async def take_task(worker: WorkerBase, msg: Msg, *, hold_kv: bool) -> tuple[Gen
     try:
         # Validated here, on the event loop (read-only), so the ack need not wait for a step.
         tokens = worker.engine.tokenize(task.prompt_token_ids)
+        resume = task.resume_token_ids
+        if resume:
+            worker.engine.check_resume(len(tokens), resume, params)
     except InvalidRequestError as exc:
         await worker.refuse(msg, str(exc), 400)
         return None
     # Register the stream before the engine can produce output for it.
     worker.streams[rid] = task.stream_subject
-    added = worker.loop.submit(lambda: worker.engine.add_request(rid, tokens, params, hold_kv=hold_kv))
+    worker.watch_deadline(rid, task.deadline)
+    added = worker.loop.submit(
+        lambda: worker.engine.add_request(rid, tokens, params, hold_kv=hold_kv, resume_token_ids=resume)
+    )
     added.add_done_callback(lambda f: _added(worker, rid, f))
     worker.counters["accepted"] += 1
     await worker.reply(msg, TaskAck(accepted=True))
-    log.info("task accepted", request_id=rid, prompt_tokens=len(tokens))
+    log.info("task accepted", request_id=rid, prompt_tokens=len(tokens), resumed_tokens=len(resume))
     return task, params
 
 

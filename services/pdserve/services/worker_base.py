@@ -59,6 +59,8 @@ class WorkerBase(abc.ABC):
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._deadline_task: asyncio.Task[None] | None = None
+        self.deadlines: dict[str, float] = {}  # request id -> Unix deadline, while we hold it
         self.counters: dict[str, int] = {"malformed": 0, "refused": 0, "accepted": 0, "cancelled": 0}
         structlog.contextvars.bind_contextvars(worker_id=self.worker_id, role=self.role)
 
@@ -70,6 +72,7 @@ class WorkerBase(abc.ABC):
         await self._subscribe(self.subjects.cancel, self._on_cancel)
         await self.subscribe_work()
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        self._deadline_task = asyncio.create_task(self._deadline_loop(), name="deadlines")
         log.info(
             "worker ready",
             model=self.model_name,
@@ -109,8 +112,9 @@ class WorkerBase(abc.ABC):
         await self.close()
 
     async def close(self) -> None:
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
+        for background in (self._heartbeat_task, self._deadline_task):
+            if background is not None:
+                background.cancel()
         for task in list(self._tasks):
             task.cancel()
         await self.loop.stop()
@@ -156,6 +160,25 @@ class WorkerBase(abc.ABC):
             except Exception as exc:  # the broker may be restarting; keep beating
                 log.warning("heartbeat failed", error=repr(exc))
             await asyncio.sleep(self.heartbeat_s)
+
+    # -- deadlines ----------------------------------------------------------------------------
+
+    def watch_deadline(self, request_id: str, deadline: float) -> None:
+        self.deadlines[request_id] = deadline
+
+    async def _deadline_loop(self, period_s: float = 0.25) -> None:
+        """End requests whose deadline passed here, so their blocks come back even when the
+        router's cancel never arrives (router gone, broker down)."""
+        while True:
+            await asyncio.sleep(period_s)
+            now = time.time()
+            for request_id, deadline in list(self.deadlines.items()):
+                if request_id not in self.streams and request_id not in self.engine.requests:
+                    del self.deadlines[request_id]
+                elif deadline < now:
+                    del self.deadlines[request_id]
+                    log.warning("deadline passed; ending request", request_id=request_id)
+                    await self.fail(request_id, f"request deadline passed on {self.role} worker {self.worker_id}", 504)
 
     # -- messages -----------------------------------------------------------------------------
 

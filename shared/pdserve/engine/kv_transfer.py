@@ -84,7 +84,9 @@ class KvExport:
     """A prefilled request ready to continue elsewhere.
 
     `layers[i]` is [2, num_tokens, num_kv_heads, head_dim] for layer i: the K/V of every
-    prompt token. `first_token` was sampled from the prompt's last position and has no K/V yet.
+    token in `prompt_token_ids`. `first_token` was sampled from the last position and has no
+    K/V yet. A migrated request's computed tokens end with output tokens it had already
+    delivered: the last `resumed_tokens` of `prompt_token_ids` (0 for a fresh request).
     """
 
     request_id: str
@@ -93,6 +95,7 @@ class KvExport:
     first_token: int
     first_logprob: float | None
     layers: list[torch.Tensor]
+    resumed_tokens: int = 0
 
     @property
     def num_tokens(self) -> int:

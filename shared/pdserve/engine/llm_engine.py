@@ -99,15 +99,44 @@ class LLMEngine:
         return list(ids)
 
     def add_request(
-        self, request_id: str, prompt: Prompt, params: SamplingParams, *, hold_kv: bool = False
+        self,
+        request_id: str,
+        prompt: Prompt,
+        params: SamplingParams,
+        *,
+        hold_kv: bool = False,
+        resume_token_ids: list[int] | None = None,
     ) -> Sequence:
+        """Queue a request. `resume_token_ids` are output tokens it already produced elsewhere
+        (a migrated request): they are recomputed with the prompt, count towards `max_tokens`
+        and stop checks, and generation continues at output index len(resume_token_ids), with
+        the same per-step seeds it would have had."""
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         params.validate()
         seq = Sequence(request_id, self.tokenize(prompt), params, hold_kv=hold_kv)
+        if resume_token_ids:
+            resumed = self.check_resume(seq.num_prompt_tokens, resume_token_ids, params)
+            seq.token_ids.extend(resumed)
+            if params.logprobs:
+                # Placeholders: the resumed tokens were delivered (with their logprobs) already.
+                seq.logprobs.extend([0.0] * len(resumed))
         self.requests[request_id] = seq
         self.scheduler.add(seq)
         return seq
+
+    def check_resume(self, num_prompt_tokens: int, resume_token_ids: list[int], params: SamplingParams) -> list[int]:
+        """Validate the already-generated tokens of a migrated request (read-only)."""
+        resumed = self.tokenize(list(resume_token_ids))
+        if len(resumed) >= params.max_tokens:
+            raise InvalidRequestError(
+                f"{len(resumed)} tokens already generated leave nothing to do under max_tokens={params.max_tokens}"
+            )
+        if num_prompt_tokens + len(resumed) >= self.max_model_len:
+            raise InvalidRequestError(
+                f"prompt plus {len(resumed)} generated tokens fill the context of {self.max_model_len} tokens"
+            )
+        return resumed
 
     def abort_request(self, request_id: str) -> bool:
         """Stop a request wherever it is and free everything it holds. False if unknown."""
@@ -180,7 +209,7 @@ class LLMEngine:
         if seq is None or seq.status is not SequenceStatus.PARKED:
             raise InvalidRequestError(f"request {request_id!r} is not parked after prefill")
         num_tokens = seq.num_computed_tokens
-        assert num_tokens == seq.num_prompt_tokens
+        assert num_tokens == seq.num_tokens - 1  # everything but the token just sampled
         block_ids = torch.tensor(seq.block_table, dtype=torch.int64, device=self.runner.device)
         layers = [
             gather_kv_blocks(k, v, block_ids, num_tokens)
@@ -189,8 +218,9 @@ class LLMEngine:
         return KvExport(
             request_id=request_id,
             layout=self.kv_layout,
-            prompt_token_ids=list(seq.prompt_token_ids),
+            prompt_token_ids=seq.token_ids[:num_tokens],
             first_token=seq.token_ids[-1],
+            resumed_tokens=seq.num_output_tokens - 1,
             first_logprob=seq.logprobs[-1] if seq.logprobs else None,
             layers=layers,
         )
@@ -214,10 +244,20 @@ class LLMEngine:
         export.validate(self.kv_layout)
         prompt = self.tokenize(list(export.prompt_token_ids))
         first = self.tokenize([export.first_token])[0]
-        seq = Sequence(request_id, prompt, params)
+        if not 0 <= export.resumed_tokens < len(prompt):
+            raise InvalidRequestError(f"resumed_tokens {export.resumed_tokens} out of range for {len(prompt)} tokens")
+        if export.resumed_tokens + 1 > params.max_tokens:
+            raise InvalidRequestError(
+                f"{export.resumed_tokens + 1} tokens already exceed max_tokens={params.max_tokens}"
+            )
+        split = len(prompt) - export.resumed_tokens
+        seq = Sequence(request_id, prompt[:split], params)
+        seq.token_ids.extend(prompt[split:])
         seq.token_ids.append(first)
-        if params.logprobs and export.first_logprob is not None:
-            seq.logprobs.append(float(export.first_logprob))
+        if params.logprobs:
+            seq.logprobs.extend([0.0] * export.resumed_tokens)  # delivered before the migration
+            if export.first_logprob is not None:
+                seq.logprobs.append(float(export.first_logprob))
         reason = self.stop_checker.check(seq)
         if reason is not None:
             seq.status = SequenceStatus.FINISHED
@@ -257,5 +297,3 @@ class LLMEngine:
 
     def check_integrity(self) -> None:
         self.block_manager.check_integrity(self.requests.values())
-
-

@@ -65,7 +65,9 @@ class GenerateTask:
     stream_subject: str
     deadline: float
     decode_worker: str = ""  # the decode worker the router chose; "" for a colocated worker
-    first_index: int = 0  # output index of the first token this task produces (migration)
+    # Migration: output tokens already delivered to the client. The worker recomputes them
+    # with the prompt and continues at output index len(resume_token_ids).
+    resume_token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -91,6 +93,9 @@ class KvOffer:
     deadline: float
     first_logprob: float | None = None
     num_cached_tokens: int = 0
+    # The last `resumed_tokens` of prompt_token_ids are output tokens delivered before a
+    # migration; `first_token` is then output index `resumed_tokens`.
+    resumed_tokens: int = 0
 
 
 @dataclass(slots=True)
