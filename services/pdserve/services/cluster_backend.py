@@ -149,17 +149,31 @@ class ClusterBackend:
     async def _dispatch(
         self, request: GenerateRequest, wire_id: str, delivered: list[int], avoid: set[str]
     ) -> str | TokenChunk:
-        """Send the task to the best worker that accepts it: that worker's id, or an error chunk."""
+        """Send the task to the best worker that accepts it: that worker's id, or an error chunk.
+
+        A migrating request, or any request while our broker link is down or just back, is
+        patient: it keeps trying (up to wait_for_workers_s, within its deadline) while workers
+        are missing or unreachable, so a short broker restart or a worker restart is not an
+        error. Otherwise the answer is immediate, and a full cluster gets its 429/503 at once.
+        """
+        patient_until = min(time.time() + self.policy.wait_for_workers_s, request.deadline)
+        while True:
+            patient = bool(delivered or avoid) or self.view.blind
+            result, retry = await self._try_targets(request, wire_id, delivered, avoid)
+            if isinstance(result, str) or not retry or not patient or time.time() >= patient_until:
+                return result
+            await asyncio.sleep(self.policy.poll_s)
+
+    async def _try_targets(
+        self, request: GenerateRequest, wire_id: str, delivered: list[int], avoid: set[str]
+    ) -> tuple[str | TokenChunk, bool]:
+        """One pass over the best targets: (worker id or error chunk, worth retrying later)."""
         rid = request.request_id
         targets = self._targets(avoid)
-        if delivered or avoid:
-            until = min(time.time() + self.policy.wait_for_workers_s, request.deadline)
-            while not targets and time.time() < until:
-                await asyncio.sleep(self.policy.poll_s)
-                targets = self._targets(avoid)
         if not targets:
-            return error_chunk(rid, self.router_id, "no live workers can serve the request", 503)
+            return error_chunk(rid, self.router_id, "no live workers can serve the request", 503), True
         last = (f"{min(len(targets), MAX_TASK_TRIES)} workers refused the request", 503)
+        unreachable = True  # every target silent, rather than refusing
         for beat, decode_worker in targets[:MAX_TASK_TRIES]:
             task = GenerateTask(
                 request_id=wire_id,
@@ -191,11 +205,12 @@ class ClusterBackend:
                     decode_worker=decode_worker or None,
                     resumed_tokens=len(delivered),
                 )
-                return beat.worker_id
+                return beat.worker_id, False
             if ack.code in (400, 504):
-                return error_chunk(rid, self.router_id, ack.reason, ack.code)
+                return error_chunk(rid, self.router_id, ack.reason, ack.code), False
+            unreachable = False
             last = (ack.reason, ack.code)
-        return error_chunk(rid, self.router_id, last[0], last[1])
+        return error_chunk(rid, self.router_id, last[0], last[1]), unreachable
 
     async def close(self) -> None:
         self._queues.clear()
