@@ -22,7 +22,16 @@ from nats.aio.subscription import Subscription
 from pdserve.engine.llm_engine import LLMEngine
 from pdserve.errors import ProtocolError
 from pdserve.outputs import RequestOutput
-from pdserve.protocol import CancelRequest, Subjects, TaskAck, TokenChunk, WorkerHeartbeat, decode, encode
+from pdserve.protocol import (
+    CancelRequest,
+    Subjects,
+    TaskAck,
+    TokenChunk,
+    WorkerHeartbeat,
+    check_token,
+    decode,
+    encode,
+)
 from pdserve.services.bus import BusOptions, connect
 from pdserve.serving.chunks import error_chunk
 from pdserve.serving.engine_loop import EngineLoop
@@ -48,7 +57,11 @@ class WorkerBase(abc.ABC):
         self.bus = bus
         self.subjects = Subjects(bus.cluster)
         self.model_name = model_name
-        self.worker_id = worker_id or f"{self.role}-{socket.gethostname()[:20]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        host = "".join(c if c.isalnum() or c in "_-" else "-" for c in socket.gethostname()[:20])
+        # The id is a subject token (task.<id>, kv_offer.<id>): no dots, wildcards or spaces.
+        self.worker_id = check_token(
+            worker_id or f"{self.role}-{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}", "worker id"
+        )
         self.heartbeat_s = heartbeat_s
         self.max_waiting = max_waiting
         self.drain_timeout_s = drain_timeout_s
