@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pdserve.bench.cli_args import add_bench_parser
 from pdserve.errors import PdserveError
 
 ENV_PREFIX = "PDSERVE_"
@@ -97,6 +98,20 @@ def add_worker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-timeout-s", type=float, default=30.0, help="on SIGTERM, wait this long for work")
 
 
+def add_router_limit_args(parser: argparse.ArgumentParser) -> None:
+    """Backpressure and input limits of the gateway (docs/reliability.md)."""
+    parser.add_argument(
+        "--max-inflight", type=int, default=1024, help="completion/chat requests served at once; more get 429"
+    )
+    parser.add_argument("--max-body-bytes", type=int, default=4 << 20, help="larger request bodies get 413")
+    parser.add_argument("--max-prompt-tokens", type=int, default=None, help="longer prompts get 400 (default: context)")
+    parser.add_argument(
+        "--max-tokens-limit", type=int, default=None, help="largest max_tokens a request may ask (default: context)"
+    )
+    parser.add_argument("--max-n", type=int, default=8, help="most choices per prompt (n)")
+    parser.add_argument("--request-timeout-s", type=float, default=600.0, help="requests fail with 504 after this")
+
+
 def _serve(role: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         import asyncio
@@ -141,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     router.add_argument("--host", default="127.0.0.1", help="address to listen on")
     router.add_argument("--port", type=int, default=8000, help="HTTP port")
     router.add_argument("--api-key", default=None, help="require this Bearer key (comma-separated for several)")
+    add_router_limit_args(router)
+    router.add_argument(
+        "--max-migrations", type=int, default=3, help="times a request may move after losing its worker (0: never)"
+    )
+    router.add_argument(
+        "--stall-timeout-s", type=float, default=10.0, help="a started stream with no token this long migrates"
+    )
     router.set_defaults(func=_serve("router"))
 
     for role, text in (
@@ -155,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "--ucx-host", default="127.0.0.1", help="address published for KV pushes ('auto': this host's IP)"
             )
             worker.add_argument("--ucx-port", type=int, default=0, help="UCX listener port (0: any free)")
+            worker.add_argument(
+                "--transfer-failure-policy",
+                choices=["recompute", "fail"],
+                default="recompute",
+                help="admitted KV that never arrives: prefill it here (recompute) or end the request (fail, 502)",
+            )
+            worker.add_argument("--kv-lease-s", type=float, default=10.0, help="blocks reserved for a KV push expire")
         worker.set_defaults(func=_serve(role))
 
     up = sub.add_parser("up", help="a whole cluster on this machine: nats-server, router and workers")
@@ -168,10 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1", help="gateway address")
     up.add_argument("--port", type=int, default=8000, help="gateway port")
     up.add_argument("--api-key", default=None, help="require this Bearer key at the gateway")
+    up.add_argument("--max-inflight", type=int, default=1024, help="the gateway's --max-inflight")
     up.add_argument("--log-dir", default=None, help="where each process writes its log (default: a temp dir)")
     up.add_argument("--pin", default=None, help="CPU cores per process, e.g. 'router=0;prefill=0;decode=1'")
     up.add_argument("--log-level", default="info", help="debug, info, warning, error")
     up.set_defaults(func=_up)
+
+    add_bench_parser(sub)  # `pdserve bench` and `pdserve bench sweep` (pdserve.bench)
     return parser
 
 

@@ -10,6 +10,7 @@ from pdserve.errors import InvalidRequestError
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 256
 MAX_TOP_K = 1 << 20
+GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 @dataclass(slots=True)
@@ -38,7 +39,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # Below 1e-5 the scaled logits overflow float32 and the distribution is a point mass
+        # anyway: such a temperature is greedy (as in vLLM).
+        return self.temperature < GREEDY_BELOW_TEMPERATURE
 
     def validate(self) -> None:
         """Raise InvalidRequestError naming the first bad field."""

@@ -16,8 +16,8 @@ from pdserve import SamplingParams
 from pdserve.engine.llm_engine import LLMEngine
 from pdserve.errors import KvTransferError
 from pdserve.protocol import TokenChunk
-from pdserve.services.decode import DecodeWorker
 from pdserve.services.bus import BusOptions
+from pdserve.services.decode import DecodeWorker
 from pdserve.services.prefill import PrefillWorker
 from pdserve.services.worker_base import WorkerBase
 from pdserve.serving.backend import GenerateRequest

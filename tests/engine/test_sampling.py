@@ -92,3 +92,21 @@ def test_abort_frees_blocks_at_any_point(llm: LLM) -> None:
     assert {o.request_id for o in outs if o.finish_reason == "abort"} == {"waiting", "running"}
     assert engine.kv_blocks_used == 0
     engine.check_integrity()
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(max_tokens=4, temperature=1e-45, ignore_eos=True),
+        SamplingParams(max_tokens=4, temperature=1.0, top_p=5e-324, ignore_eos=True),
+        SamplingParams(max_tokens=4, temperature=1e-4, top_p=1e-300, seed=3, ignore_eos=True),
+    ],
+    ids=["tiny-temperature", "tiny-top-p", "both"],
+)
+def test_extreme_sampling_values_pick_the_top_token(params: SamplingParams) -> None:
+    """Values that overflow float32 sampling give the most likely token, never a failed step."""
+    llm = LLM(dtype="float32")
+    greedy = llm.generate([[5, 6, 7]], SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
+    other = llm.generate([[5, 6, 7], [9, 10]], [params, SamplingParams(max_tokens=4, ignore_eos=True)])
+    assert other[0].token_ids == greedy[0].token_ids
+    assert other[0].finish_reason == "length" and other[1].finish_reason == "length"

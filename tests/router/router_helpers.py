@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 from pdserve.protocol import TokenChunk
 from pdserve.serving.backend import GenerateRequest, WorkerInfo
 
@@ -45,6 +46,20 @@ async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str)
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def assert_error(response: httpx.Response, status: int, param: str | None = None, *words: str) -> dict:
+    """The response is `status` in OpenAI's error shape, naming `param` and containing `words`."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    assert "Traceback" not in error["message"]
+    if param is not None:
+        assert error["param"] == param, error
+    for word in words:
+        assert word in error["message"], error["message"]
+    return error
 
 
 def chunk(index: int, token_ids: list[int], **fields: Any) -> TokenChunk:

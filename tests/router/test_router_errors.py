@@ -13,20 +13,7 @@ from pdserve.engine.llm_engine import LLMEngine
 from pdserve.protocol import TokenChunk
 from pdserve.services.router import create_app
 from pdserve.serving.backend import GenerateRequest
-from router_helpers import ScriptedBackend, chunk, sse_data
-
-
-def assert_error(response: httpx.Response, status: int, param: str | None = None, *words: str) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert isinstance(error["message"], str) and error["message"]
-    assert "Traceback" not in error["message"]
-    if param is not None:
-        assert error["param"] == param, error
-    for word in words:
-        assert word in error["message"], error["message"]
-    return error
+from router_helpers import ScriptedBackend, assert_error, chunk, sse_data
 
 
 @pytest.mark.parametrize(

@@ -87,7 +87,13 @@ async def serve_worker(role: str, args: argparse.Namespace) -> None:
             # In a container: publish the address other containers reach us at.
             ucx_host = socket.gethostbyname(socket.gethostname())
         worker = DecodeWorker(
-            engine, bus_options(args), ucx_host=ucx_host, ucx_port=args.ucx_port, **common
+            engine,
+            bus_options(args),
+            ucx_host=ucx_host,
+            ucx_port=args.ucx_port,
+            lease_s=args.kv_lease_s,
+            transfer_failure_policy=args.transfer_failure_policy,
+            **common,
         )
     else:
         worker = ColocatedWorker(engine, bus_options(args), **common)
@@ -106,16 +112,29 @@ async def serve_router(args: argparse.Namespace) -> None:
     from pdserve.services.cluster_backend import ClusterBackend
     from pdserve.services.router.app import create_app
     from pdserve.services.router.server import run_router
+    from pdserve.services.stream_follower import MigrationPolicy
     from transformers import AutoTokenizer
 
     path = args.model or builtin_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     options = bus_options(args)
     nc = await connect(options, name="router")
-    backend = ClusterBackend(nc, Subjects(options.cluster))
+    policy = MigrationPolicy(max_migrations=args.max_migrations, stall_timeout_s=args.stall_timeout_s)
+    backend = ClusterBackend(nc, Subjects(options.cluster), policy=policy)
     await backend.start()
     api_keys = [k for k in (args.api_key or "").split(",") if k]
-    app = create_app(backend, tokenizer, model_name=model_name(args), api_keys=api_keys or None)
+    app = create_app(
+        backend,
+        tokenizer,
+        model_name=model_name(args),
+        api_keys=api_keys or None,
+        request_timeout_s=args.request_timeout_s,
+        max_body_bytes=args.max_body_bytes,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_tokens_limit=args.max_tokens_limit,
+        max_n=args.max_n,
+        max_inflight=args.max_inflight,
+    )
     log.info("router listening", host=args.host, port=args.port, cluster=options.cluster)
     try:
         await run_router(app, args.host, args.port)

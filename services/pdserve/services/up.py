@@ -118,6 +118,7 @@ def plan(args: argparse.Namespace, nats_url: str, log_dir: Path) -> list[Child]:
     bus = ["--nats", nats_url, "--cluster", args.cluster, "--log-level", args.log_level]
     pins = parse_pin(args.pin)
     router = [*py, "router", *bus, "--host", args.host, "--port", str(args.port)]
+    router += ["--max-inflight", str(args.max_inflight)]
     if args.model is not None:
         router += ["--model", args.model]
     if args.api_key:
@@ -194,8 +195,10 @@ def _wait_healthy(url: str, children: list[Child], nats_child: Child | None, sto
             return False
         for child in [c for c in [nats_child, *children] if c is not None]:
             if child.exit_code is not None:
-                print(f"pdserve up: {child.name} exited during startup (code {child.exit_code}); see {child.log_path}",
-                      file=sys.stderr)
+                print(
+                    f"pdserve up: {child.name} exited during startup (code {child.exit_code}); see {child.log_path}",
+                    file=sys.stderr,
+                )
                 _print_tail(child.log_path)
                 return False
         try:

@@ -55,8 +55,13 @@ class Sampler:
             cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
             # Drop a token once the ones before it already cover top_p; the first always stays.
             drop = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= p.top_p
+            drop[0] = False  # explicit: with a tiny top_p, rounding must not drop every token
             scaled = scaled.scatter(0, order, sorted_logits.masked_fill(drop, float("-inf")))
         probs = torch.softmax(scaled, dim=-1)
+        if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0.0:
+            # Degenerate values (overflow at an extreme temperature): the most likely token,
+            # rather than failing the whole batch's step.
+            return int(torch.argmax(logits).item())
         generator = self.generator
         if p.seed is not None:
             generator = torch.Generator(device=self.device)

@@ -3,34 +3,60 @@
 The models are strict (no "5" for 5, no true for 1) and forbid unknown fields, so a typo or an
 unsupported OpenAI feature is a 400 naming the field instead of being silently ignored. Fields
 that clients commonly send at their neutral value (penalties 0, `logit_bias` {}, `echo` false)
-are declared and checked in `sampling.py`. Their constraints end up in /openapi.json, which the
-schema fuzzer reads.
+are declared and checked in `sampling.py`, with a clearer message than pydantic's.
+
+Their constraints end up in /openapi.json, and the router accepts what that schema allows: the
+schema fuzzer sends valid requests built from it and expects them served. Hence whole-number
+floats (2.0) are integers, as in JSON Schema, and the neutral-value-only fields say so there.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pdserve.sampling_params import MAX_TOP_K
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pdserve.sampling_params import MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_TOP_K
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic.json_schema import JsonDict
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
+# Each choice holds a backend request, a task and a queue; prompts x n per request is capped here.
+MAX_CHOICES = 256
+# OpenAI's default for completions; chat completions default to the end of the context.
+DEFAULT_MAX_TOKENS = 16
+
+
+def _whole_number(value: object) -> object:
+    # JSON does not tell 2 from 2.0, and JSON Schema's "integer" accepts both.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Bounds go inside, before WHOLE: pydantic then keeps them in the integer's own JSON schema.
+WHOLE = BeforeValidator(_whole_number)
+PositiveInt = Annotated[int, Field(ge=1), WHOLE]
 # Token ids travel as msgpack integers; no vocabulary comes near 2**31.
-TokenId = Annotated[int, Field(ge=0, lt=1 << 31)]
-Seed = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+TokenId = Annotated[int, Field(ge=0, lt=1 << 31), WHOLE]
+Seed = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX), WHOLE]
 
 
-def _utf8_encodable(value: str) -> str:
+def _utf8_encodable(value: object) -> object:
     # JSON can carry lone surrogates ("\ud800"); no tokenizer, log or wire encoding can.
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        raise ValueError("contains an unpaired UTF-16 surrogate") from None
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValueError("contains an unpaired UTF-16 surrogate") from None
     return value
 
 
 Text = Annotated[str, AfterValidator(_utf8_encodable)]
+# With length constraints the check comes first: they cannot measure a string with a lone surrogate.
+NonEmptyText = Annotated[str, StringConstraints(min_length=1), BeforeValidator(_utf8_encodable)]
+StopString = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_STOP_STRING_CHARS), BeforeValidator(_utf8_encodable)
+]
 
 
 class StrictModel(BaseModel):
@@ -41,15 +67,25 @@ class StreamOptions(StrictModel):
     include_usage: bool | None = Field(False, description="send a last chunk with `choices: []` and `usage`")
 
 
+# Published limits that `sampling.py` checks itself, to name the field in plain words.
+_ZERO: JsonDict = {"minimum": 0, "maximum": 0}
+
+
 class SamplingFields(StrictModel):
     """Fields shared by completions and chat completions."""
 
     model: Text | None = Field(None, description="must be the served model's id if given")
     temperature: float | None = Field(1.0, ge=0.0, le=100.0, description="0 is greedy")
     top_p: float | None = Field(1.0, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=-1, le=MAX_TOP_K, description="vLLM extension; -1 or 0 disables")
-    n: int = Field(1, ge=1, description="choices per prompt (at most the router's max_n)")
-    stop: Text | list[Text] | None = Field(None, description="up to 16 strings; the text is cut before the first match")
+    top_k: Annotated[int, Field(ge=-1, le=MAX_TOP_K), WHOLE] | None = Field(
+        None, description="vLLM extension; -1 or 0 disables"
+    )
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES), WHOLE] = Field(
+        1, description="choices per prompt (at most the router's max_n)"
+    )
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = Field(
+        None, description=f"up to {MAX_STOP_STRINGS} strings; the text is cut before the first match"
+    )
     stop_token_ids: list[TokenId] | None = Field(None, description="vLLM extension")
     seed: Seed | None = Field(None, description="choice i of a prompt samples with seed + i")
     stream: bool | None = False
@@ -59,23 +95,28 @@ class SamplingFields(StrictModel):
     return_token_ids: bool | None = Field(
         False, description="vLLM extension: generated ids as `token_ids`, prompt ids as `prompt_token_ids`"
     )
-    presence_penalty: float | None = Field(0.0, description="only 0 is supported")
-    frequency_penalty: float | None = Field(0.0, description="only 0 is supported")
-    logit_bias: dict[str, float] | None = Field(None, description="only null or {} is supported")
-    user: str | None = Field(None, description="accepted and ignored")
+    presence_penalty: float | None = Field(0.0, description="only 0 is supported", json_schema_extra=_ZERO)
+    frequency_penalty: float | None = Field(0.0, description="only 0 is supported", json_schema_extra=_ZERO)
+    logit_bias: dict[str, float] | None = Field(
+        None, description="only null or {} is supported", json_schema_extra={"maxProperties": 0}
+    )
+    user: Text | None = Field(None, description="accepted and ignored")
 
 
 class CompletionRequest(SamplingFields):
-    prompt: Text | list[TokenId] | list[Text] | list[list[TokenId]] = Field(
-        description="a string, a list of token ids, or a list of either (one choice per prompt and n)"
+    prompt: (
+        NonEmptyText
+        | Annotated[list[TokenId], Field(min_length=1)]
+        | Annotated[list[NonEmptyText], Field(min_length=1, max_length=MAX_CHOICES)]
+        | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=MAX_CHOICES)]
+    ) = Field(description="a string, a list of token ids, or a list of either (one choice per prompt and n)")
+    max_tokens: PositiveInt | None = Field(DEFAULT_MAX_TOKENS, description="null means up to the end of the context")
+    logprobs: Annotated[int, Field(ge=0, le=1), WHOLE] | None = Field(
+        None, description="0 or 1: the chosen token's logprob; top alternatives are not returned"
     )
-    max_tokens: int | None = Field(16, ge=1, description="null means up to the end of the context")
-    logprobs: int | None = Field(
-        None, ge=0, le=1, description="0 or 1: the chosen token's logprob; top alternatives are not returned"
-    )
-    echo: bool | None = Field(False, description="only false is supported")
-    best_of: int | None = Field(None, ge=1, description="only null or equal to n is supported")
-    suffix: str | None = Field(None, description="only null is supported")
+    echo: bool | None = Field(False, description="only false is supported", json_schema_extra={"enum": [False, None]})
+    best_of: PositiveInt | None = Field(None, description="only null or equal to n is supported")
+    suffix: str | None = Field(None, description="only null is supported", json_schema_extra={"enum": [None]})
 
 
 class TextPart(StrictModel):
@@ -83,10 +124,19 @@ class TextPart(StrictModel):
     text: Text
 
 
-class ChatMessage(StrictModel):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Text | list[TextPart] | None = Field(None, description="may be null only for assistant messages")
-    name: str | None = Field(None, description="accepted and ignored")
+class PromptMessage(StrictModel):
+    role: Literal["system", "developer", "user"]
+    content: Text | list[TextPart]
+    name: Text | None = Field(None, description="accepted and ignored")
+
+
+class AssistantMessage(StrictModel):
+    role: Literal["assistant"]
+    content: Text | list[TextPart] | None = None
+    name: Text | None = Field(None, description="accepted and ignored")
+
+
+ChatMessage = Annotated[PromptMessage | AssistantMessage, Field(discriminator="role")]
 
 
 class ResponseFormat(StrictModel):
@@ -95,8 +145,10 @@ class ResponseFormat(StrictModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1, description="deprecated alias of max_completion_tokens")
-    max_completion_tokens: int | None = Field(None, ge=1, description="null means up to the end of the context")
+    max_tokens: PositiveInt | None = Field(None, description="deprecated alias of max_completion_tokens")
+    max_completion_tokens: PositiveInt | None = Field(None, description="null means up to the end of the context")
     logprobs: bool | None = Field(False, description="return the chosen token's logprob")
-    top_logprobs: int | None = Field(None, ge=0, le=0, description="only 0: top alternatives are not returned")
+    top_logprobs: Annotated[int, Field(ge=0, le=0), WHOLE] | None = Field(
+        None, description="only 0: top alternatives are not returned"
+    )
     response_format: ResponseFormat | None = Field(None, description="only {'type': 'text'}")

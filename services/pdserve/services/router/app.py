@@ -12,17 +12,24 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from pdserve.services.router.admission import AdmissionMiddleware
 from pdserve.services.router.api_keys import ApiKeyMiddleware, bearer_scheme
+from pdserve.services.router.api_requests import MAX_CHOICES
 from pdserve.services.router.body_limit import BodyLimitMiddleware
 from pdserve.services.router.chat import chat_router
 from pdserve.services.router.completions import completions_router
 from pdserve.services.router.context import RouterContext
 from pdserve.services.router.error_handlers import install_error_handlers
+from pdserve.services.router.openapi_docs import publish_limits
 from pdserve.services.router.prompts import PromptTokenizer
 from pdserve.services.router.request_context import RequestContextMiddleware
 from pdserve.services.router.sampling import Limits
 from pdserve.services.router.status_routes import models_router, status_router
 from pdserve.serving.backend import Backend
+
+# Generation requests served at once by one router; far above what a few workers batch, far
+# below what would exhaust the router's memory or file descriptors.
+DEFAULT_MAX_INFLIGHT = 1024
 
 
 def create_app(
@@ -36,15 +43,20 @@ def create_app(
     max_prompt_tokens: int | None = None,
     max_tokens_limit: int | None = None,
     max_n: int = 8,
+    max_inflight: int = DEFAULT_MAX_INFLIGHT,
 ) -> FastAPI:
     """An app serving `model_name` through `backend`; `tokenizer` is that model's Hugging Face tokenizer.
 
     `api_keys` (None: no auth) guard /v1/*. A request fails with 504 `request_timeout_s` seconds
     after it arrives. Bodies over `max_body_bytes` get 413. `max_prompt_tokens` and
     `max_tokens_limit` (tokens) and `max_n` (choices per prompt) bound what one request may ask.
+    At most `max_inflight` completion and chat requests are served at once; more get 429.
     The app's state holds the RouterContext as `app.state.router` (tests read its metrics).
     """
     _check_positive(request_timeout_s=request_timeout_s, max_body_bytes=max_body_bytes, max_n=max_n)
+    _check_positive(max_inflight=max_inflight)
+    if max_n > MAX_CHOICES:
+        raise ValueError(f"max_n must be at most {MAX_CHOICES}, got {max_n}")
     _check_positive(max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit)
     if not model_name:
         raise ValueError("model_name must be a non-empty string")
@@ -75,9 +87,12 @@ def create_app(
     app.include_router(chat_router(ctx), dependencies=v1_dependencies)
     app.include_router(models_router(ctx), dependencies=v1_dependencies)
     app.include_router(status_router(ctx))
+    publish_limits(app, ctx.limits)
 
-    # The last added runs first: request context, then the API key, then the body limit.
+    # The last added runs first: request context, the API key, admission, then the body limit;
+    # so a request refused for its key or for capacity is answered before its body is read.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
+    app.add_middleware(AdmissionMiddleware, max_inflight=max_inflight, metrics=ctx.metrics)
     if api_keys:
         app.add_middleware(ApiKeyMiddleware, api_keys=list(api_keys))
     app.add_middleware(RequestContextMiddleware, metrics=ctx.metrics)

@@ -27,6 +27,7 @@ from pdserve.services.router.logprobs import chat_logprobs
 from pdserve.services.router.openapi_docs import generation_responses
 from pdserve.services.router.sampling import (
     check_choices,
+    check_max_tokens_limit,
     check_unsupported,
     choice_seed,
     resolve_max_tokens,
@@ -64,6 +65,9 @@ async def _chat(ctx: RouterContext, body: ChatCompletionRequest, request: Reques
     param = "max_tokens"
     if body.max_completion_tokens is not None:
         requested, param = body.max_completion_tokens, "max_completion_tokens"
+        if body.max_tokens is not None:
+            # The alias is then ignored, but /openapi.json bounds it all the same.
+            check_max_tokens_limit(body.max_tokens, ctx.limits, "max_tokens")
     max_tokens = resolve_max_tokens(
         requested, len(prompt), ctx.max_model_len(), ctx.limits, param=param, prompt_param="messages"
     )

@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request
-from pdserve.services.router.api_requests import CompletionRequest, TokenId
+from pdserve.services.router.api_requests import DEFAULT_MAX_TOKENS, CompletionRequest, TokenId
 from pdserve.services.router.api_responses import CompletionChoice, CompletionLogprobs, CompletionResponse
 from pdserve.services.router.choice_format import StreamedChoice, error_event, final_text, token_id_fields
 from pdserve.services.router.choice_group import ChoiceGroup
@@ -63,8 +63,12 @@ async def _complete(ctx: RouterContext, body: CompletionRequest, request: Reques
     response_id = f"cmpl-{uuid.uuid4().hex}"
     want_logprobs = body.logprobs is not None
     requests: list[tuple[int, GenerateRequest]] = []
+    # Left out, max_tokens is OpenAI's 16, but a server limit or a long prompt may leave less room.
+    explicit = "max_tokens" in body.model_fields_set
+    requested = body.max_tokens if explicit else None
+    default = None if explicit else DEFAULT_MAX_TOKENS
     for prompt_index, ids in enumerate(prompts):
-        max_tokens = resolve_max_tokens(body.max_tokens, len(ids), ctx.max_model_len(), ctx.limits)
+        max_tokens = resolve_max_tokens(requested, len(ids), ctx.max_model_len(), ctx.limits, default=default)
         for j in range(body.n):
             params = sampling_params(body, max_tokens, choice_seed(body.seed, j), want_logprobs)
             requests.append((prompt_index, GenerateRequest(f"{response_id}-{len(requests)}", ids, params, deadline)))
@@ -79,18 +83,15 @@ async def _complete(ctx: RouterContext, body: CompletionRequest, request: Reques
 async def _prompt_ids(
     ctx: RouterContext, prompt: str | list[TokenId] | list[str] | list[list[TokenId]]
 ) -> list[list[int]]:
+    # The schema has made sure that no prompt and no list of them is empty.
     if isinstance(prompt, str):
         return [await ctx.prompts.encode(prompt)]
-    if not prompt:
-        raise invalid_request("prompt is empty", param="prompt")
     if isinstance(prompt[0], int):
         return [list(prompt)]
     prompts: list[list[int]] = []
     for i, item in enumerate(prompt):
         if isinstance(item, str):
             prompts.append(await ctx.prompts.encode(item, param=f"prompt.{i}"))
-        elif not item:
-            raise invalid_request(f"prompt.{i} has no tokens", param="prompt")
         else:
             prompts.append(list(item))  # type: ignore[arg-type]
     return prompts

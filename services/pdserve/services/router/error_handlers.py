@@ -88,6 +88,8 @@ def _message(error: Any) -> str:
         return "unknown or unsupported field"
     if error.get("type") == "missing":
         return "field required"
+    if error.get("type") in ("string_too_short", "too_short") and (error.get("ctx") or {}).get("min_length") == 1:
+        return "must not be empty"
     if error.get("type") == "value_error":
         return str(error.get("msg", "invalid value")).removeprefix("Value error, ")
     return str(error.get("msg", "invalid value"))

@@ -7,6 +7,7 @@ as `Retry-After` are decided in one place. Messages never carry tracebacks or in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,8 @@ ERROR_TYPES = {
 
 # Seconds a client should wait before retrying a 429/503 when the backend names no better value.
 DEFAULT_RETRY_AFTER_S = 1
+# A backend's hint is trusted only this far: a bogus hour-long wait would idle every client.
+MAX_RETRY_AFTER_S = 60
 
 
 class ApiError(Exception):
@@ -76,11 +79,19 @@ def backend_error(status: int, message: str, retry_after_s: float | None = None)
     code is an internal failure whose message stays in the logs.
     """
     if status in (429, 503):
-        retry = max(1, round(retry_after_s)) if retry_after_s else DEFAULT_RETRY_AFTER_S
         code = "rate_limit_exceeded" if status == 429 else "no_capacity"
-        return ApiError(status, message or "no capacity; retry later", code=code, headers={"Retry-After": str(retry)})
+        headers = {"Retry-After": str(retry_after_seconds(retry_after_s))}
+        return ApiError(status, message or "no capacity; retry later", code=code, headers=headers)
     if status == 504:
         return ApiError(504, message or "request deadline passed", code="timeout")
     if 400 <= status < 500:
         return ApiError(status, message or "the backend refused the request")
     return internal_error()
+
+
+def retry_after_seconds(hint_s: float | None) -> int:
+    """The Retry-After value (whole seconds, 1 to MAX_RETRY_AFTER_S) for a backend's hint in seconds."""
+    if hint_s is None or not math.isfinite(hint_s):
+        return DEFAULT_RETRY_AFTER_S
+    # Rounded up: clients read it as "not before"; 0 would invite an immediate retry storm.
+    return min(MAX_RETRY_AFTER_S, max(1, math.ceil(hint_s)))

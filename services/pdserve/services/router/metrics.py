@@ -18,6 +18,8 @@ KNOWN_ENDPOINTS = frozenset(
 class RouterMetrics:
     requests: Counter[tuple[str, int]] = field(default_factory=Counter)  # (endpoint, status) -> count
     in_flight: int = 0
+    generations_in_flight: int = 0  # admitted completion and chat requests (admission.py)
+    admission_refusals: int = 0
     prompt_tokens: int = 0
     generated_tokens: int = 0
     client_disconnects: int = 0
@@ -35,6 +37,18 @@ class RouterMetrics:
             lines.append(f'pdserve_router_requests_total{{endpoint="{endpoint}",status="{status}"}} {count}')
         for name, kind, help_text, value in (
             ("requests_in_flight", "gauge", "HTTP requests being served now.", self.in_flight),
+            (
+                "generations_in_flight",
+                "gauge",
+                "Completion and chat requests admitted and not yet answered.",
+                self.generations_in_flight,
+            ),
+            (
+                "admission_refusals_total",
+                "counter",
+                "Requests refused with 429 because the router was at --max-inflight.",
+                self.admission_refusals,
+            ),
             ("prompt_tokens_total", "counter", "Prompt tokens sent to workers (each prompt once).", self.prompt_tokens),
             ("generated_tokens_total", "counter", "Tokens generated and received from workers.", self.generated_tokens),
             (

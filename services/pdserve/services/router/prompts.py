@@ -39,7 +39,7 @@ class PromptTokenizer:
 
     async def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
         """Token ids of the conversation rendered by the chat template, ending with the assistant's turn."""
-        conversation = [_message_dict(i, m) for i, m in enumerate(messages)]
+        conversation = [_message_dict(m) for m in messages]
 
         def render() -> list[int]:
             try:
@@ -67,12 +67,10 @@ class PromptTokenizer:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _message_dict(index: int, message: ChatMessage) -> dict[str, str]:
+def _message_dict(message: ChatMessage) -> dict[str, str]:
     content = message.content
     if content is None:
-        if message.role != "assistant":
-            raise invalid_request(f"messages.{index}.content: required for {message.role} messages", param="messages")
-        content = ""
+        content = ""  # an assistant turn without content; other roles must have it (api_requests.py)
     elif not isinstance(content, str):
         content = PART_SEPARATOR.join(part.text for part in content)
     # OpenAI's newer "developer" role means what "system" means to every open model's template.

@@ -11,11 +11,15 @@ from dataclasses import dataclass
 
 from pdserve.errors import InvalidRequestError
 from pdserve.sampling_params import SamplingParams
-from pdserve.services.router.api_requests import INT64_MIN, SamplingFields
+from pdserve.services.router.api_requests import INT64_MIN, MAX_CHOICES, SamplingFields
 from pdserve.services.router.errors import invalid_request
 
-# Each choice holds a backend request, a task and a queue; a list of prompts times n is capped here.
-MAX_CHOICES = 256
+# The sampler works in float32: logits / 1e-45 overflow to inf and top_p = 5e-324 rounds to 0,
+# and either makes the probabilities NaN, which fails the whole engine step. Both limits mean
+# the same as the values below them: greedy (as in vLLM), and only the most likely token (whose
+# probability is at least 1 / vocabulary size, far above MIN_TOP_P).
+MIN_TEMPERATURE = 1e-5
+MIN_TOP_P = 1e-8
 
 
 @dataclass(slots=True, frozen=True)
@@ -48,6 +52,13 @@ def check_choices(num_prompts: int, n: int, limits: Limits) -> None:
         )
 
 
+def check_max_tokens_limit(requested: int, limits: Limits, param: str) -> None:
+    if limits.max_tokens_limit is not None and requested > limits.max_tokens_limit:
+        raise invalid_request(
+            f"{param}: at most {limits.max_tokens_limit} on this server, got {requested}", param=param
+        )
+
+
 def resolve_max_tokens(
     requested: int | None,
     prompt_len: int,
@@ -56,12 +67,14 @@ def resolve_max_tokens(
     *,
     param: str = "max_tokens",
     prompt_param: str = "prompt",
+    default: int | None = None,
 ) -> int:
     """Tokens to generate for a prompt of `prompt_len` tokens.
 
-    None means up to the end of the context (capped by the server's max_tokens_limit). A prompt
-    must leave room for one generated token, and prompt + max_tokens must fit the context: like
-    vLLM, an oversized request is refused rather than silently shortened.
+    `requested` None means the client did not say: `default` tokens, or with no default up to
+    the end of the context, either capped by the room left and the server's max_tokens_limit.
+    A prompt must leave room for one generated token, and prompt + requested must fit the
+    context: like vLLM, an oversized request is refused rather than silently shortened.
     """
     if limits.max_prompt_tokens is not None and prompt_len > limits.max_prompt_tokens:
         raise invalid_request(
@@ -76,11 +89,9 @@ def resolve_max_tokens(
         )
     room = max_model_len - prompt_len
     if requested is None:
-        return room if limits.max_tokens_limit is None else min(room, limits.max_tokens_limit)
-    if limits.max_tokens_limit is not None and requested > limits.max_tokens_limit:
-        raise invalid_request(
-            f"{param}: at most {limits.max_tokens_limit} on this server, got {requested}", param=param
-        )
+        caps = [c for c in (default, limits.max_tokens_limit) if c is not None]
+        return min([room, *caps])
+    check_max_tokens_limit(requested, limits, param)
     if requested > room:
         raise invalid_request(
             f"This model's maximum context length is {max_model_len} tokens. However, you requested "
@@ -103,9 +114,9 @@ def sampling_params(body: SamplingFields, max_tokens: int, seed: int | None, log
     try:
         return SamplingParams(
             max_tokens=max_tokens,
-            temperature=1.0 if body.temperature is None else body.temperature,
+            temperature=_temperature(body.temperature),
             top_k=0 if body.top_k is None else body.top_k,
-            top_p=1.0 if body.top_p is None else body.top_p,
+            top_p=1.0 if body.top_p is None else max(body.top_p, MIN_TOP_P),
             seed=seed,
             stop=[stop] if isinstance(stop, str) else list(stop),
             stop_token_ids=list(body.stop_token_ids or []),
@@ -115,3 +126,9 @@ def sampling_params(body: SamplingFields, max_tokens: int, seed: int | None, log
         )
     except InvalidRequestError as exc:
         raise invalid_request(str(exc)) from None
+
+
+def _temperature(requested: float | None) -> float:
+    if requested is None:
+        return 1.0
+    return 0.0 if requested < MIN_TEMPERATURE else requested

@@ -1,0 +1,33 @@
+"""When each request is sent: a gamma-distributed arrival process, as in vLLM's `bench serve`.
+
+Gaps between requests are drawn from a gamma distribution with shape `burstiness` and mean
+1 / `request_rate`. Burstiness 1 is a Poisson process; below 1 requests come in bursts, above 1
+they are more evenly spaced, and infinite burstiness is a fixed interval of 1 / rate. An
+infinite rate sends everything at once (then `--max-concurrency` is what limits the load).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def arrival_offsets(count: int, request_rate: float, burstiness: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Send times in seconds from the start of the run, one per request; the first is 0."""
+    if count < 0:
+        raise ValueError(f"count must be non-negative, got {count}")
+    if not request_rate > 0:
+        raise ValueError(f"request_rate must be positive (or inf), got {request_rate}")
+    if not burstiness > 0:
+        raise ValueError(f"burstiness must be positive (or inf), got {burstiness}")
+    if count == 0:
+        return np.zeros(0)
+    if math.isinf(request_rate):
+        return np.zeros(count)
+    if math.isinf(burstiness):
+        gaps = np.full(count - 1, 1.0 / request_rate)
+    else:
+        rng = np.random.default_rng(seed)
+        gaps = rng.gamma(shape=burstiness, scale=1.0 / (request_rate * burstiness), size=count - 1)
+    return np.concatenate([[0.0], np.cumsum(gaps)])
