@@ -116,8 +116,16 @@ def _serve(role: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         import asyncio
 
+        from pdserve.protocol import check_token
         from pdserve.services import runners
 
+        try:
+            # Checked before the model loads: both become NATS subject tokens.
+            check_token(args.cluster, "--cluster")
+            if getattr(args, "worker_id", None):
+                check_token(args.worker_id, "--worker-id")
+        except ValueError as exc:
+            raise PdserveError(str(exc)) from None
         if role == "router":
             asyncio.run(runners.serve_router(args))
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import nats
@@ -28,8 +29,17 @@ class BusOptions:
 
 
 async def connect(options: BusOptions, name: str) -> Client:
+    last_warned = [0.0]
+
     async def on_error(exc: Exception) -> None:
-        log.warning("nats error", error=repr(exc))
+        # The client retries every 0.5 s forever (services may start before the broker);
+        # one line every 5 s says so, with what to check.
+        now = time.monotonic()
+        if now - last_warned[0] >= 5.0:
+            last_warned[0] = now
+            log.warning(
+                "nats error; retrying", error=repr(exc), url=options.url, hint="is nats-server running and reachable?"
+            )
 
     async def on_disconnect() -> None:
         log.warning("nats disconnected; reconnecting", url=options.url)
