@@ -164,3 +164,38 @@ async def test_kv_transfer_failure_policy(nats_url: str, policy: str) -> None:
         await survivors_idle(cluster, set())
     finally:
         await cluster.stop()
+
+
+async def test_worker_ends_a_request_past_its_deadline_without_the_router(nats_url: str) -> None:
+    """No cancel ever comes (the router is gone): the worker's own deadline sweep ends the
+    request with a 504 chunk and frees its blocks."""
+    from pdserve.protocol import GenerateTask, TaskAck, decode, encode, params_to_wire
+
+    cluster = await start_cluster(nats_url, prefill=0, decode=0, colocated=1)
+    try:
+        assert cluster.router_nc is not None
+        worker = cluster.workers[0]
+        subjects = worker.subjects
+        chunks: asyncio.Queue[TokenChunk] = asyncio.Queue()
+
+        async def on_chunk(msg: Msg) -> None:
+            chunks.put_nowait(decode(msg.data, TokenChunk))
+
+        stream = subjects.stream("gone-router", "orphan")
+        await cluster.router_nc.subscribe(stream, cb=on_chunk)
+        params = SamplingParams(max_tokens=1900, temperature=0.0, ignore_eos=True)
+        task = GenerateTask("orphan", PROMPT, params_to_wire(params), stream, deadline=time.time() + 1.0)
+        reply = await cluster.router_nc.request(subjects.task(worker.worker_id), encode(task), timeout=5)
+        assert decode(reply.data, TaskAck).accepted
+        last = await asyncio.wait_for(_until_finished(chunks), 20)
+        assert last.error_code == 504 and "deadline" in last.error
+        await survivors_idle(cluster, set())
+    finally:
+        await cluster.stop()
+
+
+async def _until_finished(chunks: asyncio.Queue[TokenChunk]) -> TokenChunk:
+    while True:
+        chunk = await chunks.get()
+        if chunk.finish_reason is not None:
+            return chunk
