@@ -120,7 +120,8 @@ class ClusterBackend:
                         follower.outcome, follower.lost_reason = "lost", chunk.error
                         break
                     delivered.extend(chunk.token_ids)
-                    yield replace(chunk, request_id=rid)
+                    # Only a migrated attempt's chunks carry another id; copying the rest costs per token.
+                    yield chunk if chunk.request_id == rid else replace(chunk, request_id=rid)
                 if follower.outcome != "lost":
                     return
             finally:

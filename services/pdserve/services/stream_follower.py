@@ -68,7 +68,11 @@ class AttemptFollower:
                 yield error_chunk("", "router", "request deadline passed", 504, self.next_index)
                 return
             try:
-                chunk = await asyncio.wait_for(self.queue.get(), timeout=min(self.policy.poll_s, remaining))
+                # wait_for costs a task per call: skip it while chunks are already waiting (under load).
+                if self.queue.empty():
+                    chunk = await asyncio.wait_for(self.queue.get(), timeout=min(self.policy.poll_s, remaining))
+                else:
+                    chunk = self.queue.get_nowait()
             except TimeoutError:
                 reason = self._why_lost()
                 if reason:

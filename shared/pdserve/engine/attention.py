@@ -68,27 +68,34 @@ def paged_attention(
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """query (1, H, T, D), key/value (1, Hkv, T, D) after RoPE -> (1, T, H, D)."""
+    """transformers' attention interface: query (1, H, T, D), key/value (1, Hkv, T, D) after RoPE -> (1, T, H, D)."""
+    q = query[0].transpose(0, 1)
+    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+    out = attend(int(module.layer_idx), q, key[0].transpose(0, 1), value[0].transpose(0, 1), scale)  # type: ignore[arg-type]
+    return out.unsqueeze(0), None
+
+
+def attend(layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    """Store this step's key/value [T, Hkv, D] in layer `layer`'s cache, then attend with query [T, H, D].
+
+    Views with dense rows of D are fine (slices of one packed q/k/v projection); returns a new [T, H, D].
+    """
     meta = _state.metadata
     assert meta is not None, "paged attention called outside a model-runner step"
-    layer = int(module.layer_idx)  # type: ignore[arg-type]
     k_cache, v_cache = meta.k_caches[layer], meta.v_caches[layer]
-    q = query[0].transpose(0, 1)
-    store_kv(key[0].transpose(0, 1), value[0].transpose(0, 1), k_cache, v_cache, meta.slot_mapping)
-    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+    store_kv(key, value, k_cache, v_cache, meta.slot_mapping)
     num_decode = meta.num_decode_tokens
-    if num_decode == q.shape[0]:
-        out = paged_attention_decode(
-            q, k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens, scale
+    if num_decode == query.shape[0]:
+        return paged_attention_decode(
+            query, k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens, scale
         )
-        return out.unsqueeze(0), None
-    out = torch.empty_like(q)
+    out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     if num_decode:
         out[:num_decode] = paged_attention_decode(
-            q[:num_decode], k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens, scale
+            query[:num_decode], k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens, scale
         )
     out[num_decode:] = paged_attention_prefill(
-        q[num_decode:],
+        query[num_decode:],
         k_cache,
         v_cache,
         meta.prefill_block_tables,
@@ -96,7 +103,7 @@ def paged_attention(
         meta.prefill_context_lens,
         scale,
     )
-    return out.unsqueeze(0), None
+    return out
 
 
 def _no_mask(*args: Any, **kwargs: Any) -> None:

@@ -6,11 +6,15 @@ the block manager decided where its K/V live.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from pdserve.engine.attention import AttentionMetadata, attention_metadata
+from pdserve.engine.fused_layers import fuse_decoder_layers
 from pdserve.engine.scheduler import ScheduledBatch
 from pdserve.engine.sequence import Sequence
+from pdserve.kernels import BACKEND_ENV
 from pdserve.models import LoadedModel
 
 
@@ -20,6 +24,8 @@ class ModelRunner:
         self.device = next(self.model.parameters()).device
         self.block_size = block_size
         self.decoder = self.model.get_decoder()
+        # PDSERVE_KERNELS=torch keeps every op in torch, Hugging Face's layers included.
+        self.fused_layers = os.environ.get(BACKEND_ENV) != "torch" and fuse_decoder_layers(self.model)
         self.lm_head = self.model.get_output_embeddings()
         shape = (num_blocks, block_size, loaded.num_kv_heads, loaded.head_dim)
         self.k_caches = [torch.zeros(shape, dtype=loaded.dtype, device=self.device) for _ in range(loaded.num_layers)]

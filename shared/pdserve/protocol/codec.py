@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, TypeVar, Union, get_args, get_origin
 
 import msgpack
@@ -52,64 +53,114 @@ def from_body(body: object, cls: type[M]) -> M:
         raise ProtocolError(f"unsupported protocol version {version!r} (this service speaks {PROTOCOL_VERSION})")
     if body.get("type") != cls.__name__:
         raise ProtocolError(f"expected a {cls.__name__} message, got type {body.get('type')!r}")
-    hints = _hints(cls)
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if f.name not in body:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ProtocolError(f"{cls.__name__}: missing field {f.name!r}")
-            continue
-        values[f.name] = _check(body[f.name], hints[f.name], f"{cls.__name__}.{f.name}")
+    for name, required, check, where in _plan(cls):
+        if name in body:
+            values[name] = check(body[name], where)
+        elif required:
+            raise ProtocolError(f"{cls.__name__}: missing field {name!r}")
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"{cls.__name__}: {exc}") from None
 
 
-_hint_cache: dict[type, dict[str, Any]] = {}
+# A field's checker: (received value, where for the error message) -> the value to use.
+_Checker = Callable[[object, str], Any]
+_plans: dict[type, list[tuple[str, bool, _Checker, str]]] = {}
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    if cls not in _hint_cache:
-        _hint_cache[cls] = typing.get_type_hints(cls)
-    return _hint_cache[cls]
+def _plan(cls: type) -> list[tuple[str, bool, _Checker, str]]:
+    """(field, required, checker, where) per field of `cls`, built once: the router decodes a
+    TokenChunk per streamed token, and walking the type hints every time cost more than msgpack."""
+    plan = _plans.get(cls)
+    if plan is None:
+        hints = typing.get_type_hints(cls)
+        plan = [
+            (
+                f.name,
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+                _checker(hints[f.name]),
+                f"{cls.__name__}.{f.name}",
+            )
+            for f in dataclasses.fields(cls)
+        ]
+        _plans[cls] = plan
+    return plan
 
 
-def _check(value: object, hint: Any, where: str) -> Any:
+def _checker(hint: Any) -> _Checker:
     origin = get_origin(hint)
     if origin in (Union, types.UnionType):
-        for option in get_args(hint):
-            try:
-                return _check(value, option, where)
-            except ProtocolError:
-                continue
-        raise ProtocolError(f"{where}: {type(value).__name__} is not {hint}")
+        nullable = type(None) in get_args(hint)
+        options = [_checker(option) for option in get_args(hint)]
+
+        def check_union(value: object, where: str) -> Any:
+            if value is None and nullable:
+                return None  # the common case (an optional field left empty), without a failed try first
+            for option in options:
+                try:
+                    return option(value, where)
+                except ProtocolError:
+                    continue
+            raise ProtocolError(f"{where}: {type(value).__name__} is not {hint}")
+
+        return check_union
     if hint is type(None):
-        if value is None:
-            return None
-        raise ProtocolError(f"{where}: expected null")
+        return _check_none
     if hint is Any:
-        return value
+        return _check_any
     if origin is list:
-        if not isinstance(value, list):
-            raise ProtocolError(f"{where}: expected a list, got {type(value).__name__}")
-        (item,) = get_args(hint)
-        return [_check(v, item, where) for v in value]
+        (item_hint,) = get_args(hint)
+        item = _checker(item_hint)
+
+        def check_list(value: object, where: str) -> Any:
+            if not isinstance(value, list):
+                raise ProtocolError(f"{where}: expected a list, got {type(value).__name__}")
+            return [item(v, where) for v in value]
+
+        return check_list
     if origin is dict:
-        if not isinstance(value, dict):
-            raise ProtocolError(f"{where}: expected a map, got {type(value).__name__}")
-        key_hint, value_hint = get_args(hint)
-        return {_check(k, key_hint, where): _check(v, value_hint, where) for k, v in value.items()}
+        key, val = (_checker(h) for h in get_args(hint))
+
+        def check_dict(value: object, where: str) -> Any:
+            if not isinstance(value, dict):
+                raise ProtocolError(f"{where}: expected a map, got {type(value).__name__}")
+            return {key(k, where): val(v, where) for k, v in value.items()}
+
+        return check_dict
     if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ProtocolError(f"{where}: expected a number, got {type(value).__name__}")
+        return _check_float
     if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ProtocolError(f"{where}: expected an integer, got {type(value).__name__}")
+        return _check_int
     if hint in (str, bool, bytes):
-        if isinstance(value, hint):
-            return value
-        raise ProtocolError(f"{where}: expected {hint.__name__}, got {type(value).__name__}")
-    raise AssertionError(f"{where}: unsupported field type {hint}")
+
+        def check_exact(value: object, where: str) -> Any:
+            if isinstance(value, hint):
+                return value
+            raise ProtocolError(f"{where}: expected {hint.__name__}, got {type(value).__name__}")
+
+        return check_exact
+    raise AssertionError(f"unsupported field type {hint}")
+
+
+def _check_none(value: object, where: str) -> None:
+    if value is None:
+        return None
+    raise ProtocolError(f"{where}: expected null")
+
+
+def _check_any(value: object, where: str) -> Any:
+    return value
+
+
+def _check_float(value: object, where: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise ProtocolError(f"{where}: expected a number, got {type(value).__name__}")
+
+
+def _check_int(value: object, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ProtocolError(f"{where}: expected an integer, got {type(value).__name__}")

@@ -145,7 +145,7 @@ class _Format:
                     choice, delta = item
                     state = streamed[choice.index]
                     text = state.text_for(delta)
-                    if text or extras:
+                    if text or extras or delta.token_ids:  # one chunk per token batch, even empty text
                         yield self._chunk(
                             ChatStreamChoice(
                                 index=choice.index,

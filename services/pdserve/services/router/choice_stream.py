@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import structlog
 from pdserve.protocol import TokenChunk
@@ -28,6 +28,7 @@ DEADLINE_GRACE_S = 1.0
 MAX_CHUNKS_AHEAD = 4096
 # What a successful finish can be in OpenAI's API ("abort" and "error" are failures here).
 FinishReason = Literal["stop", "length"]
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -56,6 +57,7 @@ class ChoiceStream:
         self._ahead: dict[int, TokenChunk] = {}
         self._peeked: TokenDelta | None = None
         self._closed = False
+        self._guard = DeadlineGuard(request.deadline + DEADLINE_GRACE_S)
 
     @property
     def prompt_token_ids(self) -> list[int]:
@@ -85,6 +87,7 @@ class ChoiceStream:
         if self._closed:
             return
         self._closed = True
+        self._guard.cancel()
         aclose = getattr(self._chunks, "aclose", None)
         if aclose is not None:
             try:
@@ -101,10 +104,8 @@ class ChoiceStream:
         return None
 
     async def _receive(self) -> TokenChunk:
-        remaining = self.request.deadline + DEADLINE_GRACE_S - time.time()
         try:
-            async with asyncio.timeout(max(remaining, 0.0)):
-                return await anext(self._chunks)
+            return await self._guard.wait(anext(self._chunks))
         except TimeoutError:
             raise ApiError(504, "request deadline passed", code="timeout") from None
         except StopAsyncIteration:
@@ -166,8 +167,57 @@ class ChoiceStream:
                 self.finish_reason = reason
                 self.text = chunk.text
                 self._ahead.clear()
+                self._guard.cancel()
             return TokenDelta(new, logprobs, reason, chunk.text)
         return None
+
+
+class DeadlineGuard:
+    """`asyncio.timeout` for a series of reads with one deadline (Unix seconds), armed once.
+
+    A stream reads a chunk per token; a fresh `asyncio.timeout` per read (a timer scheduled
+    and cancelled each time) cost about a tenth of the router's time per token. Here one timer
+    lasts the whole stream: when it fires, it cancels the read in progress, which then raises
+    TimeoutError; a read that starts after the deadline gets a zero timeout of its own.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self._timer: asyncio.TimerHandle | None = None
+        self._passed = False
+        self._reader: asyncio.Task[object] | None = None
+        self._fired = False
+
+    async def wait(self, awaitable: Awaitable[T]) -> T:
+        if self._passed:
+            async with asyncio.timeout(0):
+                return await awaitable
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(loop.time() + self.deadline - time.time(), self._expire)
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        self._reader, self._fired = task, False
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            # Ours, not someone else's cancel (asyncio.timeout's own test).
+            if self._fired and task.uncancel() <= cancelling:
+                raise TimeoutError from None
+            raise
+        finally:
+            self._reader = None
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _expire(self) -> None:
+        self._passed = True
+        if self._reader is not None and not self._fired:
+            self._fired = True
+            self._reader.cancel()
 
 
 def _finish_reason(chunk: TokenChunk, backend_request_id: str) -> FinishReason | None:

@@ -134,7 +134,10 @@ class _Format:
                     choice, delta = item
                     state = streamed[choice.index]
                     text = state.text_for(delta)
-                    if not text and delta.finish_reason is None and not extras:
+                    # A token whose text is empty (held back as a possible stop string, a partial
+                    # character, a special token) still gets its chunk: clients and load generators
+                    # time tokens by chunks, as with vLLM.
+                    if not text and not delta.token_ids and delta.finish_reason is None and not extras:
                         continue
                     logprobs = self._logprobs(delta.token_ids, delta.logprobs, state.token_text_offset)
                     if logprobs is not None and logprobs.tokens:

@@ -3,6 +3,10 @@
 Unlike Starlette's StreamingResponse, this one always closes its event source, whether the stream
 ended, the client disconnected (noticed even while no token is being sent) or sending failed:
 closing the source is what cancels the requests on the workers and frees their KV.
+
+Events that are ready together go out in one write: under load a stream's tokens arrive in
+bursts, and each write costs more (HTTP framing, middleware, a syscall) than making an event.
+An idle stream still writes every event as soon as it is made.
 """
 
 from __future__ import annotations
@@ -58,9 +62,62 @@ class SseResponse(Response):
 
     async def _stream(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        async for event in self.events:
-            await send({"type": "http.response.body", "body": event, "more_body": True})
+        batch = _EventBatch()
+        producer = asyncio.create_task(self._produce(batch))
+        try:
+            while (body := await batch.take()) is not None:
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            await producer  # raises what the event source raised, once what it made is sent
+        finally:
+            producer.cancel()
+            await asyncio.gather(producer, return_exceptions=True)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _produce(self, batch: _EventBatch) -> None:
+        try:
+            async for event in self.events:
+                await batch.put(event)
+        finally:
+            batch.close()
+
+
+class _EventBatch:
+    """Events made but not yet written. The writer takes all of them at once; the maker waits
+    while `limit_bytes` are pending, so a slow client still slows its stream down."""
+
+    def __init__(self, limit_bytes: int = 64 << 10) -> None:
+        self.limit_bytes = limit_bytes
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._closed = False
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    async def put(self, event: bytes) -> None:
+        self._parts.append(event)
+        self._size += len(event)
+        self._ready.set()
+        if self._size >= self.limit_bytes:
+            self._room.clear()
+            await self._room.wait()
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    async def take(self) -> bytes | None:
+        """Everything pending as one body, waiting for at least one event; None once closed and empty."""
+        while not self._parts:
+            if self._closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        body = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        self._parts.clear()
+        self._size = 0
+        self._room.set()
+        return body
 
 
 def _exception(task: asyncio.Task[None]) -> BaseException | None:
