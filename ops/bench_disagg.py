@@ -38,8 +38,20 @@ def free_port() -> int:
 
 
 def start_cluster(model: Path, port: int, log_dir: Path, pin: str | None) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-m", "pdserve.cli", "up", "--model", str(model), "--dtype", "bfloat16",
-            "--port", str(port), "--log-dir", str(log_dir)]
+    argv = [
+        sys.executable,
+        "-m",
+        "pdserve.cli",
+        "up",
+        "--model",
+        str(model),
+        "--dtype",
+        "bfloat16",
+        "--port",
+        str(port),
+        "--log-dir",
+        str(log_dir),
+    ]
     if pin:
         argv += ["--pin", pin]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -56,8 +68,15 @@ def model_name(client: httpx.Client) -> str:
 
 
 def one_request(client: httpx.Client, prompt: list[int]) -> tuple[float, float]:
-    body = {"model": model_name(client), "prompt": prompt, "max_tokens": 4, "temperature": 0,
-            "ignore_eos": True, "stream": True, "return_token_ids": True}
+    body = {
+        "model": model_name(client),
+        "prompt": prompt,
+        "max_tokens": 4,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "return_token_ids": True,
+    }
     start = time.perf_counter()
     stamps: list[float] = []
     with client.stream("POST", "/v1/completions", json=body) as r:

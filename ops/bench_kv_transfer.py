@@ -165,9 +165,7 @@ def main() -> None:
     print(f"host: {os.cpu_count()} CPUs, torch {torch.__version__}, UCX_TLS={os.environ.get('UCX_TLS', '(unset)')}")
     rows: dict[str, dict[str, float]] = {}
     for mib in args.sizes_mib:
-        rows.setdefault("numpy memcpy (1 process)", {})[str(mib)] = statistics.median(
-            memcpy_gbps(mib * MIB, args.reps)
-        )
+        rows.setdefault("numpy memcpy (1 process)", {})[str(mib)] = statistics.median(memcpy_gbps(mib * MIB, args.reps))
     for mode in args.modes:
         results = run_mode(args, error_handling=mode == "on")
         stats = results.pop("_stats")

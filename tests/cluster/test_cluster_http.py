@@ -19,8 +19,15 @@ def mixed_prompts(n: int = 16) -> list[list[int]]:
 
 
 async def complete(client: httpx.AsyncClient, prompt: list[int], stream: bool) -> list[int]:
-    body = {"model": "test", "prompt": prompt, "max_tokens": 16, "temperature": 0, "ignore_eos": True,
-            "return_token_ids": True, "stream": stream}
+    body = {
+        "model": "test",
+        "prompt": prompt,
+        "max_tokens": 16,
+        "temperature": 0,
+        "ignore_eos": True,
+        "return_token_ids": True,
+        "stream": stream,
+    }
     if not stream:
         r = await client.post("/v1/completions", json=body)
         assert r.status_code == 200, r.text
@@ -38,8 +45,10 @@ async def complete(client: httpx.AsyncClient, prompt: list[int], stream: bool) -
 
 async def test_http_disaggregated_and_colocated_match_offline(nats_server: NatsServer) -> None:
     ps = mixed_prompts()
-    expected = [o.token_ids for o in LLM(dtype="float32").generate(
-        ps, SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True))]
+    expected = [
+        o.token_ids
+        for o in LLM(dtype="float32").generate(ps, SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True))
+    ]
     for shape in ({"prefill": 1, "decode": 1}, {"prefill": 0, "decode": 0, "colocated": 1}):
         cluster = await start_cluster(nats_server.url, http=True, **shape)
         try:
@@ -80,8 +89,7 @@ async def test_openai_client_against_the_cluster(nats_server: NatsServer) -> Non
 async def test_client_disconnect_frees_decode_blocks_within_a_second(nats_server: NatsServer) -> None:
     cluster = await start_cluster(nats_server.url, http=True)
     try:
-        body = {"model": "test", "prompt": "Tell me everything", "max_tokens": 1800, "ignore_eos": True,
-                "stream": True}
+        body = {"model": "test", "prompt": "Tell me everything", "max_tokens": 1800, "ignore_eos": True, "stream": True}
         decode = cluster.by_role("decode")[0]
         async with (
             httpx.AsyncClient(base_url=cluster.base_url, timeout=60) as client,

@@ -46,8 +46,14 @@ async def test_malformed_messages_are_refused_not_fatal(nats_server: NatsServer)
             for subject in (subjects.heartbeat, subjects.cancel, subjects.stream(cluster.backend.router_id, "x")):  # type: ignore[union-attr]
                 await nc.publish(subject, payload)
         # A well-formed offer with a layout from another model is refused with the reason.
-        layout = {"model_fingerprint": "other", "dtype": "float32", "num_layers": 4, "num_kv_heads": 2,
-                  "head_dim": 16, "block_size": 16}
+        layout = {
+            "model_fingerprint": "other",
+            "dtype": "float32",
+            "num_layers": 4,
+            "num_kv_heads": 2,
+            "head_dim": 16,
+            "block_size": 16,
+        }
         offer = KvOffer("o", [1, 2, 3], 4, {"max_tokens": 4}, layout, 3 * 256, "s", time.time() + 5)
         reply = await nc.request(subjects.kv_offer("decode-0"), encode(offer), timeout=2)
         admission = decode(reply.data, KvAdmission)

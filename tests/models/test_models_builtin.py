@@ -51,9 +51,7 @@ def test_greedy_generation_does_not_collapse(model_dirs) -> None:
     for prompt in ("Hello, my name is", "1 2 3", "The quick brown fox"):
         ids = torch.tensor([loaded.tokenizer.encode(prompt)])
         with torch.no_grad():
-            out = loaded.model.generate(
-                ids, max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=258
-            )
+            out = loaded.model.generate(ids, max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=258)
         new = out[0, ids.shape[1] :].tolist()
         assert len(set(new)) >= 10, new
         assert len(set(new[-8:])) > 1, new

@@ -59,10 +59,7 @@ def test_chat_template(tokenizer) -> None:
         {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "!"}]},
     ]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert (
-        text
-        == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n"
-    )
+    assert text == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n"
     without = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     assert without == text.removesuffix("<|im_start|>assistant\n")
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)

@@ -41,9 +41,7 @@ def model_fingerprint(path: Path) -> str:
     tensors: list[tuple[str, Path, dict[str, Any], int]] = []
     for file in weight_files(path):
         header, data_start = _read_header(file)
-        tensors.extend(
-            (name, file, info, data_start) for name, info in header.items() if name != "__metadata__"
-        )
+        tensors.extend((name, file, info, data_start) for name, info in header.items() if name != "__metadata__")
     tensors.sort(key=lambda t: t[0])
     handles: dict[Path, BinaryIO] = {}
     try:
@@ -71,9 +69,7 @@ def _read_header(file: Path) -> tuple[dict[str, Any], int]:
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
     except (OSError, struct.error, UnicodeDecodeError, ValueError) as e:
-        raise ModelLoadError(
-            f"{file} is not a valid safetensors file ({e}): re-download or re-convert it"
-        ) from e
+        raise ModelLoadError(f"{file} is not a valid safetensors file ({e}): re-download or re-convert it") from e
     return header, 8 + size
 
 

@@ -96,9 +96,7 @@ def weight_files(path: Path) -> list[Path]:
             weight_map = json.loads(index_file.read_text(encoding="utf-8"))["weight_map"]
             shards = sorted({path / str(name) for name in weight_map.values()})
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise ModelLoadError(
-                f"{index_file} is not a valid safetensors index ({e}): re-download it"
-            ) from e
+            raise ModelLoadError(f"{index_file} is not a valid safetensors index ({e}): re-download it") from e
         missing = [shard.name for shard in shards if not shard.is_file()]
         if missing:
             raise ModelLoadError(f"{index_file} lists shards missing from {path}: {', '.join(missing)}")

@@ -32,9 +32,7 @@ DEFAULT_INIT_STD = 0.5
 _MANTISSA_BITS = 24  # integers below 2**24 are exact in float32
 
 
-def create_random_model(
-    path: str | Path, config: dict[str, Any], *, seed: int = 0, dtype: str = "float32"
-) -> Path:
+def create_random_model(path: str | Path, config: dict[str, Any], *, seed: int = 0, dtype: str = "float32") -> Path:
     """Write a loadable random-weight model of `config` (a Hugging Face config dict) to `path`; return it.
 
     `config` must name "architectures" (a supported one) and "model_type". Missing vocab_size and
@@ -52,12 +50,8 @@ def create_random_model(
     tokenizer = build_byte_tokenizer()
     hf_config = _build_config(config, tokenizer)
     if hf_config.vocab_size < len(tokenizer):
-        raise ValueError(
-            f"vocab_size {hf_config.vocab_size} is smaller than the byte tokenizer's {len(tokenizer)}"
-        )
-    eos_ids = config.get(
-        "eos_token_id", [tokenizer.convert_tokens_to_ids(t) for t in (EOS_TOKEN, IM_END_TOKEN)]
-    )
+        raise ValueError(f"vocab_size {hf_config.vocab_size} is smaller than the byte tokenizer's {len(tokenizer)}")
+    eos_ids = config.get("eos_token_id", [tokenizer.convert_tokens_to_ids(t) for t in (EOS_TOKEN, IM_END_TOKEN)])
     tensors = random_weights(hf_config, seed=seed, dtype=torch_dtype)
 
     path = Path(path)
@@ -87,9 +81,7 @@ def random_weights(config: PretrainedConfig, *, seed: int, dtype: torch.dtype) -
     all_params = {name for name, _ in model.named_parameters(remove_duplicate=False)}
     buffers = [name for name in model.state_dict() if name not in all_params]
     if buffers:
-        raise ValueError(
-            f"{type(model).__name__} has persistent buffers {buffers}, which this generator does not fill"
-        )
+        raise ValueError(f"{type(model).__name__} has persistent buffers {buffers}, which this generator does not fill")
     std = float(config.initializer_range)
     tensors = {}
     for name, param in model.named_parameters():  # remove_duplicate: tied weights once

@@ -88,7 +88,7 @@ class KvReceiver:
 
     @property
     def address(self) -> str:
-        """"host:port" for prefill workers; valid after start()."""
+        """ "host:port" for prefill workers; valid after start()."""
         if self._listener is None:
             raise KvTransferError("KvReceiver is not started")
         return f"{self.host}:{self._listener.port}"
@@ -102,7 +102,7 @@ class KvReceiver:
         return len(self._book)
 
     def ticket_state(self, ticket_id: int) -> str | None:
-        """"waiting", "receiving" or "done" for a live ticket; None once it ended or if unknown."""
+        """ "waiting", "receiving" or "done" for a live ticket; None once it ended or if unknown."""
         return self._book.state(ticket_id)
 
     @property
@@ -323,9 +323,7 @@ class KvReceiver:
         if frame.nbytes != nbytes:
             raise _Reject(wire.Code.LAYER_SIZE, f"layer {index}: {frame.nbytes} bytes, ticket has {nbytes}")
 
-    async def _reject(
-        self, link: Link, res: Reservation | None, ticket_id: int, code: wire.Code, message: str
-    ) -> None:
+    async def _reject(self, link: Link, res: Reservation | None, ticket_id: int, code: wire.Code, message: str) -> None:
         self.stats.rejected[code.reason] += 1
         log.warning("kv message rejected", peer=link.peer, ticket=ticket_id, reason=code.reason, detail=message)
         if res is not None:

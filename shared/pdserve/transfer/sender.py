@@ -37,7 +37,7 @@ class PushRefused(KvTransferError):
 
 
 def parse_address(address: str) -> tuple[str, int]:
-    """"host:port" (or "[v6]:port") -> (host, port); raises KvTransferError if malformed."""
+    """ "host:port" (or "[v6]:port") -> (host, port); raises KvTransferError if malformed."""
     host, sep, port_text = address.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
@@ -63,9 +63,7 @@ class KvSender:
         self._links: dict[str, Link] = {}
         self._closed = False
 
-    async def push(
-        self, address: str, ticket_id: int, layers: Sequence[torch.Tensor], timeout: float = 10.0
-    ) -> float:
+    async def push(self, address: str, ticket_id: int, layers: Sequence[torch.Tensor], timeout: float = 10.0) -> float:
         """Push `layers` (contiguous tensors, CPU or CUDA, each exactly as the ticket sized it)
         to the receiver at `address`; return the seconds it took, connecting included.
 
