@@ -22,6 +22,16 @@ def test_gaps_have_the_rate_and_the_spread_asked_for(burstiness: float) -> None:
     assert gaps.std() / gaps.mean() == pytest.approx(1 / math.sqrt(burstiness), rel=0.05)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_a_finite_run_offers_exactly_the_rate(seed: int) -> None:
+    # The schedule is scaled to end at (count - 1) / rate, as vLLM scales its own to end at
+    # count / rate; the gaps stay random.
+    offsets = arrival_offsets(64, request_rate=4.0, burstiness=1.0, seed=seed)
+    assert offsets[0] == 0.0
+    assert offsets[-1] == pytest.approx(63 / 4.0)
+    assert np.diff(offsets).std() > 0.1
+
+
 def test_poisson_counts_per_window_are_poisson() -> None:
     # Burstiness 1 is a Poisson process: arrivals per second have mean = variance = rate.
     offsets = arrival_offsets(COUNT, request_rate=5.0, burstiness=1.0, seed=1)

@@ -7,6 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
+from pdserve.bench.client import Endpoint
+from pdserve.bench.command import parse_extra_body
+from pdserve.bench.datasets import BenchRequest
 from pdserve.bench.report import write_json
 from pdserve.bench.sweep import Target, parse_rates, parse_target
 
@@ -54,3 +57,15 @@ def test_json_has_no_bare_infinity(tmp_path: Path) -> None:
         "rate": "inf",
         "rates": [1.0, "inf"],
     }
+
+
+def test_extra_body_is_merged_into_every_request() -> None:
+    extra = parse_extra_body('{"return_token_ids": true, "temperature": 0.5}')
+    endpoint = Endpoint("http://h", "m", ignore_eos=True, extra_body=extra)
+    body = endpoint.body(BenchRequest([1, 2, 3], 3, 4))
+    assert body["return_token_ids"] is True and body["temperature"] == 0.5
+    assert body["prompt"] == [1, 2, 3] and body["max_tokens"] == 4 and body["ignore_eos"] is True
+    assert parse_extra_body(None) == {} and parse_extra_body("") == {}
+    for bad in ("[1]", "{not json", "3"):
+        with pytest.raises(ValueError, match="--extra-body"):
+            parse_extra_body(bad)

@@ -64,6 +64,12 @@ def _add_workload_args(p: argparse.ArgumentParser, num_warmups: int = 0) -> None
     p.add_argument("--goodput", nargs="+", default=None, help="SLOs in ms, e.g. ttft:500 tpot:50 (e2e:MS too)")
     p.add_argument("--ignore-eos", action="store_true", help="always generate the requested output length")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature")
+    p.add_argument(
+        "--extra-body",
+        default=None,
+        metavar="JSON",
+        help="a JSON object merged into every request body, e.g. '{\"return_token_ids\": true}'",
+    )
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds before a request fails")
     p.add_argument("--save-detailed", action="store_true", help="add every request's latencies to the JSON")
     p.add_argument("--plot-dir", default=None, help="write PNG plots here")

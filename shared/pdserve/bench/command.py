@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import os
 import shlex
@@ -54,6 +55,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     try:
         _pin_self(args.bench_cores)
         slos = parse_goodput(args.goodput)
+        parse_extra_body(args.extra_body)  # refused before any cluster starts
         targets = [parse_target(spec) for spec in args.target]
         rates = parse_rates(args.request_rates)
         up_args = shlex.split(args.up_args)
@@ -128,7 +130,13 @@ async def _bench_once(
         async with new_http_client(30.0) as client:
             model = await served_model(client, base_url, api_key)
     endpoint = Endpoint(
-        base_url, model, path=args.endpoint, api_key=api_key, ignore_eos=args.ignore_eos, temperature=args.temperature
+        base_url,
+        model,
+        path=args.endpoint,
+        api_key=api_key,
+        ignore_eos=args.ignore_eos,
+        temperature=args.temperature,
+        extra_body=parse_extra_body(args.extra_body),
     )
     spec = _dataset_spec(args, seed)
     requests = _requests(args, spec)
@@ -139,6 +147,19 @@ async def _bench_once(
         label, endpoint, spec, requests, load, slos_ms=slos, warmup_requests=warmups,
         timeout_s=args.request_timeout, progress=not args.disable_tqdm,
     )  # fmt: skip
+
+
+def parse_extra_body(text: str | None) -> dict[str, Any]:
+    """--extra-body: a JSON object whose fields are added to (or replace) every request's fields."""
+    if not text:
+        return {}
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--extra-body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ValueError(f"--extra-body must be a JSON object, got {text!r}")
+    return body
 
 
 def _dataset_spec(args: argparse.Namespace, seed: int) -> DatasetSpec:

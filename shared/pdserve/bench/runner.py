@@ -54,6 +54,7 @@ class BenchResult:
             "endpoint": self.endpoint.path,
             "model": self.endpoint.model,
             "ignore_eos": self.endpoint.ignore_eos,
+            "extra_body": self.endpoint.extra_body,
             "dataset": asdict(self.dataset),
             "load": asdict(self.load),
             "metrics": self.metrics.to_dict(),
