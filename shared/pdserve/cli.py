@@ -23,7 +23,7 @@ class EnvDefaultsParser(argparse.ArgumentParser):
         if action.option_strings and action.dest != "help":
             env = os.environ.get(ENV_PREFIX + action.dest.upper())
             if env is not None:
-                if isinstance(action, argparse._StoreTrueAction):
+                if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
                     action.default = env.lower() in ("1", "true", "yes", "on")
                 else:
                     action.default = action.type(env) if callable(action.type) else env
@@ -41,6 +41,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-kv-blocks", type=int, default=None, help="KV pool size in blocks")
     parser.add_argument("--max-num-batched-tokens", type=int, default=2048, help="per-step token budget")
     parser.add_argument("--max-num-seqs", type=int, default=256, help="most sequences per step")
+    parser.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="reuse the KV of shared prompt prefixes (--no-enable-prefix-caching: off, as in vLLM)",
+    )
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -54,6 +60,7 @@ def _generate(args: argparse.Namespace) -> int:
         num_kv_blocks=args.num_kv_blocks,
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_num_seqs=args.max_num_seqs,
+        enable_prefix_caching=args.enable_prefix_caching,
     )
     params = SamplingParams(
         max_tokens=args.max_tokens,

@@ -187,3 +187,9 @@ async def test_max_tokens_null_runs_to_the_end_of_the_context(client: httpx.Asyn
     body = await complete(client, prompt=prompt, max_tokens=None, ignore_eos=True, **GREEDY)
     assert body["usage"]["completion_tokens"] == 3
     assert body["choices"][0]["finish_reason"] == "length"
+
+
+async def test_neutral_vllm_sampling_fields_are_accepted(client: httpx.AsyncClient) -> None:
+    """vLLM's `bench serve` sends repetition_penalty 1.0 with every request."""
+    body = await complete(client, model=MODEL, prompt="Hello", max_tokens=2, repetition_penalty=1.0, **GREEDY)
+    assert body["choices"][0]["finish_reason"] in ("stop", "length")

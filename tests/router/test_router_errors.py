@@ -35,6 +35,7 @@ from router_helpers import ScriptedBackend, assert_error, chunk, sse_data
         ({"prompt": "x", "echo": True}, "echo", ["echo"]),
         ({"prompt": "x", "logprobs": 5}, "logprobs", []),
         ({"prompt": "x", "presence_penalty": 0.5}, "presence_penalty", []),
+        ({"prompt": "x", "repetition_penalty": 1.2}, "repetition_penalty", []),
         ({"prompt": "x", "n": 9}, "n", ["at most 8"]),
         ({"prompt": "x", "stop": [""]}, None, ["stop"]),
         ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options", []),

@@ -97,6 +97,10 @@ class SamplingFields(StrictModel):
     )
     presence_penalty: float | None = Field(0.0, description="only 0 is supported", json_schema_extra=_ZERO)
     frequency_penalty: float | None = Field(0.0, description="only 0 is supported", json_schema_extra=_ZERO)
+    # vLLM's `bench serve` always sends repetition_penalty 1.0: accepted at that neutral value.
+    repetition_penalty: float | None = Field(
+        1.0, description="vLLM extension; only 1 is supported", json_schema_extra={"minimum": 1, "maximum": 1}
+    )
     logit_bias: dict[str, float] | None = Field(
         None, description="only null or {} is supported", json_schema_extra={"maxProperties": 0}
     )

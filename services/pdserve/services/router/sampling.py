@@ -36,6 +36,8 @@ def check_unsupported(body: SamplingFields) -> None:
     for name in ("presence_penalty", "frequency_penalty"):
         if getattr(body, name) not in (None, 0.0):
             raise invalid_request(f"{name}: only 0 is supported", param=name)
+    if body.repetition_penalty not in (None, 1.0):
+        raise invalid_request("repetition_penalty: only 1 is supported", param="repetition_penalty")
     if body.logit_bias:
         raise invalid_request("logit_bias: not supported (send null or {})", param="logit_bias")
     if body.stream_options is not None and not body.stream:
