@@ -10,17 +10,9 @@ from pdserve import SamplingParams
 from pdserve.engine.llm_engine import LLMEngine
 from pdserve.engine.sequence import SequenceStatus
 from pdserve.errors import InvalidRequestError
+from test_kv_transfer import run_to_completion as run
 
 PROMPT = list(range(3, 90))
-
-
-def run(engine: LLMEngine) -> dict[str, list[int]]:
-    done: dict[str, list[int]] = {}
-    while engine.has_unfinished():
-        for out in engine.step():
-            if out.finished:
-                done[out.request_id] = out.token_ids
-    return done
 
 
 @pytest.mark.parametrize(

@@ -13,12 +13,9 @@ import ctypes
 import functools
 from pathlib import Path
 
-import structlog
 import torch
-from pdserve.kernels.native_build import NativeBuildError, load_library
+from pdserve.kernels.native_build import load_bound
 from torch import Tensor
-
-log = structlog.get_logger("pdserve.kernels")
 
 SOURCE = Path(__file__).with_name("cpu_layer_ops.c")
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
@@ -43,15 +40,7 @@ def available() -> bool:
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    try:
-        library = load_library(SOURCE)
-    except (NativeBuildError, OSError) as exc:
-        log.warning("native CPU layer kernels unavailable; using torch", error=str(exc))
-        return None
-    for name, argtypes in _SIGNATURES.items():
-        getattr(library, name).argtypes = argtypes
-        getattr(library, name).restype = ctypes.c_int
-    return library
+    return load_bound(SOURCE, _SIGNATURES, "torch")
 
 
 def _lib() -> ctypes.CDLL:

@@ -12,12 +12,9 @@ import ctypes
 import functools
 from pathlib import Path
 
-import structlog
 import torch
-from pdserve.kernels.native_build import NativeBuildError, load_library
+from pdserve.kernels.native_build import load_bound
 from torch import Tensor
-
-log = structlog.get_logger("pdserve.kernels")
 
 SOURCE = Path(__file__).with_name("cpu_paged_attention.c")
 # Codes the C side knows the dtypes by.
@@ -58,14 +55,7 @@ def available() -> bool:
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    try:
-        library = load_library(SOURCE)
-    except (NativeBuildError, OSError) as exc:
-        log.warning("native CPU kernels unavailable; using the torch reference", error=str(exc))
-        return None
-    library.pdserve_paged_decode.argtypes = _ARGTYPES
-    library.pdserve_paged_decode.restype = ctypes.c_int
-    return library
+    return load_bound(SOURCE, {"pdserve_paged_decode": _ARGTYPES}, "the torch reference")
 
 
 def paged_attention_decode(

@@ -21,6 +21,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import structlog
+
+log = structlog.get_logger("pdserve.kernels")
+
 # -fopenmp links libgomp.so.1, the soname of the libgomp that torch's Linux wheels bundle and load first,
 # so the dynamic linker reuses torch's copy: one OpenMP runtime, one thread pool, no oversubscription.
 FLAG_SETS: tuple[tuple[str, ...], ...] = (
@@ -57,6 +61,20 @@ def find_compiler() -> list[str] | None:
 def load_library(source: Path) -> ctypes.CDLL:
     """The library built from `source`, compiled on first use; raises NativeBuildError or OSError."""
     return ctypes.CDLL(str(build_library(source, cache_dir())))
+
+
+def load_bound(source: Path, signatures: dict[str, list[type]], fallback: str) -> ctypes.CDLL | None:
+    """`load_library` with each function's argument types set (every function returns int), or
+    None, logged with what runs instead (`fallback`), when the library cannot be built or loaded."""
+    try:
+        library = load_library(source)
+    except (NativeBuildError, OSError) as exc:
+        log.warning(f"native CPU kernels unavailable; using {fallback}", source=source.name, error=str(exc))
+        return None
+    for name, argtypes in signatures.items():
+        getattr(library, name).argtypes = argtypes
+        getattr(library, name).restype = ctypes.c_int
+    return library
 
 
 def build_library(source: Path, directory: Path) -> Path:
