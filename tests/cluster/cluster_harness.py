@@ -110,6 +110,9 @@ class Cluster:
                 await self.router_nc.close()
 
 
+HEARTBEAT_S = 0.4
+
+
 def make_engine(model: Path | None, num_kv_blocks: int | None = None, dtype: str = "float32") -> LLMEngine:
     return LLMEngine.from_model(model, dtype=dtype, config=EngineConfig(num_kv_blocks=num_kv_blocks))
 
@@ -129,7 +132,9 @@ async def start_cluster(
     bus = BusOptions(url=nats_url, cluster=name)
     cluster = Cluster(nats_url, name)
     kv_blocks = decode_kv_blocks or [None] * decode
-    common = {"model_name": "test", "heartbeat_s": 0.2}
+    # 0.4 s beats: a dead worker is noticed in 1.2 s, while an in-process worker that a busy
+    # machine stalls for half a second is not mistaken for a dead one (which would migrate).
+    common = {"model_name": "test", "heartbeat_s": HEARTBEAT_S}
     for i in range(prefill):
         cluster.workers.append(PrefillWorker(make_engine(model, dtype=dtype), bus, worker_id=f"prefill-{i}", **common))
     for i in range(decode):

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from cluster_harness import Cluster, NatsServer, crash, start_cluster
+from cluster_harness import HEARTBEAT_S, Cluster, NatsServer, crash, start_cluster
 from nats.aio.msg import Msg
 from pdserve import SamplingParams
 from pdserve.engine.llm_engine import LLMEngine
@@ -94,7 +94,7 @@ async def test_decode_worker_dies_mid_stream(nats_url: str) -> None:
 async def add_worker(cluster: Cluster, cls: type[WorkerBase], worker_id: str, **kwargs: object) -> WorkerBase:
     engine = LLMEngine.from_model(None, dtype="float32")
     bus = BusOptions(url=cluster.nats_url, cluster=cluster.cluster)
-    worker = cls(engine, bus, worker_id=worker_id, model_name="test", heartbeat_s=0.2, **kwargs)
+    worker = cls(engine, bus, worker_id=worker_id, model_name="test", heartbeat_s=HEARTBEAT_S, **kwargs)
     cluster.workers.append(worker)
     await worker.start()
     await cluster.wait_ready()
