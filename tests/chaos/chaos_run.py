@@ -20,7 +20,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
+from pdserve.services.up import free_port, wait_for_port
 
 VOCAB = 261  # the built-in tiny model's byte vocabulary
 
@@ -59,12 +59,6 @@ class Outcome:
         )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Processes:
     """The cluster's processes, each logging to its own file under `log_dir`."""
 
@@ -87,13 +81,8 @@ class Processes:
     def start_nats(self) -> None:
         binary = str(Path(sys.executable).parent / "nats-server")
         self.spawn("nats", [binary, "-a", "127.0.0.1", "-p", str(self.nats_port)])
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.nats_port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("nats-server did not start")
+        if not wait_for_port(self.nats_port, 10):
+            raise RuntimeError("nats-server did not start")
 
     def start_services(self, prefill: int, decode: int) -> None:
         cli = [sys.executable, "-m", "pdserve.cli"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import subprocess
 import sys
 import time
@@ -23,13 +22,8 @@ from pdserve.services.cluster_backend import ClusterBackend
 from pdserve.services.colocated import ColocatedWorker
 from pdserve.services.decode import DecodeWorker
 from pdserve.services.prefill import PrefillWorker
+from pdserve.services.up import free_port, wait_for_port
 from pdserve.services.worker_base import WorkerBase
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class NatsServer:
@@ -48,13 +42,8 @@ class NatsServer:
         self.process = subprocess.Popen(
             [binary, "-a", "127.0.0.1", "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("nats-server did not start")
+        if not wait_for_port(self.port, 10):
+            raise RuntimeError("nats-server did not start")
 
     def stop(self) -> None:
         if self.process is not None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 import httpx
+from pdserve.cpu_cores import parse_cores
 
 STARTUP_TIMEOUT_S = 300.0
 
@@ -81,15 +82,11 @@ def parse_pin(spec: str | None) -> dict[str, set[int]]:
         if not part.strip():
             continue
         role, _, cores = part.partition("=")
-        chosen: set[int] = set()
-        for item in cores.split(","):
-            lo, _, hi = item.partition("-")
-            try:
-                chosen.update(range(int(lo), int(hi or lo) + 1))
-            except ValueError:
-                msg = f"pdserve up: bad --pin entry {part!r}; expected role=cores like decode=1 or worker=0-1"
-                raise SystemExit(msg) from None
-        pins[role.strip()] = chosen
+        try:
+            pins[role.strip()] = parse_cores(cores)
+        except ValueError:
+            msg = f"pdserve up: bad --pin entry {part!r}; expected role=cores like decode=1 or worker=0-1"
+            raise SystemExit(msg) from None
     return pins
 
 

@@ -21,6 +21,7 @@ from pdserve.bench.metrics import parse_goodput
 from pdserve.bench.report import format_result, sweep_table, write_json
 from pdserve.bench.runner import BenchResult, LoadSpec, benchmark
 from pdserve.bench.sweep import Cluster, Target, parse_rates, parse_target
+from pdserve.cpu_cores import parse_cores
 from pdserve.errors import PdserveError
 
 DEFAULT_VOCAB_SIZE = 256  # ids every model has: the byte range of byte-level tokenizers
@@ -210,11 +211,8 @@ def _pin_self(spec: str | None) -> None:
     cores a pinned cluster was given)."""
     if not spec:
         return
-    cores: set[int] = set()
-    for item in spec.split(","):
-        lo, _, hi = item.partition("-")
-        try:
-            cores.update(range(int(lo), int(hi or lo) + 1))
-        except ValueError:
-            raise ValueError(f"bad --bench-cores {spec!r}; expected cores like 3, 2-3 or 0,2") from None
+    try:
+        cores = parse_cores(spec)
+    except ValueError:
+        raise ValueError(f"bad --bench-cores {spec!r}; expected cores like 3, 2-3 or 0,2") from None
     os.sched_setaffinity(0, cores)
