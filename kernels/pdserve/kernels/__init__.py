@@ -6,9 +6,11 @@ Queries have num_heads = num_kv_heads * group heads, and query head h reads kv h
 
 Triton runs when the tensors are on CUDA and triton imports; otherwise the torch reference runs, except
 for decode attention on CPU tensors, which runs a C kernel built on first use (cpu_paged_attention.py)
-when it builds and the dtype is float32 or bfloat16. PDSERVE_KERNELS=torch|triton|native forces one:
-triton on CPU tensors only works under TRITON_INTERPRET=1; native raises if the C kernel cannot be
-built, and leaves everything the C kernel does not cover to the reference.
+when it builds and the dtype is float32 or bfloat16, and prefill attention on bfloat16 CPU caches, which
+runs an AVX-512 BF16 C kernel (cpu_prefill_attention.py) where the CPU has those instructions.
+PDSERVE_KERNELS=torch|triton|native forces one: triton on CPU tensors only works under TRITON_INTERPRET=1;
+native raises if the decode kernel cannot be built, and leaves everything the C kernels do not cover to
+the reference.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import functools
 import os
 
-from pdserve.kernels import cpu_paged_attention, reference
+from pdserve.kernels import cpu_paged_attention, cpu_prefill_attention, reference
 from torch import Tensor
 
 __all__ = [
@@ -79,6 +81,12 @@ def paged_attention_prefill(
 
     context_lens [B] int32 counts each sequence's KV tokens including its chunk, already stored.
     """
+    # Unlike decode, PDSERVE_KERNELS=native does not insist: on a CPU without AVX-512 BF16 the
+    # reference is this kernel's only fallback, and no setting can change that.
+    native = os.environ.get(BACKEND_ENV, "") in ("", "native") and cpu_prefill_attention.supports(query, k_cache)
+    if native and cpu_prefill_attention.available():
+        native_prefill = cpu_prefill_attention.paged_attention_prefill
+        return native_prefill(query, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale)
     # No Triton prefill kernel: prefill is compute-bound and the reference's per-sequence SDPA calls
     # use torch's fused attention on CUDA too, so both backends share it.
     return reference.paged_attention_prefill(query, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale)
