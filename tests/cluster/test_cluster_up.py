@@ -7,9 +7,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
-from cluster_harness import free_port
+import pytest
+from cluster_harness import NatsServer, free_port
 
 
 def test_pdserve_up_serves_and_stops(tmp_path: object) -> None:
@@ -49,3 +51,39 @@ def test_pdserve_up_serves_and_stops(tmp_path: object) -> None:
             proc.kill()
             raise
     assert proc.returncode == 0, "".join(lines)
+
+
+@pytest.mark.parametrize("broker", ["stopped", "frozen"])
+def test_worker_exits_on_sigterm_when_its_broker_is_unreachable(tmp_path: object, broker: str) -> None:
+    """nats-py cannot drain while it reconnects, and waits long on a broker that does not answer
+    (frozen: SIGSTOP); the worker must still close its client and exit within its own drain time."""
+    nats = NatsServer()
+    nats.start()
+    log_path = Path(f"{tmp_path}/worker.log")
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pdserve.cli", "worker", "--nats", nats.url, "--worker-id", "lonely"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "worker ready" not in log_path.read_text():
+            assert proc.poll() is None, log_path.read_text()
+            time.sleep(0.2)
+        assert "worker ready" in log_path.read_text()
+        assert nats.process is not None
+        if broker == "stopped":
+            nats.stop()
+            time.sleep(1.0)  # the client notices and starts reconnecting
+        else:
+            nats.process.send_signal(signal.SIGSTOP)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if nats.process is not None:
+            nats.process.send_signal(signal.SIGCONT)
+        nats.stop()
+    assert proc.returncode == 0, log_path.read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -76,3 +78,16 @@ async def connect(options: BusOptions, name: str) -> Client:
     nc = await nats.connect(**kwargs)  # type: ignore[arg-type]
     log.info("nats connected", url=options.url, cluster=options.cluster)
     return nc
+
+
+async def disconnect(nc: Client, timeout_s: float = 5.0) -> None:
+    """Drain then close. With the broker gone, nats-py's drain raises (the client is reconnecting) or
+    waits forever, and a client left in that state retries for good and keeps the process alive after
+    its service stopped; so the drain gets a bounded wait and the close always happens."""
+    try:
+        await asyncio.wait_for(nc.drain(), timeout_s)
+    except Exception as exc:
+        log.info("nats drain skipped; closing", error=repr(exc))
+    if not nc.is_closed:
+        with contextlib.suppress(Exception):
+            await nc.close()

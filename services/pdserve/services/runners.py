@@ -109,7 +109,7 @@ async def serve_router(args: argparse.Namespace) -> None:
     configure_logging("router", args.log_level)
     from pdserve.models import builtin_model_path
     from pdserve.protocol import Subjects
-    from pdserve.services.bus import connect
+    from pdserve.services.bus import connect, disconnect
     from pdserve.services.cluster_backend import ClusterBackend
     from pdserve.services.router.app import create_app
     from pdserve.services.router.server import run_router
@@ -141,4 +141,4 @@ async def serve_router(args: argparse.Namespace) -> None:
         await run_router(app, args.host, args.port)
     finally:
         await backend.close()
-        await nc.drain()
+        await disconnect(nc)

@@ -32,7 +32,7 @@ from pdserve.protocol import (
     decode,
     encode,
 )
-from pdserve.services.bus import BusOptions, connect
+from pdserve.services.bus import BusOptions, connect, disconnect
 from pdserve.serving.chunks import error_chunk
 from pdserve.serving.engine_loop import EngineLoop
 
@@ -132,8 +132,7 @@ class WorkerBase(abc.ABC):
             task.cancel()
         await self.loop.stop()
         if self.nc is not None:
-            with contextlib.suppress(Exception):
-                await self.nc.drain()
+            await disconnect(self.nc)
         log.info("worker stopped")
 
     # -- heartbeats -----------------------------------------------------------------------
