@@ -79,7 +79,10 @@ def test_worker_exits_on_sigterm_when_its_broker_is_unreachable(tmp_path: object
         else:
             nats.process.send_signal(signal.SIGSTOP)
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"worker still running 20 s after SIGTERM ({broker} broker):\n{log_path.read_text()}")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -81,9 +81,15 @@ async def connect(options: BusOptions, name: str) -> Client:
 
 
 async def disconnect(nc: Client, timeout_s: float = 5.0) -> None:
-    """Drain then close. With the broker gone, nats-py's drain raises (the client is reconnecting) or
-    waits forever, and a client left in that state retries for good and keeps the process alive after
-    its service stopped; so the drain gets a bounded wait and the close always happens."""
+    """Drain then close, and make sure no reconnect loop outlives the client.
+
+    With the broker gone, nats-py's drain raises (the client is reconnecting) or waits forever; and its
+    reconnect loop can miss the cancel that close() sends (a cancel landing on a failed connect attempt
+    is swallowed), then retry for good and keep the process alive after its service stopped. So the
+    drain gets a bounded wait, the close always happens, and the client is first told to give up after
+    one more attempt, which ends such a loop by itself.
+    """
+    nc.options["max_reconnect_attempts"] = 1
     try:
         await asyncio.wait_for(nc.drain(), timeout_s)
     except Exception as exc:
@@ -91,3 +97,7 @@ async def disconnect(nc: Client, timeout_s: float = 5.0) -> None:
     if not nc.is_closed:
         with contextlib.suppress(Exception):
             await nc.close()
+    reconnecting = getattr(nc, "_reconnection_task", None)  # private: only waited on, never changed
+    deadline = time.monotonic() + timeout_s
+    while reconnecting is not None and not reconnecting.done() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
