@@ -215,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--max-inflight", type=int, default=1024, help="the gateway's --max-inflight")
     up.add_argument("--log-dir", default=None, help="where each process writes its log (default: a temp dir)")
     up.add_argument("--pin", default=None, help="CPU cores per process, e.g. 'router=0;prefill=0;decode=1'")
+    up.add_argument(
+        "--nice",
+        default=None,
+        help="lower priority (niceness 0-19) per role, e.g. 'router=10': on cores the workers share with "
+        "the router, the engine's threads keep running while the router waits its turn (docs/benchmarks.md)",
+    )
     up.add_argument("--log-level", default="info", help="debug, info, warning, error")
     up.set_defaults(func=_up)
 

@@ -26,6 +26,8 @@ import httpx
 from pdserve.cpu_cores import parse_cores
 
 STARTUP_TIMEOUT_S = 300.0
+# The processes `pdserve up` starts, by role (the names --pin and --nice take).
+ROLES = frozenset({"router", "worker", "prefill", "decode"})
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Child:
     argv: list[str]
     log_path: Path
     cores: set[int] | None = None
+    niceness: int = 0
     process: subprocess.Popen[bytes] | None = None
     log_file: IO[bytes] | None = None
     reported: bool = False
@@ -41,17 +44,24 @@ class Child:
     def start(self, env: dict[str, str]) -> None:
         self.log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child
         child_env = dict(env)
-        preexec = None
-        if self.cores:
-            cores = set(self.cores)
+        cores = set(self.cores) if self.cores else None
+        niceness = self.niceness
+        if cores:
             child_env["PDSERVE_TORCH_THREADS"] = str(len(cores))
             child_env["OMP_NUM_THREADS"] = str(len(cores))
 
-            def preexec() -> None:
+        def preexec() -> None:
+            if cores:
                 os.sched_setaffinity(0, cores)
+            if niceness:
+                os.nice(niceness)
 
         self.process = subprocess.Popen(
-            self.argv, stdout=self.log_file, stderr=subprocess.STDOUT, env=child_env, preexec_fn=preexec
+            self.argv,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            env=child_env,
+            preexec_fn=preexec if cores or niceness else None,
         )
 
     @property
@@ -90,6 +100,24 @@ def parse_pin(spec: str | None) -> dict[str, set[int]]:
     return pins
 
 
+def parse_nice(spec: str | None) -> dict[str, int]:
+    """'router=10;prefill=5' -> role -> niceness increment (0..19: raising priority needs privileges)."""
+    nice: dict[str, int] = {}
+    for part in (spec or "").split(";"):
+        if not part.strip():
+            continue
+        role, _, value = part.partition("=")
+        try:
+            increment = int(value)
+        except ValueError:
+            increment = -1
+        if role.strip() not in ROLES or not 0 <= increment <= 19:
+            msg = f"pdserve up: bad --nice entry {part!r}; expected role=0..19 like router=10, roles {sorted(ROLES)}"
+            raise SystemExit(msg)
+        nice[role.strip()] = increment
+    return nice
+
+
 def wait_for_port(port: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -116,13 +144,14 @@ def plan(args: argparse.Namespace, nats_url: str, log_dir: Path) -> list[Child]:
     py = [sys.executable, "-m", "pdserve.cli"]
     bus = ["--nats", nats_url, "--cluster", args.cluster, "--log-level", args.log_level]
     pins = parse_pin(args.pin)
+    nice = parse_nice(args.nice)
     router = [*py, "router", *bus, "--host", args.host, "--port", str(args.port)]
     router += ["--max-inflight", str(args.max_inflight)]
     if args.model is not None:
         router += ["--model", args.model]
     if args.api_key:
         router += ["--api-key", args.api_key]
-    children = [Child("router", router, log_dir / "router.log", pins.get("router"))]
+    children = [Child("router", router, log_dir / "router.log", pins.get("router"), nice.get("router", 0))]
     if args.mode == "colocated":
         roles = [("worker", args.workers)]
     else:
@@ -132,7 +161,8 @@ def plan(args: argparse.Namespace, nats_url: str, log_dir: Path) -> list[Child]:
             raise SystemExit(f"pdserve up: need at least one {role} worker")
         for i in range(count):
             argv = [*py, role, *bus, *model_flags(args), "--worker-id", f"{role}-{i}"]
-            children.append(Child(f"{role}-{i}", argv, log_dir / f"{role}-{i}.log", pins.get(role)))
+            log_path = log_dir / f"{role}-{i}.log"
+            children.append(Child(f"{role}-{i}", argv, log_path, pins.get(role), nice.get(role, 0)))
     return children
 
 
