@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,8 +18,9 @@ from cluster_harness import NatsServer, free_port
 def test_pdserve_up_serves_and_stops(tmp_path: object) -> None:
     port = free_port()
     env = dict(os.environ, PDSERVE_LOG_LEVEL="info")
+    argv = [sys.executable, "-m", "pdserve.cli", "up", "--port", str(port), "--log-dir", str(tmp_path)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pdserve.cli", "up", "--port", str(port), "--log-dir", str(tmp_path)],
+        [*argv, "--nice", "router=3"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
@@ -43,6 +45,11 @@ def test_pdserve_up_serves_and_stops(tmp_path: object) -> None:
         assert r.json()["usage"]["completion_tokens"] == 8
         roles = sorted(w["role"] for w in httpx.get(f"{base}/cluster", timeout=5).json()["workers"])
         assert roles == ["decode", "prefill"]
+        # --nice router=3: the router runs 3 below our priority, the workers at ours.
+        pids = dict(re.findall(r"started (\S+) \(pid (\d+)\)", "".join(lines)))
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, int(pids["router"])) == min(ours + 3, 19)
+        assert os.getpriority(os.PRIO_PROCESS, int(pids["decode-0"])) == ours
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -90,3 +97,12 @@ def test_worker_exits_on_sigterm_when_its_broker_is_unreachable(tmp_path: object
             nats.process.send_signal(signal.SIGCONT)
         nats.stop()
     assert proc.returncode == 0, log_path.read_text()
+
+
+@pytest.mark.parametrize("spec", ["router=-5", "router=20", "router=x", "gateway=3", "router"])
+def test_bad_nice_is_refused_before_anything_starts(spec: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pdserve.cli", "up", "--nice", spec], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode != 0
+    assert "bad --nice entry" in proc.stderr
