@@ -96,3 +96,30 @@ def test_rotary_in_place_matches_hf(dtype: torch.dtype, tokens: int, head_dim: i
     close(q, q_ref[0].transpose(0, 1))
     close(k, k_ref[0].transpose(0, 1))
     assert torch.equal(v, values)
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(1, 1), (3, 7), (64, 32000), (5, 1000)])
+def test_argmax_rows_matches_torch_on_float_values(rows: int, cols: int) -> None:
+    gen = torch.Generator().manual_seed(cols)
+    logits = torch.randn(rows, cols, generator=gen).to(torch.bfloat16)
+    if cols >= 7:
+        logits[0, : cols // 2] = logits[0].max()  # ties: the first index wins
+    assert torch.equal(cpu_layer_ops.argmax_rows(logits), logits.float().argmax(-1))
+
+
+def test_argmax_rows_special_values() -> None:
+    """NaN counts as the maximum (the first one wins), -0 equals +0, infinities order as values,
+    all-negative rows, and a row-strided view."""
+    logits = torch.full((7, 600), -3.0).to(torch.bfloat16)
+    logits[0, 400], logits[0, 300] = float("nan"), -float("nan")
+    logits[1] = -0.0
+    logits[1, 10] = 0.0
+    logits[2, 599] = float("inf")
+    logits[3] = float("-inf")
+    logits[4, 0], logits[4, 1] = 0.0, -0.0
+    logits[5, 257] = -2.5
+    logits[6, 255] = 1e30
+    wide = torch.zeros(7, 900, dtype=torch.bfloat16)
+    wide[:, :600] = logits
+    for x in (logits, wide[:, :600]):
+        assert torch.equal(cpu_layer_ops.argmax_rows(x), x.float().argmax(-1))

@@ -13,6 +13,7 @@
  * the per-head rows of a packed q/k/v projection ([tokens, heads, head_dim] views).
  */
 
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -170,6 +171,52 @@ int pdserve_rotary_in_place(void *x, const void *cos, const void *sin, int64_t r
             store(r, i, n, new_low, dtype);
             store(r, half + i, n, new_high, dtype);
         }
+    }
+    return 0;
+}
+
+/* Greedy sampling's argmax over bf16 logits, without the float32 copy torch would need: as torch.argmax
+ * on the float values, out[r] is the first index of row r's maximum, NaN counting as above everything
+ * and -0 equal to +0. Each bf16 becomes an integer key that orders like its value (negative values
+ * flip their magnitude bits); the row is scanned in blocks keeping the first block with the largest
+ * key, then that block for the first matching index. Rows are dense, row_stride elements apart. */
+#define ARGMAX_BLOCK 256
+
+static inline int32_t order_key(uint16_t bits) {
+    const int32_t v = (int16_t)bits;
+    const int32_t key = v ^ ((v >> 31) & 0x7fff);
+    return key == -1 ? 0 : key; /* -0 (the only bits giving -1) orders as +0 */
+}
+
+static inline int is_nan_bf16(uint16_t bits) { return (bits & 0x7fffu) > 0x7f80u; }
+
+int pdserve_argmax_bf16_rows(int64_t *out, const uint16_t *x, int64_t rows, int64_t cols, int64_t row_stride,
+                             int num_threads) {
+    if (cols < 1) return 1;
+#pragma omp parallel for num_threads(num_threads) if (rows * cols >= MIN_PARALLEL_ELEMENTS)
+    for (int64_t row = 0; row < rows; row++) {
+        const uint16_t *values = x + row * row_stride;
+        int32_t best = INT32_MIN;
+        int64_t best_block = 0;
+        int nan = 0;
+        for (int64_t start = 0; start < cols; start += ARGMAX_BLOCK) {
+            const int64_t end = start + ARGMAX_BLOCK < cols ? start + ARGMAX_BLOCK : cols;
+            int32_t block_max = INT32_MIN;
+            for (int64_t i = start; i < end; i++) { /* vectorized: integer max and or */
+                const int32_t key = order_key(values[i]);
+                block_max = key > block_max ? key : block_max;
+                nan |= is_nan_bf16(values[i]);
+            }
+            if (block_max > best) best = block_max, best_block = start;
+        }
+        int64_t index = best_block;
+        if (nan) { /* rare: a broken model; torch returns the first NaN */
+            for (index = 0; !is_nan_bf16(values[index]); index++) {
+            }
+        } else {
+            while (order_key(values[index]) != best) index++;
+        }
+        out[row] = index;
     }
     return 0;
 }

@@ -1,4 +1,4 @@
-"""RMSNorm, residual add + RMSNorm and rotary embedding on CPU tensors, in C.
+"""RMSNorm, residual add + RMSNorm, rotary embedding and greedy argmax on CPU tensors, in C.
 
 Each replaces a chain of torch elementwise ops (a dtype cast, pow, mean, rsqrt, two muls for RMSNorm)
 with one pass over memory, rounding to bfloat16 where Hugging Face's torch code does, so results
@@ -25,6 +25,7 @@ _SIGNATURES: dict[str, list[type]] = {
     "pdserve_rms_norm": [_P] * 3 + [_I64] * 5 + [_F, _INT, _INT],
     "pdserve_add_rms_norm": [_P] * 4 + [_I64] * 2 + [_F, _INT, _INT],
     "pdserve_rotary_in_place": [_P] * 3 + [_I64] * 5 + [_INT, _INT],
+    "pdserve_argmax_bf16_rows": [_P] * 2 + [_I64] * 3 + [_INT],
 }
 
 
@@ -97,6 +98,18 @@ def rotary_in_place(x: Tensor, cos: Tensor, sin: Tensor) -> None:
         DTYPE_CODES[x.dtype], torch.get_num_threads(),
     )  # fmt: skip
     assert err == 0, "odd rotary dimension"
+
+
+def argmax_rows(x: Tensor) -> Tensor:
+    """torch.argmax(x.float(), dim=-1) for bfloat16 logits x [N, V] with dense rows, without the copy:
+    the first index of each row's maximum (NaN above everything, -0 equal to +0), int64 [N]."""
+    assert x.dim() == 2 and x.dtype == torch.bfloat16 and supports(x) and x.stride(-1) == 1 and x.shape[1] > 0
+    out = torch.empty(x.shape[0], dtype=torch.int64)
+    if x.shape[0]:
+        _lib().pdserve_argmax_bf16_rows(
+            out.data_ptr(), x.data_ptr(), x.shape[0], x.shape[1], x.stride(0), torch.get_num_threads()
+        )
+    return out
 
 
 def _row_layout(x: Tensor) -> tuple[int, tuple[int, int, int]]:

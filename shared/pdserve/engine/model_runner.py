@@ -34,7 +34,7 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
         """Compute the batch; return the sequences that reached their last token (and so
-        sample next) with their logits, float32 [N, vocab]."""
+        sample next) with their logits [N, vocab] in the model's dtype."""
         # Decodes (one token) first: they share one batched attention call.
         entries = sorted(batch.entries, key=lambda e: e[1] != 1)
         input_ids: list[int] = []
@@ -86,7 +86,7 @@ class ModelRunner:
             return sampling, torch.empty(0)
         rows = torch.tensor(logit_rows, dtype=torch.int64, device=dev)
         # Only the rows that sample go through lm_head: T x vocab logits would dominate prefill.
-        logits = self.lm_head(hidden[0].index_select(0, rows)).float()
+        logits = self.lm_head(hidden[0].index_select(0, rows))
         return sampling, logits
 
 
