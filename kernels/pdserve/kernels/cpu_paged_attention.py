@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from pdserve.kernels.native_build import load_bound
+from pdserve.kernels.native_paged import check_cache_and_tables, check_int32_vector, raise_for
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("cpu_paged_attention.c")
@@ -74,17 +75,10 @@ def paged_attention_decode(
     library = _library()
     assert library is not None, "the native kernel is not available"
     batch, num_heads, head_dim = query.shape
-    num_blocks, block_size, num_kv_heads, cache_head_dim = k_cache.shape
+    num_blocks, block_size, num_kv_heads = k_cache.shape[:3]
     assert supports(query, k_cache), "dtype, device or sizes the C kernel does not handle"
-    assert cache_head_dim == head_dim and num_heads % num_kv_heads == 0
-    # The kernel computes row addresses from the shape alone.
-    assert k_cache.is_contiguous() and v_cache.is_contiguous() and v_cache.shape == k_cache.shape
-    assert v_cache.dtype == k_cache.dtype and v_cache.device == k_cache.device
-    assert query.stride(-1) == 1, "each query head's D values must be dense"
-    assert block_tables.dtype == torch.int32 and block_tables.dim() == 2 and block_tables.shape[0] == batch
-    assert block_tables.stride(-1) == 1 and block_tables.device.type == "cpu"
-    assert context_lens.dtype == torch.int32 and context_lens.shape == (batch,) and context_lens.is_contiguous()
-    assert context_lens.device.type == "cpu"
+    check_cache_and_tables(query, k_cache, v_cache, block_tables, batch)
+    check_int32_vector("context_lens", context_lens, batch)
     out = torch.empty(batch, num_heads, head_dim, dtype=query.dtype)
     if batch == 0:
         return out
@@ -109,8 +103,5 @@ def paged_attention_decode(
         DTYPE_CODES[query.dtype],
         torch.get_num_threads(),
     )
-    if err == 1:
-        raise MemoryError(ERRORS[err])
-    if err:
-        raise ValueError(f"paged_attention_decode: {ERRORS.get(err, f'error {err}')}")
+    raise_for(err, ERRORS, "paged_attention_decode")
     return out

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from pdserve.kernels.native_build import load_bound
+from pdserve.kernels.native_paged import check_cache_and_tables, check_int32_vector, raise_for
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("cpu_prefill_attention.c")
@@ -78,19 +79,12 @@ def paged_attention_prefill(
     library = _library()
     assert library is not None, "the native kernel is not available"
     tokens, num_heads, head_dim = query.shape
-    num_blocks, block_size, num_kv_heads, cache_head_dim = k_cache.shape
+    num_blocks, block_size, num_kv_heads = k_cache.shape[:3]
     batch = context_lens.shape[0]
     assert supports(query, k_cache), "dtype, device or sizes the C kernel does not handle"
-    assert cache_head_dim == head_dim and num_heads % num_kv_heads == 0
-    # The kernel computes row addresses from the shape alone.
-    assert k_cache.is_contiguous() and v_cache.is_contiguous() and v_cache.shape == k_cache.shape
-    assert v_cache.dtype == k_cache.dtype and v_cache.device == k_cache.device
-    assert query.stride(-1) == 1, "each query head's D values must be dense"
-    assert block_tables.dtype == torch.int32 and block_tables.dim() == 2 and block_tables.shape[0] == batch
-    assert block_tables.stride(-1) == 1 and block_tables.device.type == "cpu"
-    for name, meta, size in (("cu_seqlens_q", cu_seqlens_q, batch + 1), ("context_lens", context_lens, batch)):
-        assert meta.dtype == torch.int32 and meta.shape == (size,) and meta.is_contiguous(), name
-        assert meta.device.type == "cpu", name
+    check_cache_and_tables(query, k_cache, v_cache, block_tables, batch)
+    check_int32_vector("cu_seqlens_q", cu_seqlens_q, batch + 1)
+    check_int32_vector("context_lens", context_lens, batch)
     assert int(cu_seqlens_q[-1]) == tokens, "cu_seqlens_q must end at the number of query tokens"
     out = torch.empty(tokens, num_heads, head_dim, dtype=query.dtype)
     if batch == 0 or tokens == 0:
@@ -116,8 +110,5 @@ def paged_attention_prefill(
         scale,
         torch.get_num_threads(),
     )
-    if err == 1:
-        raise MemoryError(ERRORS[err])
-    if err:
-        raise ValueError(f"paged_attention_prefill: {ERRORS.get(err, f'error {err}')}")
+    raise_for(err, ERRORS, "paged_attention_prefill")
     return out
