@@ -167,7 +167,9 @@ def plan(args: argparse.Namespace, nats_url: str, log_dir: Path) -> list[Child]:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    parse_pin(args.pin), parse_nice(args.nice)  # bad flags fail here, before nats-server starts
+    # Bad --pin or --nice fail here, before nats-server starts.
+    parse_pin(args.pin)
+    parse_nice(args.nice)
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="pdserve-up-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
