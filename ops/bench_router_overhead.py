@@ -39,6 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import router_bench_roles as roles
+from pdserve import event_loop
 
 PROMPT = "hello world"
 
@@ -268,16 +269,16 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.command == "serve-local":
-        asyncio.run(roles.serve_local(args.port))
+        event_loop.run(roles.serve_local(args.port))
     elif args.command == "token-source":
-        asyncio.run(roles.token_source(args.nats, args.cluster, "fake-worker"))
+        event_loop.run(roles.token_source(args.nats, args.cluster, "fake-worker"))
     elif args.command == "clients":
         pids = json.loads(args.pids)
         load = roles.stream_clients(args.port, args.concurrency, args.tokens, args.warmup, args.seconds, pids)
-        print(json.dumps(asyncio.run(load)))
+        print(json.dumps(event_loop.run(load)))
     else:
         run = run_latency if args.command == "latency" else run_throughput
-        print(json.dumps(asyncio.run(run(args)), indent=2))
+        print(json.dumps(event_loop.run(run(args)), indent=2))
 
 
 if __name__ == "__main__":

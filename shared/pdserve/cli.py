@@ -121,8 +121,7 @@ def add_router_limit_args(parser: argparse.ArgumentParser) -> None:
 
 def _serve(role: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        import asyncio
-
+        from pdserve import event_loop
         from pdserve.protocol import check_token
         from pdserve.services import runners
 
@@ -131,12 +130,13 @@ def _serve(role: str) -> Callable[[argparse.Namespace], int]:
             check_token(args.cluster, "--cluster")
             if getattr(args, "worker_id", None):
                 check_token(args.worker_id, "--worker-id")
+            event_loop.loop_factory()  # a bad PDSERVE_EVENT_LOOP is refused before the model loads
         except ValueError as exc:
             raise PdserveError(str(exc)) from None
         if role == "router":
-            asyncio.run(runners.serve_router(args))
+            event_loop.run(runners.serve_router(args))
         else:
-            asyncio.run(runners.serve_worker(role, args))
+            event_loop.run(runners.serve_worker(role, args))
         return 0
 
     return run

@@ -10,6 +10,7 @@ import socket
 
 import structlog
 import torch
+from pdserve import event_loop
 from pdserve.engine.config import EngineConfig
 from pdserve.engine.llm_engine import LLMEngine
 from pdserve.log_setup import configure_logging
@@ -99,6 +100,7 @@ async def serve_worker(role: str, args: argparse.Namespace) -> None:
     else:
         worker = ColocatedWorker(engine, bus_options(args), **common)
     stop = stop_event()
+    log.info("starting worker", role=role, event_loop=event_loop.name())
     await worker.start()
     await stop.wait()
     log.info("signal received; draining")
@@ -136,7 +138,7 @@ async def serve_router(args: argparse.Namespace) -> None:
         max_n=args.max_n,
         max_inflight=args.max_inflight,
     )
-    log.info("router listening", host=args.host, port=args.port, cluster=options.cluster)
+    log.info("router listening", host=args.host, port=args.port, cluster=options.cluster, event_loop=event_loop.name())
     try:
         await run_router(app, args.host, args.port)
     finally:

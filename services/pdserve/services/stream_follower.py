@@ -68,9 +68,12 @@ class AttemptFollower:
                 yield error_chunk("", "router", "request deadline passed", 504, self.next_index)
                 return
             try:
-                # wait_for costs a task per call: skip it while chunks are already waiting (under load).
+                # A timer per wait: skipped while chunks are already waiting (under load). Not
+                # wait_for, which on Python 3.11 can swallow a cancel (the client went away) that
+                # lands as a chunk arrives, so the request would run on to its end.
                 if self.queue.empty():
-                    chunk = await asyncio.wait_for(self.queue.get(), timeout=min(self.policy.poll_s, remaining))
+                    async with asyncio.timeout(min(self.policy.poll_s, remaining)):
+                        chunk = await self.queue.get()
                 else:
                     chunk = self.queue.get_nowait()
             except TimeoutError:

@@ -78,7 +78,9 @@ class LocalBackend:
             while True:
                 timeout = request.deadline - time.time()
                 try:
-                    chunk = await asyncio.wait_for(queue.get(), timeout=max(timeout, 0.001))
+                    # Not wait_for: on Python 3.11 it can swallow a cancel that lands as a chunk arrives.
+                    async with asyncio.timeout(max(timeout, 0.001)):
+                        chunk = await queue.get()
                 except TimeoutError:
                     yield error_chunk(rid, self.worker_id, "request deadline passed", 504)
                     return

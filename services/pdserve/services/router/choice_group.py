@@ -3,6 +3,10 @@
 The router waits for every choice's first delta before answering, so a refusal (no capacity, a
 bad prompt) is still a proper HTTP status rather than a broken stream. After that, deltas of all
 choices are read concurrently (one task per choice) and handed out in arrival order.
+
+A request with one choice (nearly all of them) is read directly, without those tasks and their
+queue: each task costs its creation, a loop iteration per delta and a cancel, which measurably
+added to the router's latency per request (docs/benchmarks.md, router overhead).
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ class ChoiceGroup:
 
     async def wait_first(self) -> None:
         """Wait until every choice has its first delta. Raises the first ApiError (the caller closes)."""
+        if len(self.choices) == 1:
+            await self.choices[0].peek()
+            return
         tasks = [asyncio.create_task(choice.peek()) for choice in self.choices]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -53,6 +60,19 @@ class ChoiceGroup:
 
     async def next(self) -> tuple[ChoiceStream, TokenDelta] | None:
         """The next delta of any choice, in arrival order; None once every choice has finished."""
+        if len(self.choices) == 1:
+            return await self._next_single()
+        return await self._next_any()
+
+    async def _next_single(self) -> tuple[ChoiceStream, TokenDelta] | None:
+        choice = self.choices[0]
+        delta = await choice.next()
+        if delta is None:
+            return None
+        self.metrics.generated_tokens += len(delta.token_ids)
+        return choice, delta
+
+    async def _next_any(self) -> tuple[ChoiceStream, TokenDelta] | None:
         if self._pumps is None:
             self._pumps = [asyncio.create_task(self._pump(choice)) for choice in self.choices]
         while self._running:
