@@ -14,7 +14,7 @@ from pdserve.services.router.api_responses import PromptTokensDetails, Usage
 from pdserve.services.router.choice_group import ChoiceGroup
 from pdserve.services.router.choice_stream import ChoiceStream
 from pdserve.services.router.context import RouterContext
-from pdserve.services.router.disconnect import ClientDisconnected, until_disconnect
+from pdserve.services.router.disconnect import ClientDisconnected, DisconnectWatch
 from pdserve.services.router.sse import SseResponse
 from pydantic import BaseModel
 from starlette.responses import Response
@@ -39,18 +39,20 @@ async def answer(
     Errors before the first token (ApiError) propagate, so they become HTTP statuses.
     """
     handed_off = False
+    watch = DisconnectWatch(request.receive)
     try:
-        await until_disconnect(request.receive, group.wait_first())
+        await watch.guard(group.wait_first())
         if stream:
             handed_off = True
-            return SseResponse(events(group), on_disconnect=lambda: _count_disconnect(ctx))
-        await until_disconnect(request.receive, group.run_to_end())
+            return SseResponse(events(group), on_disconnect=lambda: _count_disconnect(ctx), watch=watch)
+        await watch.guard(group.run_to_end())
         return Response(body(group).model_dump_json(exclude_unset=True), media_type="application/json")
     except ClientDisconnected:
         _count_disconnect(ctx)
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     finally:
         if not handed_off:
+            watch.close()
             await group.aclose()
 
 

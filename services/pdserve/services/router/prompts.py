@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -35,6 +35,7 @@ class PromptTokenizer:
         self.tokenizer = tokenizer
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdserve-tokenize")
         self._queued = 0  # jobs submitted to the thread and not finished; changed on the loop only
+        self._encode = fast_encoder(tokenizer) or (lambda text: list(tokenizer(text, verbose=False).input_ids))
 
     async def encode(self, text: str, param: str = "prompt") -> list[int]:
         """Token ids of `text` exactly as the engine's own `tokenize` would produce them."""
@@ -42,7 +43,7 @@ class PromptTokenizer:
             raise invalid_request(f"{param} is empty", param=param)
         # verbose=False: a prompt longer than the model's context is refused by the caller with a
         # clear 400; transformers' own warning about it would only add noise to the logs.
-        ids = await self._run(lambda: list(self.tokenizer(text, verbose=False).input_ids), len(text))
+        ids = await self._run(lambda: self._encode(text), len(text))
         if not ids:
             raise invalid_request(f"{param} has no tokens", param=param)
         return ids
@@ -86,6 +87,41 @@ class PromptTokenizer:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def fast_encoder(tokenizer: Any) -> Callable[[str], list[int]] | None:
+    """The Rust tokenizer's own `encode`, when it gives exactly what `tokenizer(text).input_ids` gives.
+
+    For a fast tokenizer that call is a Python layer (argument checks, truncation and padding
+    set on the backend, a batch of one, a BatchEncoding) around the backend's encode: about
+    three quarters of its time for a short prompt. Used only when the class does not override
+    that layer, the backend neither truncates nor pads, and probe texts (special tokens,
+    Unicode, whitespace) come out the same both ways; otherwise None and the full call is used.
+    """
+    backend = getattr(tokenizer, "_tokenizer", None)
+    try:
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:
+        return None
+    if not isinstance(tokenizer, TokenizersBackend) or backend is None:
+        return None
+    if type(tokenizer)._encode_plus is not TokenizersBackend._encode_plus:
+        return None
+    probes = ["hello world", "  two  spaces\n\tand a tab ", "héllo wörld, 世界 🙂", "x" * 300]
+    probes += [f"{t} mid {t}" for t in getattr(tokenizer, "all_special_tokens", [])[:4]]
+    try:
+        expected = [list(tokenizer(p, verbose=False).input_ids) for p in probes]  # also sets the backend's state
+        if backend.truncation is not None or backend.padding is not None:
+            return None
+
+        def encode(text: str) -> list[int]:
+            return list(backend.encode(text, add_special_tokens=True).ids)
+
+        if [encode(p) for p in probes] != expected:
+            return None
+    except Exception:  # an unusual tokenizer: the full call is always right
+        return None
+    return encode
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Any) -> None:

@@ -16,7 +16,7 @@ import json
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-from pdserve.services.router.disconnect import wait_for_disconnect
+from pdserve.services.router.disconnect import ClientDisconnected, DisconnectWatch
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -34,7 +34,13 @@ def sse_json(payload_json: str) -> bytes:
 class SseResponse(Response):
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncGenerator[bytes, None], on_disconnect: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        events: AsyncGenerator[bytes, None],
+        on_disconnect: Callable[[], None] | None = None,
+        watch: DisconnectWatch | None = None,
+    ) -> None:
+        """`watch`: the request's disconnect watcher, if it has one already (this response closes it)."""
         # Like StreamingResponse: no body attribute, hence no Content-Length header.
         self.status_code = 200
         self.background = None
@@ -42,23 +48,19 @@ class SseResponse(Response):
         self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.events = events
         self.on_disconnect = on_disconnect
+        self.watch = watch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        streamer = asyncio.create_task(self._stream(send))
-        watcher = asyncio.create_task(wait_for_disconnect(receive))
+        watch = self.watch or DisconnectWatch(receive)
         try:
-            await asyncio.wait({streamer, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            disconnected = not streamer.done() or isinstance(_exception(streamer), OSError)
-            if disconnected and self.on_disconnect is not None:
-                self.on_disconnect()
+            try:
+                await watch.guard(self._stream(send))
+            except (ClientDisconnected, OSError):  # gone while idle, or a write to it failed
+                if self.on_disconnect is not None:
+                    self.on_disconnect()
         finally:
-            for task in (streamer, watcher):
-                task.cancel()
-            await asyncio.gather(streamer, watcher, return_exceptions=True)
+            watch.close()
             await self.events.aclose()
-        error = _exception(streamer)
-        if error is not None and not isinstance(error, OSError):
-            raise error
 
     async def _stream(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -118,9 +120,3 @@ class _EventBatch:
         self._size = 0
         self._room.set()
         return body
-
-
-def _exception(task: asyncio.Task[None]) -> BaseException | None:
-    if not task.done() or task.cancelled():
-        return None
-    return task.exception()
