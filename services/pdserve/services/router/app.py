@@ -14,12 +14,13 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from pdserve.services.router.admission import AdmissionMiddleware
 from pdserve.services.router.api_keys import ApiKeyMiddleware, bearer_scheme
-from pdserve.services.router.api_requests import MAX_CHOICES
+from pdserve.services.router.api_requests import MAX_CHOICES, ChatCompletionRequest, CompletionRequest
 from pdserve.services.router.body_limit import BodyLimitMiddleware
-from pdserve.services.router.chat import chat_router
-from pdserve.services.router.completions import completions_router
+from pdserve.services.router.chat import chat_complete, chat_router
+from pdserve.services.router.completions import complete, completions_router
 from pdserve.services.router.context import RouterContext
 from pdserve.services.router.error_handlers import install_error_handlers
+from pdserve.services.router.fast_routes import FastRoute, FastRoutes
 from pdserve.services.router.openapi_docs import publish_limits
 from pdserve.services.router.prompts import PromptTokenizer
 from pdserve.services.router.request_context import RequestContextMiddleware
@@ -44,6 +45,7 @@ def create_app(
     max_tokens_limit: int | None = None,
     max_n: int = 8,
     max_inflight: int = DEFAULT_MAX_INFLIGHT,
+    fast_routes: bool = True,
 ) -> FastAPI:
     """An app serving `model_name` through `backend`; `tokenizer` is that model's Hugging Face tokenizer.
 
@@ -52,6 +54,8 @@ def create_app(
     `max_tokens_limit` (tokens) and `max_n` (choices per prompt) bound what one request may ask.
     At most `max_inflight` completion and chat requests are served at once; more get 429.
     The app's state holds the RouterContext as `app.state.router` (tests read its metrics).
+    `fast_routes` serves the two generation routes past FastAPI's routing layer (fast_routes.py);
+    off, FastAPI routes them too (the tests compare both).
     """
     _check_positive(request_timeout_s=request_timeout_s, max_body_bytes=max_body_bytes, max_n=max_n)
     _check_positive(max_inflight=max_inflight)
@@ -89,8 +93,17 @@ def create_app(
     app.include_router(status_router(ctx))
     publish_limits(app, ctx.limits)
 
-    # The last added runs first: request context, the API key, admission, then the body limit;
-    # so a request refused for its key or for capacity is answered before its body is read.
+    # The last added runs first: request context, the API key, admission, the body limit, then
+    # the generation fast path; so a request refused for its key or for capacity is answered
+    # before its body is read.
+    if fast_routes:
+        routes = {
+            "/v1/completions": FastRoute(CompletionRequest, lambda body, request: complete(ctx, body, request)),
+            "/v1/chat/completions": FastRoute(
+                ChatCompletionRequest, lambda body, request: chat_complete(ctx, body, request)
+            ),
+        }
+        app.add_middleware(FastRoutes, routes=routes)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
     app.add_middleware(AdmissionMiddleware, max_inflight=max_inflight, metrics=ctx.metrics)
     if api_keys:

@@ -50,12 +50,12 @@ def chat_router(ctx: RouterContext) -> APIRouter:
         summary="Create a chat completion (OpenAI-compatible)",
     )
     async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
-        return await _chat(ctx, body, request)
+        return await chat_complete(ctx, body, request)
 
     return router
 
 
-async def _chat(ctx: RouterContext, body: ChatCompletionRequest, request: Request) -> Response:
+async def chat_complete(ctx: RouterContext, body: ChatCompletionRequest, request: Request) -> Response:
     deadline = ctx.deadline()
     ctx.check_model(body.model)
     check_unsupported(body)

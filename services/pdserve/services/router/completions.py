@@ -42,12 +42,12 @@ def completions_router(ctx: RouterContext) -> APIRouter:
         summary="Create a completion (OpenAI-compatible)",
     )
     async def create_completion(body: CompletionRequest, request: Request) -> Response:
-        return await _complete(ctx, body, request)
+        return await complete(ctx, body, request)
 
     return router
 
 
-async def _complete(ctx: RouterContext, body: CompletionRequest, request: Request) -> Response:
+async def complete(ctx: RouterContext, body: CompletionRequest, request: Request) -> Response:
     deadline = ctx.deadline()
     ctx.check_model(body.model)
     check_unsupported(body)

@@ -38,6 +38,10 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
+    return http_error_response(request, exc)
+
+
+def http_error_response(request: Request, exc: HTTPException) -> Response:
     # Routing (404, 405) and body parsing (400) raise these; keep their status and headers (Allow).
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
     if exc.status_code == 404:
