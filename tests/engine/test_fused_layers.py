@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pdserve.engine import packed_linear
 from pdserve.engine.attention import ATTN_IMPLEMENTATION, AttentionMetadata, attention_metadata
 from pdserve.engine.fused_layers import fuse_decoder_layers
 from pdserve.kernels import native_build
@@ -87,3 +88,39 @@ def test_packed_projections_keep_the_weights(model_dirs: dict[str, Path]) -> Non
     after = loaded.model.state_dict()
     assert after.keys() == state.keys()
     assert all(torch.equal(after[name], tensor) for name, tensor in state.items())
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_packed_weights_give_bit_identical_states_and_free_the_copies(
+    model_dirs: dict[str, Path], arch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not packed_linear.available(torch.bfloat16):
+        pytest.skip("no oneDNN weight packing for bf16 in this torch build")
+    packed, unpacked = (
+        load_model(model_dirs[arch], dtype=torch.bfloat16, attn_implementation=ATTN_IMPLEMENTATION) for _ in "ab"
+    )
+    weight_bytes = sum(p.numel() for p in unpacked.model.parameters())
+    assert fuse_decoder_layers(packed.model)
+    with monkeypatch.context() as patch:
+        patch.setattr(packed_linear, "available", lambda dtype: False)
+        assert fuse_decoder_layers(unpacked.model)
+    prompt = [(i * 37) % packed.vocab_size for i in range(45)]
+    for ours, theirs in zip(run_steps(packed, prompt), run_steps(unpacked, prompt), strict=True):
+        assert torch.equal(ours, theirs)
+    # The projections' own copies were released: only embeddings, norms and lm_head remain.
+    layers = packed.model.get_decoder().layers
+    assert all(
+        layer.self_attn.q_proj.weight.numel() == 0 and layer.mlp.down_proj.weight.numel() == 0 for layer in layers
+    )
+    assert sum(p.numel() for p in packed.model.parameters()) < weight_bytes
+
+
+def test_no_packing_in_float32_or_when_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not packed_linear.available(torch.float32)
+    monkeypatch.setenv(packed_linear.ENV_VAR, "0")
+    packed_linear.available.cache_clear()
+    try:
+        assert not packed_linear.available(torch.bfloat16)
+    finally:
+        monkeypatch.delenv(packed_linear.ENV_VAR)
+        packed_linear.available.cache_clear()

@@ -5,11 +5,15 @@ pow, mean, cat, mul), each a pass over memory; on two CPU cores they took about 
 step. `fuse_decoder_layers` swaps each layer's forward for one that calls the C kernels in
 pdserve.kernels.cpu_layer_ops, with the same rounding points, and projects q, k and v with one matmul.
 The weights stay the model's own: q_proj, k_proj and v_proj become views into the packed matrix.
-Anything it does not cover (a GPU, another activation, the kernels failing to build) keeps HF's forward.
+In bf16 and fp16 the projections' weights are then packed for oneDNN (engine/packed_linear.py), which
+releases the modules' own copies. Anything it does not cover (a GPU, another activation, the kernels
+failing to build) keeps HF's forward.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,12 +22,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from pdserve.engine import packed_linear
 from pdserve.engine.attention import attend
 from pdserve.kernels import cpu_layer_ops
 
 # Model types whose decoder layer is Llama's (pre-norm RMSNorm, rotate_half RoPE, gated MLP), up to
 # Qwen2's q/k/v bias and Qwen3's per-head q/k norm, which the fused forward handles.
 FUSABLE_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+Projection = Callable[[Tensor], Tensor]  # x [T, in] -> [T, out]: an nn.Linear, or its packed form
 
 
 def fuse_decoder_layers(model: PreTrainedModel) -> bool:
@@ -67,14 +74,13 @@ class FusedDecoderLayer:
     eps: float
     input_norm: Tensor
     post_attention_norm: Tensor
-    qkv_weight: Tensor  # [(H + 2 Hkv) D, C]: q_proj, k_proj, v_proj stacked
-    qkv_bias: Tensor | None
+    qkv: Projection  # to [(H + 2 Hkv) D]: q_proj, k_proj, v_proj stacked in one matrix
     q_norm: Tensor | None  # Qwen3's per-head RMSNorm weights [D]
     k_norm: Tensor | None
-    o_proj: nn.Linear
-    gate_proj: nn.Linear
-    up_proj: nn.Linear
-    down_proj: nn.Linear
+    o_proj: Projection
+    gate_proj: Projection
+    up_proj: Projection
+    down_proj: Projection
 
     @classmethod
     def of(cls, layer: Any) -> FusedDecoderLayer:
@@ -84,6 +90,14 @@ class FusedDecoderLayer:
         qkv_weight = _pack_parameters(projections, "weight")
         qkv_bias = _pack_parameters(projections, "bias") if attn.q_proj.bias is not None else None
         q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+        linears: tuple[nn.Linear, ...] = (attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+        qkv: Projection = functools.partial(F.linear, weight=qkv_weight, bias=qkv_bias)
+        others: tuple[Projection, ...] = linears
+        if packed_linear.available(qkv_weight.dtype):
+            qkv = packed_linear.PackedLinear(qkv_weight, qkv_bias)
+            for view in projections:
+                packed_linear.release(view)  # the packed copy holds q, k and v now
+            others = tuple(packed_linear.pack_module(linear) for linear in linears)
         return cls(
             layer_idx=int(attn.layer_idx),
             num_heads=attn.q_proj.out_features // attn.head_dim,
@@ -93,14 +107,13 @@ class FusedDecoderLayer:
             eps=float(layer.input_layernorm.variance_epsilon),
             input_norm=layer.input_layernorm.weight,
             post_attention_norm=layer.post_attention_layernorm.weight,
-            qkv_weight=qkv_weight,
-            qkv_bias=qkv_bias,
+            qkv=qkv,
             q_norm=q_norm.weight if q_norm is not None else None,
             k_norm=k_norm.weight if k_norm is not None else None,
-            o_proj=attn.o_proj,
-            gate_proj=mlp.gate_proj,
-            up_proj=mlp.up_proj,
-            down_proj=mlp.down_proj,
+            o_proj=others[0],
+            gate_proj=others[1],
+            up_proj=others[2],
+            down_proj=others[3],
         )
 
     def forward(self, hidden_states: Tensor, position_embeddings: tuple[Tensor, Tensor], **kwargs: Any) -> Tensor:
@@ -108,7 +121,7 @@ class FusedDecoderLayer:
         residual = hidden_states[0]
         tokens = residual.shape[0]
         hidden = cpu_layer_ops.rms_norm(residual, self.input_norm, self.eps)
-        heads = F.linear(hidden, self.qkv_weight, self.qkv_bias).view(tokens, -1, self.head_dim)
+        heads = self.qkv(hidden).view(tokens, -1, self.head_dim)
         q_and_k = heads[:, : self.num_heads + self.num_kv_heads]
         if self.q_norm is not None and self.k_norm is not None:
             q, k = heads[:, : self.num_heads], heads[:, self.num_heads : self.num_heads + self.num_kv_heads]

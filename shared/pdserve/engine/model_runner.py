@@ -10,6 +10,7 @@ import os
 
 import torch
 
+from pdserve.engine import packed_linear
 from pdserve.engine.attention import AttentionMetadata, attention_metadata
 from pdserve.engine.fused_layers import fuse_decoder_layers
 from pdserve.engine.scheduler import ScheduledBatch
@@ -27,6 +28,11 @@ class ModelRunner:
         # PDSERVE_KERNELS=torch keeps every op in torch, Hugging Face's layers included.
         self.fused_layers = os.environ.get(BACKEND_ENV) != "torch" and fuse_decoder_layers(self.model)
         self.lm_head = self.model.get_output_embeddings()
+        if self.fused_layers and isinstance(self.lm_head, torch.nn.Linear) and packed_linear.available(loaded.dtype):
+            # lm_head is the largest single product of a decode step; a weight tied to the
+            # embeddings is still read by them, so it is packed as a copy.
+            tied = self.lm_head.weight.data_ptr() == self.decoder.embed_tokens.weight.data_ptr()
+            self.lm_head = packed_linear.pack_module(self.lm_head, shared=tied)
         shape = (num_blocks, block_size, loaded.num_kv_heads, loaded.head_dim)
         self.k_caches = [torch.zeros(shape, dtype=loaded.dtype, device=self.device) for _ in range(loaded.num_layers)]
         self.v_caches = [torch.zeros(shape, dtype=loaded.dtype, device=self.device) for _ in range(loaded.num_layers)]

@@ -97,6 +97,12 @@ class ChoiceGroup:
         if self._closed:
             return
         self._closed = True
+        if self._pumps is None and all(choice.finished for choice in self.choices):
+            # Nothing runs on the backend any more: closing only ends the finished streams,
+            # which no cancel can interrupt halfway, so the shield's task is not needed.
+            for choice in self.choices:
+                await choice.aclose()
+            return
         # Shielded: a cancelled handler must still free the requests' KV on the workers.
         await asyncio.shield(self._close())
 
