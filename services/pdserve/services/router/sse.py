@@ -68,6 +68,10 @@ class SseResponse(Response):
         producer = asyncio.create_task(self._produce(batch))
         try:
             while (body := await batch.take()) is not None:
+                if batch.finished and producer.done() and not producer.cancelled() and producer.exception() is None:
+                    # The last events: they and the end of the response go out in one write.
+                    await send({"type": "http.response.body", "body": body, "more_body": False})
+                    return
                 await send({"type": "http.response.body", "body": body, "more_body": True})
             await producer  # raises what the event source raised, once what it made is sent
         finally:
@@ -107,6 +111,11 @@ class _EventBatch:
     def close(self) -> None:
         self._closed = True
         self._ready.set()
+
+    @property
+    def finished(self) -> bool:
+        """Closed with nothing left to take: whatever was taken last was the end."""
+        return self._closed and not self._parts
 
     async def take(self) -> bytes | None:
         """Everything pending as one body, waiting for at least one event; None once closed and empty."""
