@@ -75,8 +75,11 @@ class SseResponse(Response):
                 await send({"type": "http.response.body", "body": body, "more_body": True})
             await producer  # raises what the event source raised, once what it made is sent
         finally:
-            producer.cancel()
-            await asyncio.gather(producer, return_exceptions=True)
+            if not producer.done():
+                producer.cancel()
+                await asyncio.gather(producer, return_exceptions=True)
+            elif not producer.cancelled():
+                producer.exception()  # a finished one needs no loop turn; its error is marked as seen
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _produce(self, batch: _EventBatch) -> None:
