@@ -87,6 +87,13 @@ class ChoiceGroup:
             return choice, delta
         return None
 
+    def ready(self) -> bool:
+        """True if the next `next()` returns without waiting for the backend: every choice has
+        finished, or the only one has a delta in hand. False when unsure."""
+        if all(choice.finished for choice in self.choices):
+            return True
+        return len(self.choices) == 1 and self._pumps is None and self.choices[0].has_delta_in_hand()
+
     async def run_to_end(self) -> None:
         """Read every choice to its end (the non-streaming path); results stay on the choices."""
         while await self.next() is not None:

@@ -67,6 +67,10 @@ class ChoiceStream:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    def has_delta_in_hand(self) -> bool:
+        """A delta was peeked and not yet consumed: `next()` returns it without waiting."""
+        return self._peeked is not None
+
     async def peek(self) -> TokenDelta:
         """The next delta without consuming it (the router waits for each choice's first one)."""
         if self._peeked is None:

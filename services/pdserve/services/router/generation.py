@@ -44,7 +44,9 @@ async def answer(
         await watch.guard(group.wait_first())
         if stream:
             handed_off = True
-            return SseResponse(events(group), on_disconnect=lambda: _count_disconnect(ctx), watch=watch)
+            return SseResponse(
+                events(group), on_disconnect=lambda: _count_disconnect(ctx), watch=watch, ready=group.ready
+            )
         await watch.guard(group.run_to_end())
         return Response(body(group).model_dump_json(exclude_unset=True), media_type="application/json")
     except ClientDisconnected:

@@ -39,8 +39,12 @@ class SseResponse(Response):
         events: AsyncGenerator[bytes, None],
         on_disconnect: Callable[[], None] | None = None,
         watch: DisconnectWatch | None = None,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
-        """`watch`: the request's disconnect watcher, if it has one already (this response closes it)."""
+        """`watch`: the request's disconnect watcher, if it has one already (this response closes it).
+        `ready`: a hint that the source's next event can be made without waiting (the first event
+        always is taken as ready); events are made in the request's own task while it holds,
+        then by a producer task, so the writer can batch what piles up while it writes."""
         # Like StreamingResponse: no body attribute, hence no Content-Length header.
         self.status_code = 200
         self.background = None
@@ -49,6 +53,7 @@ class SseResponse(Response):
         self.events = events
         self.on_disconnect = on_disconnect
         self.watch = watch
+        self.ready = ready
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watch = self.watch or DisconnectWatch(receive)
@@ -64,6 +69,8 @@ class SseResponse(Response):
 
     async def _stream(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        if await self._stream_ready_events(send):
+            return
         batch = _EventBatch()
         producer = asyncio.create_task(self._produce(batch))
         try:
@@ -81,6 +88,24 @@ class SseResponse(Response):
             elif not producer.cancelled():
                 producer.exception()  # a finished one needs no loop turn; its error is marked as seen
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _stream_ready_events(self, send: Send) -> bool:
+        """Make and write, in this task, the events the source has ready (at least the first);
+        True if that was the whole stream. A short answer then needs no producer task, and its
+        events and the end of the response go out in one write."""
+        parts: list[bytes] = []
+        while not parts or (self.ready is not None and self.ready()):
+            try:
+                parts.append(await anext(self.events))
+            except StopAsyncIteration:
+                await send({"type": "http.response.body", "body": b"".join(parts), "more_body": False})
+                return True
+            except Exception:
+                if parts:  # what was made before the source failed still goes out, as with the producer
+                    await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
+                raise
+        await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
+        return False
 
     async def _produce(self, batch: _EventBatch) -> None:
         try:

@@ -1,0 +1,58 @@
+"""How SseResponse groups events into writes: a stream whose events are all ready goes out in one
+write with the end of the response; otherwise the first event goes at once and later ones follow."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from pdserve.services.router.sse import SseResponse
+
+
+class Client:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.gone = asyncio.Event()
+
+    async def receive(self) -> dict[str, Any]:
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+    def bodies(self) -> list[tuple[bytes, bool]]:
+        return [(m["body"], m["more_body"]) for m in self.sent if m["type"] == "http.response.body"]
+
+
+async def _events(gaps: list[float]) -> AsyncGenerator[bytes, None]:
+    for i, gap in enumerate(gaps):
+        if gap:
+            await asyncio.sleep(gap)
+        yield f"data: {i}\n\n".encode()
+
+
+async def test_ready_events_go_out_in_one_write_with_the_end() -> None:
+    client = Client()
+    await SseResponse(_events([0, 0, 0]), ready=lambda: True)({"type": "http"}, client.receive, client.send)
+    assert client.bodies() == [(b"data: 0\n\ndata: 1\n\ndata: 2\n\n", False)]
+
+
+async def test_first_event_is_not_held_back_for_later_ones() -> None:
+    client = Client()
+    response = SseResponse(_events([0, 0.05, 0.05]), ready=lambda: False)
+    task = asyncio.create_task(response({"type": "http"}, client.receive, client.send))
+    await asyncio.sleep(0.02)
+    assert client.bodies() == [(b"data: 0\n\n", True)]  # written before event 1 exists
+    await task
+    bodies = client.bodies()
+    assert b"".join(body for body, _ in bodies) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+    assert bodies[-1][1] is False and all(more for _, more in bodies[:-1])
+
+
+async def test_without_a_hint_every_event_still_arrives_in_order() -> None:
+    client = Client()
+    await SseResponse(_events([0, 0, 0.01, 0]))({"type": "http"}, client.receive, client.send)
+    assert b"".join(body for body, _ in client.bodies()) == b"".join(f"data: {i}\n\n".encode() for i in range(4))
+    assert client.bodies()[-1][1] is False
