@@ -2,7 +2,7 @@
 
 torch's `F.linear` on a bf16 CPU tensor runs oneDNN, which reorders the weight into its blocked
 layout on every call. For a decode step (tens of rows) that reorder is a large share of each
-projection: on the bench model's shapes, 64 rows, a packed weight is 10-14% faster for the layer
+projection: on the bench model's shapes, 64 rows, a packed weight is 8-14% faster for the layer
 projections and 20% for lm_head, and 2-7% at 2048 rows (docs/benchmarks.md). The product is the
 same oneDNN kernel's, so the results are bit-identical to `F.linear`; `available()` checks exactly
 that on this machine, once, before anything is packed. vLLM's CPU backend packs its weights too.
