@@ -68,7 +68,7 @@ def pack_module(linear: nn.Linear, *, shared: bool = False) -> PackedLinear:
     `shared` with another module, the module's own copy is released."""
     packed = PackedLinear(linear.weight, linear.bias)
     if not shared:
-        linear.weight = nn.Parameter(linear.weight.new_empty(0), requires_grad=False)
+        release(linear)
     linear.forward = packed  # type: ignore[method-assign,assignment]
     return packed
 

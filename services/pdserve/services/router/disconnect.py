@@ -73,15 +73,6 @@ class DisconnectWatch:
             self._guarded.cancel()
 
 
-async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
-    """The result of `work`, which is cancelled if the client disconnects first (ClientDisconnected)."""
-    watch = DisconnectWatch(receive)
-    try:
-        return await watch.guard(work)
-    finally:
-        watch.close()
-
-
 def _close_unawaited(work: Awaitable[object]) -> None:
     close = getattr(work, "close", None)
     if close is not None:
