@@ -44,18 +44,19 @@ class FastRoutes:
 
     def __init__(self, app: ASGIApp, routes: dict[str, FastRoute]) -> None:
         self.app = app
-        self.routes = routes
-        self._adapters = {path: TypeAdapter(route.body_model) for path, route in routes.items()}
+        # path -> (validator of the body model, handler), built once
+        self._routes = {path: (TypeAdapter(route.body_model), route.handler) for path, route in routes.items()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        route = self._routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
         if route is None:
             await self.app(scope, receive, send)
             return
+        adapter, handler = route
         request = Request(scope, receive)
         try:
-            body = self._adapters[scope["path"]].validate_python(await _body(request), from_attributes=True)
-            response = await route.handler(body, request)
+            body = adapter.validate_python(await _body(request), from_attributes=True)
+            response = await handler(body, request)
         except ValidationError as exc:
             response = describe_validation_errors(_located_in_body(exc.errors(include_url=False))).response()
         except _BodyError as exc:
