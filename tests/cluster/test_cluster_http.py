@@ -10,7 +10,10 @@ import time
 import httpx
 import openai
 from cluster_harness import NatsServer, start_cluster
+from nats.aio.msg import Msg
 from pdserve import LLM, SamplingParams
+from pdserve.protocol import Subjects
+from pdserve.services.bus import BusOptions, connect
 
 
 def mixed_prompts(n: int = 16) -> list[list[int]]:
@@ -106,4 +109,45 @@ async def test_client_disconnect_frees_decode_blocks_within_a_second(nats_server
         await cluster.wait_idle(timeout=1.0)
         assert time.monotonic() - started <= 1.0
     finally:
+        await cluster.stop()
+
+
+async def test_finished_requests_send_no_cancel(nats_server: NatsServer) -> None:
+    """A cancel goes to every worker; one per finished request would be a broadcast per request.
+    The SSE writer stops reading at the finishing chunk, which once left the attempt looking
+    unfinished, so every streamed request ended with a cancel."""
+    cluster = await start_cluster(nats_server.url, http=True, prefill=1, decode=1, colocated=1)
+    watcher = await connect(BusOptions(url=nats_server.url, cluster=cluster.cluster), name="cancel-watcher")
+    cancels: list[bytes] = []
+
+    async def seen(msg: Msg) -> None:
+        cancels.append(msg.data)
+
+    try:
+        await watcher.subscribe(Subjects(cluster.cluster).cancel, cb=seen)
+        await watcher.flush()
+        async with httpx.AsyncClient(base_url=cluster.base_url, timeout=60) as client:
+            for max_tokens in (1, 5):
+                for stream in (True, False):
+                    for _ in range(3):  # three requests spread over the colocated and the 1P:1D route
+                        body = {"model": "test", "prompt": "hi", "max_tokens": max_tokens, "stream": stream}
+                        assert (await client.post("/v1/completions", json=body)).status_code == 200
+        await cluster.wait_idle()
+        await watcher.flush()
+        await asyncio.sleep(0.2)
+        assert cancels == []
+        # The watcher does hear a real cancel: a stream the client leaves early.
+        body = {"model": "test", "prompt": "hi", "max_tokens": 500, "ignore_eos": True, "stream": True}
+        async with (
+            httpx.AsyncClient(base_url=cluster.base_url, timeout=60) as client,
+            client.stream("POST", "/v1/completions", json=body) as r,
+        ):
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    break
+        await cluster.wait_idle()
+        await watcher.flush()
+        assert len(cancels) == 1
+    finally:
+        await watcher.close()
         await cluster.stop()

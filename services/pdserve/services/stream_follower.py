@@ -95,10 +95,13 @@ class AttemptFollower:
                 ready = self._held.pop(self.next_index)
                 self.next_index += len(ready.token_ids)
                 self._progress_at = time.monotonic()
-                yield ready
                 if ready.finish_reason is not None:
+                    # Set before the yield: a consumer may stop at the finishing chunk and never
+                    # resume us, and an unfinished outcome would send the workers a cancel.
                     self.outcome = "finished"
+                    yield ready
                     return
+                yield ready
             self._gap_since = (self._gap_since or time.monotonic()) if self._held else None
 
     def _why_lost(self) -> str:
