@@ -45,6 +45,20 @@ CASES: list[tuple[str, bytes, dict[str, str]]] = [
     ("/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}', JSON),
     ("/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "user"}]}', JSON),
     ("/v1/chat/completions", b'{"model": "tiny", "messages": "hi"}', {"content-type": "application/json; charset=x"}),
+    # the spellings taken without the full content-type parse, and near misses that are not
+    (
+        "/v1/completions",
+        b'{"model": "tiny", "prompt": "x", "n": 0}',
+        {"content-type": "application/json; charset=utf-8"},
+    ),
+    (
+        "/v1/completions",
+        b'{"model": "tiny", "prompt": "x", "n": 0}',
+        {"content-type": "application/json;charset=utf-8"},
+    ),
+    ("/v1/completions", b'{"model": "tiny", "prompt": "x", "n": 0}', {"content-type": "APPLICATION/JSON"}),
+    ("/v1/completions", b'{"model": "tiny", "prompt": "x", "n": 0}', {"content-type": "application/jsonx"}),
+    ("/v1/completions", b'{"model": "tiny", "prompt": "x", "n": 0}', {"content-type": "application/json ; q=1"}),
 ]
 
 

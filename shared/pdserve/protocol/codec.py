@@ -25,11 +25,17 @@ M = TypeVar("M")
 
 
 def encode(message: object) -> bytes:
-    assert dataclasses.is_dataclass(message) and not isinstance(message, type)
-    body = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
+    names = _field_names.get(type(message))
+    if names is None:
+        assert dataclasses.is_dataclass(message) and not isinstance(message, type)
+        names = _field_names[type(message)] = tuple(f.name for f in dataclasses.fields(message))
+    body = {name: getattr(message, name) for name in names}
     body["v"] = PROTOCOL_VERSION
     body["type"] = type(message).__name__
     return msgpack.packb(body, use_bin_type=True)
+
+
+_field_names: dict[type, tuple[str, ...]] = {}  # per message class, looked up once (encode runs per token)
 
 
 def decode(data: bytes, cls: type[M]) -> M:

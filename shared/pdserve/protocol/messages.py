@@ -5,7 +5,7 @@ Field units: times are Unix seconds (float), sizes bytes, lengths tokens.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pdserve.errors import InvalidRequestError, ProtocolError
@@ -40,8 +40,15 @@ class WorkerHeartbeat:
             raise ValueError(f"unknown role {self.role!r}")
 
 
+_PARAM_FIELDS = tuple(f.name for f in fields(SamplingParams))
+
+
 def params_to_wire(params: SamplingParams) -> dict[str, Any]:
-    return asdict(params)
+    # What dataclasses.asdict gives for these flat fields (lists copied), without its recursive
+    # deep copy: about 70 Python calls per request on the router's path to the worker.
+    wire = {name: getattr(params, name) for name in _PARAM_FIELDS}
+    wire["stop"], wire["stop_token_ids"] = list(params.stop), list(params.stop_token_ids)
+    return wire
 
 
 def params_from_wire(data: dict[str, Any]) -> SamplingParams:

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
-from pdserve.services.router.admission import AdmissionMiddleware
+from pdserve.services.router.admission import GENERATION_PATHS, AdmissionMiddleware
 from pdserve.services.router.api_keys import ApiKeyMiddleware, bearer_scheme
 from pdserve.services.router.api_requests import MAX_CHOICES, ChatCompletionRequest, CompletionRequest
 from pdserve.services.router.body_limit import BodyLimitMiddleware
@@ -27,6 +27,7 @@ from pdserve.services.router.request_context import RequestContextMiddleware
 from pdserve.services.router.sampling import Limits
 from pdserve.services.router.status_routes import models_router, status_router
 from pdserve.serving.backend import Backend
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 # Generation requests served at once by one router; far above what a few workers batch, far
 # below what would exhaust the router's memory or file descriptors.
@@ -78,7 +79,7 @@ def create_app(
         yield
         ctx.prompts.close()
 
-    app = FastAPI(
+    app = RouterApp(
         title="pdserve router",
         summary="OpenAI-compatible completions and chat completions over pdserve workers",
         version="0.1.0",
@@ -93,23 +94,52 @@ def create_app(
     app.include_router(status_router(ctx))
     publish_limits(app, ctx.limits)
 
-    # The last added runs first: request context, the API key, admission, the body limit, then
-    # the generation fast path; so a request refused for its key or for capacity is answered
-    # before its body is read.
+    # The last added runs first: request context, the API key, admission, then the body limit;
+    # so a request refused for its key or for capacity is answered before its body is read.
+    middleware: list[tuple[Any, dict[str, Any]]] = [
+        (BodyLimitMiddleware, {"max_body_bytes": max_body_bytes}),
+        (AdmissionMiddleware, {"max_inflight": max_inflight, "metrics": ctx.metrics}),
+        *([(ApiKeyMiddleware, {"api_keys": list(api_keys)})] if api_keys else []),
+        (RequestContextMiddleware, {"metrics": ctx.metrics}),
+    ]
+    for cls, options in middleware:
+        app.add_middleware(cls, **options)
     if fast_routes:
+        # The two generation routes go through the same middleware (instances of their own, with
+        # the same settings and the same shared metrics) straight to their handlers, past
+        # FastAPI's routing and its outer layers (fast_routes.py).
         routes = {
             "/v1/completions": FastRoute(CompletionRequest, lambda body, request: complete(ctx, body, request)),
             "/v1/chat/completions": FastRoute(
                 ChatCompletionRequest, lambda body, request: chat_complete(ctx, body, request)
             ),
         }
-        app.add_middleware(FastRoutes, routes=routes)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
-    app.add_middleware(AdmissionMiddleware, max_inflight=max_inflight, metrics=ctx.metrics)
-    if api_keys:
-        app.add_middleware(ApiKeyMiddleware, api_keys=list(api_keys))
-    app.add_middleware(RequestContextMiddleware, metrics=ctx.metrics)
+        chain: ASGIApp = FastRoutes(routes)
+        for cls, options in middleware:
+            chain = cls(chain, **options)
+        app.fast_routes = chain
     return app
+
+
+class RouterApp(FastAPI):
+    """FastAPI, except that POSTs to the generation routes enter `fast_routes` (their middleware
+    chain and handlers) directly. FastAPI's own outer layers (server-error, telemetry, app body
+    limit) do nothing for them: the request-context middleware answers any error itself, and
+    neither telemetry nor FastAPI's body limit is configured."""
+
+    fast_routes: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.fast_routes is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] in GENERATION_PATHS
+        ):
+            scope["app"] = self
+            await self.fast_routes(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def _check_positive(**values: float | None) -> None:

@@ -4,8 +4,8 @@ Per request FastAPI walks its routes, solves the endpoint's dependencies, builds
 and wraps the call in several layers; for a short streamed completion that was about a third of
 the router's own time (docs/benchmarks.md, router overhead). These two routes carry nearly all
 traffic, so they are dispatched here directly, to the same handlers, after the same middleware
-(request id, API key, admission, body limit). Every other path, and the OpenAPI description of
-these two, stays FastAPI's.
+(request id, API key, admission, body limit; app.py's RouterApp sends them down that chain ahead of
+FastAPI's own layers). Every other path, and the OpenAPI description of these two, stays FastAPI's.
 
 The body is read and validated exactly as FastAPI does it for a single pydantic body parameter
 (strict content type: JSON only with an `application/json` or `+json` type; an empty body is a
@@ -28,7 +28,7 @@ from pdserve.services.router.errors import ApiError
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 Handler = Callable[[Any, Request], Awaitable[Response]]
 
@@ -40,19 +40,14 @@ class FastRoute:
 
 
 class FastRoutes:
-    """ASGI middleware: serves POST on `routes` (path -> FastRoute) itself, the rest goes to `app`."""
+    """ASGI app serving POST on `routes` (path -> FastRoute); the caller sends nothing else here."""
 
-    def __init__(self, app: ASGIApp, routes: dict[str, FastRoute]) -> None:
-        self.app = app
+    def __init__(self, routes: dict[str, FastRoute]) -> None:
         # path -> (validator of the body model, handler), built once
         self._routes = {path: (TypeAdapter(route.body_model), route.handler) for path, route in routes.items()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self._routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if route is None:
-            await self.app(scope, receive, send)
-            return
-        adapter, handler = route
+        adapter, handler = self._routes[scope["path"]]
         request = Request(scope, receive)
         try:
             body = adapter.validate_python(await _body(request), from_attributes=True)
@@ -66,6 +61,11 @@ class FastRoutes:
         except HTTPException as exc:
             response = http_error_response(request, exc)
         await response(scope, receive, send)
+
+
+# What nearly every client sends; parsing it with the email package (as FastAPI does) cost about
+# 20 Python calls per request. Exact strings only: any other spelling takes the full parse.
+_PLAIN_JSON = frozenset({"application/json", "application/json; charset=utf-8", "application/json;charset=utf-8"})
 
 
 class _BodyError(Exception):
@@ -82,11 +82,12 @@ async def _body(request: Request) -> Any:
     content_type = request.headers.get("content-type")
     if not content_type:
         return raw  # FastAPI's strict content type: no type, no JSON
-    message = email.message.Message()
-    message["content-type"] = content_type
-    subtype = message.get_content_subtype()
-    if message.get_content_maintype() != "application" or not (subtype == "json" or subtype.endswith("+json")):
-        return raw
+    if content_type not in _PLAIN_JSON:  # anything else is parsed as FastAPI parses it
+        message = email.message.Message()
+        message["content-type"] = content_type
+        subtype = message.get_content_subtype()
+        if message.get_content_maintype() != "application" or not (subtype == "json" or subtype.endswith("+json")):
+            return raw
     try:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
