@@ -56,3 +56,40 @@ async def test_without_a_hint_every_event_still_arrives_in_order() -> None:
     await SseResponse(_events([0, 0, 0.01, 0]))({"type": "http"}, client.receive, client.send)
     assert b"".join(body for body, _ in client.bodies()) == b"".join(f"data: {i}\n\n".encode() for i in range(4))
     assert client.bodies()[-1][1] is False
+
+
+async def test_headers_go_out_right_before_the_first_events() -> None:
+    """uvicorn writes the headers as soon as it gets them: sent before the first event was made,
+    they cost the client a wake of its own on the path of every short answer."""
+    log: list[str] = []
+    client = Client()
+
+    async def events() -> AsyncGenerator[bytes, None]:
+        for i in range(2):
+            log.append(f"made {i}")
+            yield f"data: {i}\n\n".encode()
+
+    async def send(message: dict[str, Any]) -> None:
+        log.append(message["type"])
+        await client.send(message)
+
+    await SseResponse(events(), ready=lambda: True)({"type": "http"}, client.receive, send)
+    assert log == ["made 0", "made 1", "http.response.start", "http.response.body"]
+    assert client.sent[0]["status"] == 200
+
+
+async def test_a_source_failing_before_any_event_starts_no_response() -> None:
+    """Nothing was sent, so whoever runs the app can still answer with a proper error status."""
+    client = Client()
+
+    async def events() -> AsyncGenerator[bytes, None]:
+        raise RuntimeError("broken source")
+        yield b""  # pragma: no cover
+
+    try:
+        await SseResponse(events(), ready=lambda: True)({"type": "http"}, client.receive, client.send)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the source's error must propagate")
+    assert client.sent == []

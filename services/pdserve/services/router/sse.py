@@ -68,7 +68,6 @@ class SseResponse(Response):
             await self.events.aclose()
 
     async def _stream(self, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         if await self._stream_ready_events(send):
             return
         batch = _EventBatch()
@@ -98,14 +97,25 @@ class SseResponse(Response):
             try:
                 parts.append(await anext(self.events))
             except StopAsyncIteration:
+                await self._start(send)
                 await send({"type": "http.response.body", "body": b"".join(parts), "more_body": False})
                 return True
             except Exception:
-                if parts:  # what was made before the source failed still goes out, as with the producer
+                # What was made before the source failed still goes out, as with the producer.
+                # Nothing made: nothing started either, and the caller answers a proper 500.
+                if parts:
+                    await self._start(send)
                     await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
                 raise
+        await self._start(send)
         await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
         return False
+
+    async def _start(self, send: Send) -> None:
+        # Sent with the first events rather than before making them: uvicorn writes the headers
+        # at once, so this way the client gets headers and first events back to back instead
+        # of waking for the headers alone (one wake fewer on the path of a short answer).
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
 
     async def _produce(self, batch: _EventBatch) -> None:
         try:
