@@ -6,7 +6,7 @@ import random
 import time
 
 import msgpack
-from cluster_harness import NatsServer, start_cluster
+from cluster_harness import NatsServer, crash, start_cluster
 from pdserve import SamplingParams
 from pdserve.protocol import GenerateTask, KvAdmission, KvOffer, TaskAck, decode, encode
 from pdserve.serving.backend import GenerateRequest
@@ -64,5 +64,49 @@ async def test_malformed_messages_are_refused_not_fatal(nats_server: NatsServer)
         chunks = [c async for c in cluster.backend.generate(request)]  # type: ignore[union-attr]
         assert chunks[-1].finish_reason == "length"
         await cluster.wait_idle()
+    finally:
+        await cluster.stop()
+
+
+async def test_a_task_nobody_takes_moves_on_at_once(nats_server: NatsServer) -> None:
+    """A worker that died a moment ago still looks alive (its beats are not stale yet); the broker
+    answers a task sent to it with "no responders", and the router tries the next worker at once
+    rather than after the 2 s ack timeout."""
+    cluster = await start_cluster(nats_server.url, prefill=0, decode=0, colocated=2)
+    try:
+        dead, alive = cluster.workers
+        backend = cluster.backend
+        assert backend is not None
+        await crash(dead)
+        assert dead.worker_id in {b.worker_id for b in backend.view.live()}
+        backend.view.assigned[alive.worker_id] = 100  # the dead one is the first choice
+        started = time.monotonic()
+        request = GenerateRequest("r", [5, 6, 7], SamplingParams(max_tokens=3, temperature=0.0), time.time() + 30)
+        chunks = [c async for c in backend.generate(request)]
+        assert chunks[-1].finish_reason == "length"
+        assert time.monotonic() - started < 1.0
+        assert alive.counters["accepted"] == 1
+    finally:
+        await cluster.stop()
+
+
+async def test_garbage_and_stray_acks_on_a_live_stream_change_nothing(nats_server: NatsServer) -> None:
+    """The stream subject carries the ack then the tokens; junk or a second ack arriving there
+    mid-stream is dropped (or skipped) and the request ends with exactly its tokens."""
+    cluster = await start_cluster(nats_server.url, prefill=0, decode=0, colocated=1)
+    try:
+        backend, nc = cluster.backend, cluster.router_nc
+        assert backend is not None and nc is not None
+        params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
+        request = GenerateRequest("r-junk", [5, 6, 7], params, time.time() + 30)
+        subject = backend.subjects.stream(backend.router_id, "r-junk")
+        tokens: list[int] = []
+        async for chunk in backend.generate(request):
+            if not tokens:
+                for payload in (b"\xc1", encode(TaskAck(accepted=False, reason="late", code=503)), b""):
+                    await nc.publish(subject, payload)
+            tokens += chunk.token_ids
+        assert len(tokens) == 40
+        assert backend.malformed >= 2
     finally:
         await cluster.stop()

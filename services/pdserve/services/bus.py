@@ -101,3 +101,27 @@ async def disconnect(nc: Client, timeout_s: float = 5.0) -> None:
     deadline = time.monotonic() + timeout_s
     while reconnecting is not None and not reconnecting.done() and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
+
+
+def send_now(nc: Client) -> None:
+    """Write what `nc` has buffered to the socket now, rather than on its flusher task's next turn.
+
+    nats-py queues every publish for a flusher task, so a message leaves a loop iteration or
+    more after `publish` returns, behind whatever else is ready to run; on the path of every
+    request (the task, its ack, each step's chunks) those turns measured 0.2-0.3 ms per request
+    (docs/benchmarks.md, router overhead). Callers publish what belongs together (one step's
+    chunks), then call this once, as the C and Java NATS clients' "send ASAP" options do.
+
+    It relies on three of nats-py's private attributes; without them (another nats-py) it does
+    nothing and the flusher sends as before (tests/cluster/test_bus_send_now.py checks they exist).
+    """
+    pending = getattr(nc, "_pending", None)
+    transport = getattr(nc, "_transport", None)
+    if not pending or transport is None or not nc.is_connected or not hasattr(nc, "_pending_data_size"):
+        return
+    try:
+        transport.writelines(pending[:])
+    except OSError:
+        return  # left for the flusher, whose error handling starts the reconnect
+    nc._pending = []
+    nc._pending_data_size = 0

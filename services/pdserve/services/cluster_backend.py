@@ -32,10 +32,11 @@ from pdserve.protocol import (
     TaskAck,
     TokenChunk,
     WorkerHeartbeat,
-    decode,
     encode,
     params_to_wire,
 )
+from pdserve.protocol.stream import StreamMessage, decode_stream_message
+from pdserve.services.bus import send_now
 from pdserve.services.cluster_view import ClusterView
 from pdserve.services.stream_follower import AttemptFollower, MigrationPolicy
 from pdserve.serving.backend import GenerateRequest, WorkerInfo
@@ -44,6 +45,9 @@ from pdserve.serving.chunks import error_chunk
 log = structlog.get_logger("pdserve.router.backend")
 
 TASK_ACK_TIMEOUT_S = 2.0
+STATUS_HEADER, NO_RESPONDERS_STATUS = "Status", "503"  # as nats-server marks it and nats-py parses it
+# Queued in place of an ack when the broker reports that no one took the task.
+_NO_RESPONDERS = TaskAck(accepted=False, reason="no responders", code=503)
 MAX_TASK_TRIES = 3
 
 
@@ -57,12 +61,12 @@ class ClusterBackend:
         self.subjects = subjects
         self.router_id = router_id or f"router-{uuid.uuid4().hex[:10]}"
         self.view = ClusterView(nc, subjects)
-        self._queues: dict[str, asyncio.Queue[TokenChunk]] = {}
+        self._queues: dict[str, asyncio.Queue[StreamMessage]] = {}
         self.malformed = 0
 
     async def start(self) -> None:
         await self.view.start()
-        await self.nc.subscribe(self.subjects.stream_wildcard(self.router_id), cb=self._on_chunk)
+        await self.nc.subscribe(self.subjects.stream_wildcard(self.router_id), cb=self._on_stream_message)
 
     @property
     def max_model_len(self) -> int:
@@ -76,16 +80,26 @@ class ClusterBackend:
     def workers(self) -> list[WorkerInfo]:
         return self.view.workers()
 
-    async def _on_chunk(self, msg: Msg) -> None:
+    async def _on_stream_message(self, msg: Msg) -> None:
+        """A request's stream subject carries the worker's TaskAck, then its TokenChunks."""
+        if msg.headers and msg.headers.get(STATUS_HEADER) == NO_RESPONDERS_STATUS:
+            # The broker's answer to a task nobody is subscribed for (the worker died, its beats
+            # not yet stale): move on at once, as nats-py's request() would have.
+            queue = self._queues.get(msg.subject.rpartition(".")[2])
+            if queue is not None:
+                queue.put_nowait(_NO_RESPONDERS)
+            return
         try:
-            chunk = decode(msg.data, TokenChunk)
+            message = decode_stream_message(msg.data)
         except ProtocolError as exc:
             self.malformed += 1
-            log.warning("dropped malformed token chunk", subject=msg.subject, error=str(exc))
+            log.warning("dropped malformed stream message", subject=msg.subject, error=str(exc))
             return
-        queue = self._queues.get(chunk.request_id)
+        # The ack names no request: the subject's last token does (subjects.stream()).
+        wire_id = message.request_id if isinstance(message, TokenChunk) else msg.subject.rpartition(".")[2]
+        queue = self._queues.get(wire_id)
         if queue is not None:
-            queue.put_nowait(chunk)
+            queue.put_nowait(message)
 
     def _targets(self, avoid: set[str]) -> list[tuple[WorkerHeartbeat, str]]:
         """(worker to send the task to, decode worker for it or "") in order of preference;
@@ -106,11 +120,11 @@ class ClusterBackend:
         for attempt in range(self.policy.max_migrations + 1):
             # A fresh id per attempt: a stale holder's late chunks can never mix into the new one.
             wire_id = rid if attempt == 0 else f"{rid}-m{attempt}"
-            queue: asyncio.Queue[TokenChunk] = asyncio.Queue()
+            queue: asyncio.Queue[StreamMessage] = asyncio.Queue()
             self._queues[wire_id] = queue
             follower: AttemptFollower | None = None
             try:
-                target = await self._dispatch(request, wire_id, delivered, avoid)
+                target = await self._dispatch(request, wire_id, delivered, avoid, queue)
                 if isinstance(target, TokenChunk):
                     yield replace(target, request_id=rid, index=len(delivered))
                     return
@@ -130,6 +144,7 @@ class ClusterBackend:
                     # Lost, failed, or the client went away: whoever still holds it lets go.
                     with contextlib.suppress(Exception):
                         await self.nc.publish(self.subjects.cancel, encode(CancelRequest(wire_id, "migrated")))
+                        send_now(self.nc)
             avoid.add(follower.holder)
             self.migrations += 1
             log.warning(
@@ -148,7 +163,12 @@ class ClusterBackend:
         return chunk.error_code in (500, 502, 503) and attempt < self.policy.max_migrations
 
     async def _dispatch(
-        self, request: GenerateRequest, wire_id: str, delivered: list[int], avoid: set[str]
+        self,
+        request: GenerateRequest,
+        wire_id: str,
+        delivered: list[int],
+        avoid: set[str],
+        queue: asyncio.Queue[StreamMessage],
     ) -> str | TokenChunk:
         """Send the task to the best worker that accepts it: that worker's id, or an error chunk.
 
@@ -160,13 +180,18 @@ class ClusterBackend:
         patient_until = min(time.time() + self.policy.wait_for_workers_s, request.deadline)
         while True:
             patient = bool(delivered or avoid) or self.view.blind
-            result, retry = await self._try_targets(request, wire_id, delivered, avoid)
+            result, retry = await self._try_targets(request, wire_id, delivered, avoid, queue)
             if isinstance(result, str) or not retry or not patient or time.time() >= patient_until:
                 return result
             await asyncio.sleep(self.policy.poll_s)
 
     async def _try_targets(
-        self, request: GenerateRequest, wire_id: str, delivered: list[int], avoid: set[str]
+        self,
+        request: GenerateRequest,
+        wire_id: str,
+        delivered: list[int],
+        avoid: set[str],
+        queue: asyncio.Queue[StreamMessage],
     ) -> tuple[str | TokenChunk, bool]:
         """One pass over the best targets: (worker id or error chunk, worth retrying later)."""
         rid = request.request_id
@@ -175,12 +200,13 @@ class ClusterBackend:
             return error_chunk(rid, self.router_id, "no live workers can serve the request", 503), True
         last = (f"{min(len(targets), MAX_TASK_TRIES)} workers refused the request", 503)
         unreachable = True  # every target silent, rather than refusing
+        stream_subject = self.subjects.stream(self.router_id, wire_id)
         for beat, decode_worker in targets[:MAX_TASK_TRIES]:
             task = GenerateTask(
                 request_id=wire_id,
                 prompt_token_ids=request.prompt_token_ids,
                 params=params_to_wire(request.params),
-                stream_subject=self.subjects.stream(self.router_id, wire_id),
+                stream_subject=stream_subject,
                 deadline=request.deadline,
                 decode_worker=decode_worker,
                 resume_token_ids=list(delivered),
@@ -190,14 +216,29 @@ class ClusterBackend:
             if decode_worker:
                 self.view.note_assigned(decode_worker)
             try:
-                subject = self.subjects.task(beat.worker_id)
+                # Request/reply with the stream subject as the reply inbox: the ack arrives where the
+                # tokens will, so no reply subscription, inbox token or reply future per request.
+                await self.nc.publish(self.subjects.task(beat.worker_id), encode(task), reply=stream_subject)
+                send_now(self.nc)
                 timeout = min(TASK_ACK_TIMEOUT_S, max(request.deadline - time.time(), 0.01))
-                reply = await self.nc.request(subject, encode(task), timeout=timeout)
-                ack = decode(reply.data, TaskAck)
-            except Exception as exc:  # timeout, no responders, broker reconnecting, garbage
+                async with asyncio.timeout(timeout):
+                    answer = await queue.get()
+            except Exception as exc:  # timeout, broker reconnecting
                 log.warning("task not acknowledged", request_id=rid, worker=beat.worker_id, error=repr(exc))
                 last = (f"worker {beat.worker_id} did not answer", 503)
                 continue
+            if answer is _NO_RESPONDERS:
+                log.warning("task not acknowledged", request_id=rid, worker=beat.worker_id, error="no responders")
+                last = (f"worker {beat.worker_id} did not answer", 503)
+                continue
+            if isinstance(answer, TokenChunk):
+                # Tokens before any ack (the broker keeps one publisher's order, so not from a
+                # worker that acks first): only an accepting worker sends them. Kept for the follower.
+                queue.put_nowait(answer)
+                ack = TaskAck(accepted=True)
+                _requeue_first(queue)
+            else:
+                ack = answer
             if ack.accepted:
                 log.info(
                     "task sent",
@@ -216,6 +257,13 @@ class ClusterBackend:
     async def close(self) -> None:
         self._queues.clear()
         await self.view.stop()
+
+
+def _requeue_first(queue: asyncio.Queue[StreamMessage]) -> None:
+    """Move the item just put back to the front of the queue, ahead of what came after it."""
+    items = [queue.get_nowait() for _ in range(queue.qsize())]
+    for item in [items[-1], *items[:-1]]:
+        queue.put_nowait(item)
 
 
 def _avoiding(beats: list[WorkerHeartbeat], avoid: set[str]) -> list[WorkerHeartbeat]:

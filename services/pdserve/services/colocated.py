@@ -25,4 +25,4 @@ class ColocatedWorker(WorkerBase):
                 continue  # cancelled meanwhile
             if out.finished:
                 del self.streams[out.request_id]
-            await self.publish_chunk(subject, chunk_from_output(out, self.worker_id))
+            await self.publish_chunk(subject, chunk_from_output(out, self.worker_id), now=False)

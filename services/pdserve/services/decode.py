@@ -180,7 +180,7 @@ class DecodeWorker(WorkerBase):
                 continue
             if out.finished:
                 del self.streams[out.request_id]
-            await self.publish_chunk(subject, chunk_from_output(out, self.worker_id))
+            await self.publish_chunk(subject, chunk_from_output(out, self.worker_id), now=False)
 
     async def cancel(self, request_id: str) -> None:
         ticket = self.tickets.get(request_id)

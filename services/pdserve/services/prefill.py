@@ -72,7 +72,7 @@ class PrefillWorker(WorkerBase):
                 # Done at the first token (eos, max_tokens=1) or aborted: nothing to hand off.
                 self.pending.pop(rid, None)
                 self.streams.pop(rid, None)
-                await self.publish_chunk(subject, chunk_from_output(out, self.worker_id))
+                await self.publish_chunk(subject, chunk_from_output(out, self.worker_id), now=False)
                 continue
             self.spawn(self._hand_off(rid, pending, out), name=f"handoff-{rid}")
 

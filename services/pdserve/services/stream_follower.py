@@ -16,7 +16,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from pdserve.protocol import TokenChunk
+from pdserve.protocol import TaskAck, TokenChunk
+from pdserve.protocol.stream import StreamMessage
 from pdserve.services.cluster_view import ClusterView
 from pdserve.serving.chunks import error_chunk
 
@@ -41,7 +42,7 @@ class AttemptFollower:
 
     def __init__(
         self,
-        queue: asyncio.Queue[TokenChunk],
+        queue: asyncio.Queue[StreamMessage],
         view: ClusterView,
         holder: str,
         next_index: int,
@@ -82,6 +83,8 @@ class AttemptFollower:
                     self.outcome, self.lost_reason = "lost", reason
                     return
                 continue
+            if isinstance(chunk, TaskAck):
+                continue  # a late ack from a worker we gave up on (ack timeout) and moved past
             if chunk.error:
                 self.outcome = "error"
                 yield chunk

@@ -32,7 +32,7 @@ from pdserve.protocol import (
     decode,
     encode,
 )
-from pdserve.services.bus import BusOptions, connect, disconnect
+from pdserve.services.bus import BusOptions, connect, disconnect, send_now
 from pdserve.serving.chunks import error_chunk
 from pdserve.serving.engine_loop import EngineLoop
 
@@ -65,7 +65,7 @@ class WorkerBase(abc.ABC):
         self.heartbeat_s = heartbeat_s
         self.max_waiting = max_waiting
         self.drain_timeout_s = drain_timeout_s
-        self.loop = EngineLoop(engine, self._on_outputs)
+        self.loop = EngineLoop(engine, self._handle_outputs)
         self.streams: dict[str, str] = {}  # request id -> stream subject, while we hold it
         self.draining = False
         self.nc: Client | None = None
@@ -198,6 +198,8 @@ class WorkerBase(abc.ABC):
         if msg.reply:
             with contextlib.suppress(Exception):
                 await msg.respond(encode(message))
+                if self.nc is not None:
+                    send_now(self.nc)
 
     async def refuse(self, msg: Msg, reason: str, code: int) -> None:
         self.counters["refused"] += 1
@@ -207,12 +209,16 @@ class WorkerBase(abc.ABC):
         self.counters["malformed"] += 1
         log.warning("dropped malformed message", subject=subject, error=str(exc))
 
-    async def publish_chunk(self, subject: str, chunk: TokenChunk) -> None:
+    async def publish_chunk(self, subject: str, chunk: TokenChunk, *, now: bool = True) -> None:
+        """`now=False`: left buffered for whoever publishes more right after (one step's chunks
+        go out together once the step's outputs are handled)."""
         assert self.nc is not None
         try:
             await self.nc.publish(subject, encode(chunk))
         except Exception as exc:
             log.warning("could not publish tokens", request_id=chunk.request_id, error=repr(exc))
+        if now:
+            send_now(self.nc)
 
     async def fail(self, request_id: str, message: str, code: int, index: int = 0) -> None:
         """End a request we hold with an error chunk and free its engine state."""
@@ -239,7 +245,15 @@ class WorkerBase(abc.ABC):
 
     @abc.abstractmethod
     async def _on_outputs(self, outputs: list[RequestOutput]) -> None:
-        """Route one step's outputs (each worker kind does it its own way)."""
+        """Route one step's outputs (each worker kind does it its own way); chunks published
+        with `now=False` go out together when it returns."""
+
+    async def _handle_outputs(self, outputs: list[RequestOutput]) -> None:
+        try:
+            await self._on_outputs(outputs)
+        finally:
+            if self.nc is not None:
+                send_now(self.nc)
 
     def admission_error(self) -> tuple[str, int] | None:
         """Why a new request cannot be taken right now, as (reason, HTTP-like code)."""

@@ -40,15 +40,19 @@ _field_names: dict[type, tuple[str, ...]] = {}  # per message class, looked up o
 
 def decode(data: bytes, cls: type[M]) -> M:
     """Parse bytes into a `cls` message or raise ProtocolError saying what is wrong."""
+    return from_body(unpack(data), cls)
+
+
+def unpack(data: bytes) -> object:
+    """The msgpack body of a message, not yet checked against any message class."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ProtocolError("message payload is not bytes")
     if len(data) > MAX_MESSAGE_BYTES:
         raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
-        body = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise ProtocolError(f"not msgpack: {type(exc).__name__}: {exc}") from None
-    return from_body(body, cls)
 
 
 def from_body(body: object, cls: type[M]) -> M:
