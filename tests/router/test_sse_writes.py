@@ -93,3 +93,27 @@ async def test_a_source_failing_before_any_event_starts_no_response() -> None:
     else:
         raise AssertionError("the source's error must propagate")
     assert client.sent == []
+
+
+async def test_the_response_ends_at_done_before_the_source_cleans_up() -> None:
+    """[DONE] is the last event by protocol, so the answer goes out before the source's cleanup
+    (closing its requests) runs; the cleanup still runs."""
+    from pdserve.services.router.sse import DONE
+
+    log: list[str] = []
+    client = Client()
+
+    async def events() -> AsyncGenerator[bytes, None]:
+        try:
+            yield b"data: 0\n\n"
+            yield DONE
+        finally:
+            log.append("cleanup")
+
+    async def send(message: dict[str, Any]) -> None:
+        log.append(message["type"])
+        await client.send(message)
+
+    await SseResponse(events(), ready=lambda: True)({"type": "http"}, client.receive, send)
+    assert log == ["http.response.start", "http.response.body", "cleanup"]
+    assert client.bodies() == [(b"data: 0\n\n" + DONE, False)]

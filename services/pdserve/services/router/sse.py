@@ -96,6 +96,13 @@ class SseResponse(Response):
         while not parts or (self.ready is not None and self.ready()):
             try:
                 parts.append(await anext(self.events))
+                if parts[-1] is DONE:
+                    # The stream's last event by protocol: the response ends with it now, and the
+                    # source's cleanup (closing the requests) runs after the write, when
+                    # __call__ closes the source, instead of before it.
+                    await self._start(send)
+                    await send({"type": "http.response.body", "body": b"".join(parts), "more_body": False})
+                    return True
             except StopAsyncIteration:
                 await self._start(send)
                 await send({"type": "http.response.body", "body": b"".join(parts), "more_body": False})
