@@ -8,8 +8,8 @@ latency: the same streaming request (built-in tiny model, prompt "hello world", 
 ignore_eos, max_tokens 1 and 16), one at a time, through (a) LocalBackend in this process,
 (c) HTTP -> router process with LocalBackend, (b) HTTP -> `pdserve router` -> NATS ->
 `pdserve worker` (and b0: the same through a second router importing pdserve from
---baseline-pythonpath). The paths take turns every repetition, so machine noise hits them
-alike. Reported: p50/p90 latency of each, and of the paired differences c-a (HTTP and
+--baseline-pythonpath). The paths take turns every repetition, in a fresh random order each
+time, so machine noise and what ran just before hit them alike. Reported: p50/p90 latency of each, and of the paired differences c-a (HTTP and
 router), b-c (NATS and the worker's service code), b-a (all of it); per streamed token is the
 growth of the b-a median from 1 to 16 tokens, divided by 15.
 
@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import signal
 import socket
 import statistics
@@ -160,8 +161,11 @@ async def run_latency(args: argparse.Namespace) -> dict[str, object]:
         results: dict[str, object] = {}
         for max_tokens in (1, 16):
             times: dict[str, list[float]] = {"a": [], **{path: [] for path in conns}}
+            rng = random.Random(max_tokens)
             for rep in range(args.warmup + args.reps):
-                for path in times:
+                # A fresh order every repetition: what ran just before a path (warm caches, a
+                # process still waking) shifts its time, and a fixed order would favour one path.
+                for path in rng.sample(list(times), len(times)):
                     start = time.perf_counter()
                     await (in_process(max_tokens) if path == "a" else over_http(path, max_tokens))
                     if rep >= args.warmup:
