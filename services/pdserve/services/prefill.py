@@ -9,6 +9,7 @@ request ends with a clear 503.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from pdserve.errors import KvTransferError, ProtocolError
 from pdserve.outputs import RequestOutput
 from pdserve.protocol import GenerateTask, KvAdmission, KvOffer, decode, encode
 from pdserve.sampling_params import SamplingParams
+from pdserve.services.bus import send_now
 from pdserve.services.cluster_view import ClusterView
 from pdserve.services.task_intake import take_task
 from pdserve.services.worker_base import WorkerBase
@@ -145,6 +147,9 @@ class PrefillWorker(WorkerBase):
         candidates += [b.worker_id for b in self.view.by_load(("decode",)) if b.worker_id != task.decode_worker]
         for worker_id in candidates[:MAX_OFFER_TRIES]:
             try:
+                # request() leaves the offer to nats-py's flusher task; this sends it on the loop's
+                # next turn instead, ahead of that task (the offer is on the path of the first token).
+                asyncio.get_running_loop().call_soon(send_now, self.nc)
                 reply = await self.nc.request(self.subjects.kv_offer(worker_id), payload, timeout=OFFER_TIMEOUT_S)
                 admission = decode(reply.data, KvAdmission)
             except (TimeoutError, ProtocolError) as exc:
