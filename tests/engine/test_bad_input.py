@@ -38,6 +38,11 @@ def test_prompt_longer_than_context(llm: LLM) -> None:
 def test_token_ids_outside_vocabulary(llm: LLM) -> None:
     with pytest.raises(InvalidRequestError, match="outside the vocabulary"):
         llm.generate([[1, 2, 10**6]], SamplingParams(max_tokens=4))
+    # Each bad id is named, wherever it sits in a long prompt.
+    for bad in (-1, True, 2.5, "7"):
+        prompt: list[object] = [*range(1, 200), bad, 3]
+        with pytest.raises(InvalidRequestError, match=f"token id {bad!r} is outside"):
+            llm.generate([prompt], SamplingParams(max_tokens=4))  # type: ignore[list-item]
     with pytest.raises(InvalidRequestError, match="empty"):
         llm.generate([""], SamplingParams(max_tokens=4))
 

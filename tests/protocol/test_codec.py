@@ -78,3 +78,18 @@ def test_bad_bytes_are_refused_clearly() -> None:
         decode(msgpack.packb({**good, "accepted": "yes"}), TaskAck)
     with pytest.raises(ProtocolError, match="missing field 'accepted'"):
         decode(msgpack.packb({k: v for k, v in good.items() if k != "accepted"}), TaskAck)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "culprit"),
+    [([1, True, 3], "bool"), ([1, 2.0], "float"), ([1, "2"], "str"), ([None], "NoneType"), ("123", "str")],
+)
+def test_token_id_lists_refuse_anything_but_integers(prompt: object, culprit: str) -> None:
+    good = msgpack.unpackb(encode(GenerateTask("r", [1], {}, "s", 1.0)))
+    with pytest.raises(ProtocolError, match=f"GenerateTask.prompt_token_ids: expected .*{culprit}"):
+        decode(msgpack.packb({**good, "prompt_token_ids": prompt}), GenerateTask)
+
+
+def test_a_long_prompt_decodes_to_the_same_ids() -> None:
+    ids = [*range(50_000), 2**40, 0]
+    assert decode(encode(GenerateTask("r", ids, {}, "s", 1.0)), GenerateTask).prompt_token_ids == ids

@@ -129,6 +129,16 @@ def _checker(hint: Any) -> _Checker:
                 raise ProtocolError(f"{where}: expected a list, got {type(value).__name__}")
             return [item(v, where) for v in value]
 
+        if item_hint is int:
+
+            def check_int_list(value: object, where: str) -> Any:
+                # Token id lists (a prompt of thousands): all checked at C speed, the same
+                # answer as check_list (a bool is no int), which finds the culprit otherwise.
+                if type(value) is list and set(map(type, value)) <= {int}:
+                    return value
+                return check_list(value, where)
+
+            return check_int_list
         return check_list
     if origin is dict:
         key, val = (_checker(h) for h in get_args(hint))
