@@ -102,7 +102,7 @@ async def token_source(nats_url: str, cluster: str, worker_id: str) -> None:
 
     async def on_task(msg: object) -> None:
         task = decode(msg.data, GenerateTask)  # type: ignore[attr-defined]
-        await msg.respond(encode(TaskAck(accepted=True)))  # type: ignore[attr-defined]
+        await msg.respond(encode(TaskAck(accepted=True, worker_id=worker_id)))  # type: ignore[attr-defined]
         active[task.request_id] = (task, 0)
         work.set()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 
@@ -9,6 +10,8 @@ import msgpack
 from cluster_harness import NatsServer, crash, start_cluster
 from pdserve import SamplingParams
 from pdserve.protocol import GenerateTask, KvAdmission, KvOffer, TaskAck, decode, encode
+from pdserve.protocol.stream import StreamMessage
+from pdserve.services.cluster_backend import answer_from
 from pdserve.serving.backend import GenerateRequest
 
 
@@ -110,3 +113,14 @@ async def test_garbage_and_stray_acks_on_a_live_stream_change_nothing(nats_serve
         assert backend.malformed >= 2
     finally:
         await cluster.stop()
+
+
+async def test_a_late_ack_from_a_worker_given_up_on_is_not_the_answer() -> None:
+    """Worker A timed out, the task went to B; A's late ack must not pass for B's answer."""
+    queue: asyncio.Queue[StreamMessage] = asyncio.Queue()
+    queue.put_nowait(TaskAck(accepted=True, worker_id="worker-a"))
+    queue.put_nowait(TaskAck(accepted=False, reason="queue full", code=429, worker_id="worker-b"))
+    answer = await answer_from(queue, "worker-b")
+    assert isinstance(answer, TaskAck) and answer.worker_id == "worker-b" and answer.code == 429
+    queue.put_nowait(TaskAck(accepted=True))  # an older worker names nobody: taken as before
+    assert await answer_from(queue, "worker-c") == TaskAck(accepted=True)

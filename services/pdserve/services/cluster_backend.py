@@ -222,7 +222,7 @@ class ClusterBackend:
                 send_now(self.nc)
                 timeout = min(TASK_ACK_TIMEOUT_S, max(request.deadline - time.time(), 0.01))
                 async with asyncio.timeout(timeout):
-                    answer = await queue.get()
+                    answer = await answer_from(queue, beat.worker_id)
             except Exception as exc:  # timeout, broker reconnecting
                 log.warning("task not acknowledged", request_id=rid, worker=beat.worker_id, error=repr(exc))
                 last = (f"worker {beat.worker_id} did not answer", 503)
@@ -257,6 +257,18 @@ class ClusterBackend:
     async def close(self) -> None:
         self._queues.clear()
         await self.view.stop()
+
+
+async def answer_from(queue: asyncio.Queue[StreamMessage], worker_id: str) -> StreamMessage:
+    """The first stream message that answers a task sent to `worker_id`: its ack (or an unnamed
+    one, from an older worker), the broker's no-responders, or a token. A late ack from a worker
+    tried before (it timed out) is skipped: it must not pass for this worker's answer."""
+    while True:
+        item = await queue.get()
+        if isinstance(item, TaskAck) and item is not _NO_RESPONDERS and item.worker_id not in ("", worker_id):
+            log.info("late ack from a worker tried before; ignored", worker=item.worker_id, accepted=item.accepted)
+            continue
+        return item
 
 
 def _requeue_first(queue: asyncio.Queue[StreamMessage]) -> None:

@@ -203,7 +203,7 @@ class WorkerBase(abc.ABC):
 
     async def refuse(self, msg: Msg, reason: str, code: int) -> None:
         self.counters["refused"] += 1
-        await self.reply(msg, TaskAck(accepted=False, reason=reason, code=code))
+        await self.reply(msg, TaskAck(accepted=False, reason=reason, code=code, worker_id=self.worker_id))
 
     def malformed(self, subject: str, exc: ProtocolError) -> None:
         self.counters["malformed"] += 1

@@ -84,6 +84,9 @@ class TaskAck:
     accepted: bool
     reason: str = ""
     code: int = 200  # HTTP-like: 429 busy, 503 unavailable, 400 bad request
+    # Who answers: the router waits for this worker's ack, not a late one from a worker it gave
+    # up on. Empty from workers older than this field (their acks are taken as before).
+    worker_id: str = ""
 
 
 @dataclass(slots=True)
