@@ -7,9 +7,9 @@ token over calling the engine in-process, and how many streamed tokens/s one rou
 latency: the same streaming request (built-in tiny model, prompt "hello world", greedy,
 ignore_eos, max_tokens 1 and 16), one at a time, through (a) LocalBackend in this process,
 (c) HTTP -> router process with LocalBackend, (b) HTTP -> `pdserve router` -> NATS ->
-`pdserve worker` (and b0: the same through a second router importing pdserve from
---baseline-pythonpath). The paths take turns every repetition, in a fresh random order each
-time, so machine noise and what ran just before hit them alike. Reported: p50/p90 latency of
+`pdserve worker` (and b0: the same through a second router and worker, on a cluster of their
+own, importing pdserve from --baseline-pythonpath). The paths take turns every repetition, in a
+fresh random order each time, so machine noise and what ran just before hit them alike. Reported: p50/p90 latency of
 each, and of the paired differences c-a (HTTP and router), b-c (NATS and the worker's service
 code), b-a (all of it); per streamed token is the growth of the b-a median from 1 to 16
 tokens, divided by 15.
@@ -130,9 +130,15 @@ async def run_latency(args: argparse.Namespace) -> dict[str, object]:
         router_args = ["router", "--nats", nats_url, "--cluster", cluster, "--log-level", "warning"]
         procs.start("router", pdserve(*router_args, "--port", str(cluster_port)))
         if args.baseline_pythonpath:
-            base_port = free_port()
+            # The whole baseline (router and worker) on its own cluster, so a change on either
+            # side shows in b0 vs b.
+            base_port, base_cluster = free_port(), f"base{uuid.uuid4().hex[:6]}"
             env = {"PYTHONPATH": args.baseline_pythonpath}
-            procs.start("baseline-router", pdserve(*router_args, "--port", str(base_port)), env)
+            procs.start("baseline-worker", pdserve("worker", "--nats", nats_url, "--cluster", base_cluster, "--dtype",
+                                                   "float32", "--heartbeat-s", "0.5", "--log-level", "warning"),
+                        {**one_thread, **env})  # fmt: skip
+            base_router = ["router", "--nats", nats_url, "--cluster", base_cluster, "--log-level", "warning"]
+            procs.start("baseline-router", pdserve(*base_router, "--port", str(base_port)), env)
         procs.start("local-router", [sys.executable, __file__, "serve-local", "--port", str(local_port)], one_thread)
         backend = LocalBackend(LLMEngine.from_model(None, dtype="float32"))
         await backend.start()

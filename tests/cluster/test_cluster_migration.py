@@ -118,7 +118,9 @@ async def test_prefill_worker_dies_after_accepting(nats_url: str) -> None:
     cluster = await start_cluster(nats_url, prefill=0, decode=1)
     try:
         assert cluster.backend is not None
-        dying = await add_worker(cluster, PrefillThatDies, "prefill-dying")
+        # Acks at once, so the router has its ack before the crash (with the ack grace, a death
+        # before the first chunk is an unanswered task, which the router retries elsewhere).
+        dying = await add_worker(cluster, PrefillThatDies, "prefill-dying", ack_grace_s=0)
         assert isinstance(dying, PrefillThatDies)
         served = asyncio.create_task(collect(cluster.backend.generate(request("mig-prefill"))))
         await asyncio.wait_for(dying.died.wait(), 10)

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import replace
 
 import structlog
@@ -178,9 +178,10 @@ class ClusterBackend:
         error. Otherwise the answer is immediate, and a full cluster gets its 429/503 at once.
         """
         patient_until = min(time.time() + self.policy.wait_for_workers_s, request.deadline)
+        given_up: set[str] = set()  # workers that did not answer this task in time
         while True:
             patient = bool(delivered or avoid) or self.view.blind
-            result, retry = await self._try_targets(request, wire_id, delivered, avoid, queue)
+            result, retry = await self._try_targets(request, wire_id, delivered, avoid, queue, given_up)
             if isinstance(result, str) or not retry or not patient or time.time() >= patient_until:
                 return result
             await asyncio.sleep(self.policy.poll_s)
@@ -192,6 +193,7 @@ class ClusterBackend:
         delivered: list[int],
         avoid: set[str],
         queue: asyncio.Queue[StreamMessage],
+        given_up: set[str],
     ) -> tuple[str | TokenChunk, bool]:
         """One pass over the best targets: (worker id or error chunk, worth retrying later)."""
         rid = request.request_id
@@ -215,6 +217,7 @@ class ClusterBackend:
             self.view.note_assigned(beat.worker_id)
             if decode_worker:
                 self.view.note_assigned(decode_worker)
+            given_up.discard(beat.worker_id)  # tried again: its answers count again
             try:
                 # Request/reply with the stream subject as the reply inbox: the ack arrives where the
                 # tokens will, so no reply subscription, inbox token or reply future per request.
@@ -222,18 +225,20 @@ class ClusterBackend:
                 send_now(self.nc)
                 timeout = min(TASK_ACK_TIMEOUT_S, max(request.deadline - time.time(), 0.01))
                 async with asyncio.timeout(timeout):
-                    answer = await answer_from(queue, beat.worker_id)
+                    answer = await answer_from(queue, beat.worker_id, given_up)
             except Exception as exc:  # timeout, broker reconnecting
                 log.warning("task not acknowledged", request_id=rid, worker=beat.worker_id, error=repr(exc))
                 last = (f"worker {beat.worker_id} did not answer", 503)
+                given_up.add(beat.worker_id)
                 continue
             if answer is _NO_RESPONDERS:
                 log.warning("task not acknowledged", request_id=rid, worker=beat.worker_id, error="no responders")
                 last = (f"worker {beat.worker_id} did not answer", 503)
+                given_up.add(beat.worker_id)
                 continue
             if isinstance(answer, TokenChunk):
-                # Tokens before any ack (the broker keeps one publisher's order, so not from a
-                # worker that acks first): only an accepting worker sends them. Kept for the follower.
+                # Tokens before any ack: the worker let its first chunk answer for the ack
+                # (task_ack.py); only an accepting worker sends tokens. Kept for the follower.
                 queue.put_nowait(answer)
                 ack = TaskAck(accepted=True)
                 _requeue_first(queue)
@@ -259,14 +264,20 @@ class ClusterBackend:
         await self.view.stop()
 
 
-async def answer_from(queue: asyncio.Queue[StreamMessage], worker_id: str) -> StreamMessage:
+async def answer_from(
+    queue: asyncio.Queue[StreamMessage], worker_id: str, given_up: Collection[str] = ()
+) -> StreamMessage:
     """The first stream message that answers a task sent to `worker_id`: its ack (or an unnamed
-    one, from an older worker), the broker's no-responders, or a token. A late ack from a worker
-    tried before (it timed out) is skipped: it must not pass for this worker's answer."""
+    one, from an older worker), the broker's no-responders, or a token (a worker may let its
+    first token answer for its ack, see task_ack.py). A late answer from a worker tried before
+    (it timed out), ack or token, is skipped: it must not pass for this worker's answer."""
     while True:
         item = await queue.get()
         if isinstance(item, TaskAck) and item is not _NO_RESPONDERS and item.worker_id not in ("", worker_id):
             log.info("late ack from a worker tried before; ignored", worker=item.worker_id, accepted=item.accepted)
+            continue
+        if isinstance(item, TokenChunk) and item.worker_id in given_up:
+            log.info("late tokens from a worker tried before; ignored", worker=item.worker_id)
             continue
         return item
 

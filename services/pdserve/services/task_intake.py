@@ -53,7 +53,8 @@ async def take_task(worker: WorkerBase, msg: Msg, *, hold_kv: bool) -> tuple[Gen
     )
     added.add_done_callback(lambda f: _added(worker, rid, f))
     worker.counters["accepted"] += 1
-    await worker.reply(msg, TaskAck(accepted=True, worker_id=worker.worker_id))
+    # Held back a moment when the first chunk can answer for it (see task_ack.py).
+    await worker.acks.ack(rid, msg, TaskAck(accepted=True, worker_id=worker.worker_id), task.stream_subject)
     log.info("task accepted", request_id=rid, prompt_tokens=len(tokens), resumed_tokens=len(resume))
     return task, params
 

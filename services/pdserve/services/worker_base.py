@@ -33,6 +33,7 @@ from pdserve.protocol import (
     encode,
 )
 from pdserve.services.bus import BusOptions, connect, disconnect, send_now
+from pdserve.services.task_ack import ACK_GRACE_S, PendingAcks
 from pdserve.serving.chunks import error_chunk
 from pdserve.serving.engine_loop import EngineLoop
 
@@ -52,6 +53,7 @@ class WorkerBase(abc.ABC):
         heartbeat_s: float = 1.0,
         max_waiting: int = 256,
         drain_timeout_s: float = 30.0,
+        ack_grace_s: float = ACK_GRACE_S,
     ) -> None:
         self.engine = engine
         self.bus = bus
@@ -75,6 +77,7 @@ class WorkerBase(abc.ABC):
         self._deadline_task: asyncio.Task[None] | None = None
         self.deadlines: dict[str, float] = {}  # request id -> Unix deadline, while we hold it
         self.counters: dict[str, int] = {"malformed": 0, "refused": 0, "accepted": 0, "cancelled": 0}
+        self.acks = PendingAcks(self.reply, self.spawn, ack_grace_s)
         structlog.contextvars.bind_contextvars(worker_id=self.worker_id, role=self.role)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -125,6 +128,7 @@ class WorkerBase(abc.ABC):
         await self.close()
 
     async def close(self) -> None:
+        self.acks.close()
         for background in (self._heartbeat_task, self._deadline_task):
             if background is not None:
                 background.cancel()
@@ -213,6 +217,7 @@ class WorkerBase(abc.ABC):
         """`now=False`: left buffered for whoever publishes more right after (one step's chunks
         go out together once the step's outputs are handled)."""
         assert self.nc is not None
+        self.acks.answered(chunk.request_id)  # the chunk answers the task in place of its ack
         try:
             await self.nc.publish(subject, encode(chunk))
         except Exception as exc:
@@ -240,6 +245,7 @@ class WorkerBase(abc.ABC):
             await self.cancel(cancel.request_id)
 
     async def cancel(self, request_id: str) -> None:
+        self.acks.answered(request_id)  # the router gave up on it; no ack needed
         self.streams.pop(request_id, None)
         await self.loop.call(lambda: self.engine.abort_request(request_id))
 
