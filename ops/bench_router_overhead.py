@@ -9,10 +9,10 @@ ignore_eos, max_tokens 1 and 16), one at a time, through (a) LocalBackend in thi
 (c) HTTP -> router process with LocalBackend, (b) HTTP -> `pdserve router` -> NATS ->
 `pdserve worker` (and b0: the same through a second router and worker, on a cluster of their
 own, importing pdserve from --baseline-pythonpath). The paths take turns every repetition, in a
-fresh random order each time, so machine noise and what ran just before hit them alike. Reported: p50/p90 latency of
-each, and of the paired differences c-a (HTTP and router), b-c (NATS and the worker's service
-code), b-a (all of it); per streamed token is the growth of the b-a median from 1 to 16
-tokens, divided by 15.
+fresh random order each time, so machine noise and what ran just before hit them alike.
+Reported: p50/p90 latency of each, and of the paired differences c-a (HTTP and router), b-c
+(NATS and the worker's service code), b-a (all of it); per streamed token is the growth of the
+b-a median from 1 to 16 tokens, divided by 15.
 
 throughput: `pdserve router` pinned to core 0, against a protocol-exact fake worker that
 streams one token per chunk with no model (router_bench_roles.token_source), with closed-loop
