@@ -3,6 +3,7 @@ token over calling the engine in-process, and how many streamed tokens/s one rou
 
     python ops/bench_router_overhead.py latency [--reps 200]
     python ops/bench_router_overhead.py throughput [--concurrency 32] [--tokens 256] [--seconds 10]
+    python ops/bench_router_overhead.py http-floor [--reps 300]
 
 latency: the same streaming request (built-in tiny model, prompt "hello world", greedy,
 ignore_eos, max_tokens 1 and 16), one at a time, through (a) LocalBackend in this process,
@@ -13,6 +14,13 @@ fresh random order each time, so machine noise and what ran just before hit them
 Reported: p50/p90 latency of each, and of the paired differences c-a (HTTP and router), b-c
 (NATS and the worker's service code), b-a (all of it); per streamed token is the growth of the
 b-a median from 1 to 16 tokens, divided by 15.
+
+http-floor: what the router's own HTTP path costs, without NATS or a model: the same request,
+one at a time, paths in a fresh random order each repetition, through (n) the router app over a
+backend that answers at once with one token, and (u) a bare ASGI app on the same server setup
+(uvicorn, httptools, uvloop) sending a fixed one-token SSE body. n-u is the router's code per
+request (parsing, validation, tokenizing, the request's tasks, SSE); u is the floor under it
+(the client, two process wake-ups, the sockets, uvicorn).
 
 throughput: `pdserve router` pinned to core 0, against a protocol-exact fake worker that
 streams one token per chunk with no model (router_bench_roles.token_source), with closed-loop
@@ -198,6 +206,36 @@ async def run_latency(args: argparse.Namespace) -> dict[str, object]:
         procs.stop()
 
 
+async def run_http_floor(args: argparse.Namespace) -> dict[str, object]:
+    procs = Processes()
+    try:
+        ports = {"n": free_port(), "u": free_port()}
+        for path, port in ports.items():
+            procs.start(f"serve-{path}", [sys.executable, __file__, f"serve-{path}", "--port", str(port)])
+        for port in ports.values():
+            await wait_healthy(port)
+        conns = {path: await roles.HttpConnection.open("127.0.0.1", port) for path, port in ports.items()}
+        body = {"model": "pdserve-tiny", "prompt": PROMPT, "max_tokens": 1, "temperature": 0, "stream": True}
+        times: dict[str, list[float]] = {path: [] for path in conns}
+        rng = random.Random(0)
+        for rep in range(args.warmup + args.reps):
+            for path in rng.sample(list(conns), len(conns)):
+                start = time.perf_counter()
+                events = await conns[path].post_stream("/v1/completions", body)
+                assert events >= 1, f"{path}: no tokens"
+                if rep >= args.warmup:
+                    times[path].append((time.perf_counter() - start) * 1e3)
+        for conn in conns.values():
+            conn.close()
+        n_u = [n - u for n, u in zip(times["n"], times["u"], strict=True)]
+        return {
+            name: {"p50_ms": round(pct(v, 50), 3), "p90_ms": round(pct(v, 90), 3)}
+            for name, v in {**times, "n-u": n_u}.items()
+        }
+    finally:
+        procs.stop()
+
+
 async def run_throughput(args: argparse.Namespace) -> dict[str, object]:
     """One measurement, or with --baseline-pythonpath, baseline and current taking turns for
     --rounds rounds (medians reported), so machine noise hits both alike."""
@@ -254,6 +292,9 @@ def main() -> None:
     lat.add_argument("--reps", type=int, default=200)
     lat.add_argument("--warmup", type=int, default=20)
     lat.add_argument("--baseline-pythonpath", default="", help="also time path b with pdserve imported from here (b0)")
+    floor = sub.add_parser("http-floor")
+    floor.add_argument("--reps", type=int, default=300)
+    floor.add_argument("--warmup", type=int, default=20)
     thr = sub.add_parser("throughput")
     thr.add_argument("--concurrency", type=int, default=32)
     thr.add_argument("--tokens", type=int, default=256, help="max_tokens of every request")
@@ -266,8 +307,8 @@ def main() -> None:
         "--baseline-pythonpath", default="", help="also run a router importing pdserve from here (A/B, same run)"
     )
     # Internal: the child processes.
-    local = sub.add_parser("serve-local")
-    local.add_argument("--port", type=int, required=True)
+    for role in ("serve-local", "serve-n", "serve-u"):
+        sub.add_parser(role).add_argument("--port", type=int, required=True)
     src = sub.add_parser("token-source")
     src.add_argument("--nats", required=True)
     src.add_argument("--cluster", required=True)
@@ -279,8 +320,14 @@ def main() -> None:
     cl.add_argument("--pids", required=True)
     args = parser.parse_args()
 
-    if args.command == "serve-local":
-        event_loop.run(roles.serve_local(args.port))
+    if args.command.startswith("serve-"):
+        from pdserve.log_setup import configure_logging
+
+        # At warning, as the cluster router of path b runs (`--log-level warning`): two info
+        # lines per request would make c slower than its code is, and b-c look smaller.
+        configure_logging("router", "warning")
+        serve = {"serve-local": roles.serve_local, "serve-n": roles.serve_instant, "serve-u": roles.serve_bare}
+        event_loop.run(serve[args.command](args.port))
     elif args.command == "token-source":
         event_loop.run(roles.token_source(args.nats, args.cluster, "fake-worker"))
     elif args.command == "clients":
@@ -288,7 +335,7 @@ def main() -> None:
         load = roles.stream_clients(args.port, args.concurrency, args.tokens, args.warmup, args.seconds, pids)
         print(json.dumps(event_loop.run(load)))
     else:
-        run = run_latency if args.command == "latency" else run_throughput
+        run = {"latency": run_latency, "http-floor": run_http_floor, "throughput": run_throughput}[args.command]
         print(json.dumps(event_loop.run(run(args)), indent=2))
 
 

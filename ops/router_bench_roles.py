@@ -1,6 +1,8 @@
 """The processes ops/bench_router_overhead.py starts besides nats-server and `pdserve router`.
 
 - `serve_local`: the HTTP router over LocalBackend (engine in that process): HTTP cost alone.
+- `serve_instant`, `serve_bare`: the HTTP router over a backend that answers at once, and a
+  bare ASGI app on the same server: the router's own cost per request, and the floor under it.
 - `token_source`: a fake colocated worker that speaks the protocol exactly (heartbeats, task
   ack, TokenChunk of one token per decode step on the stream subject) with no model behind it,
   so the router, not the model, is what limits streamed tokens/s.
@@ -87,6 +89,71 @@ async def serve_local(port: int) -> None:
     await backend.start()
     tokenizer = AutoTokenizer.from_pretrained(builtin_model_path(), local_files_only=True)
     await run_router(create_app(backend, tokenizer, model_name="pdserve-tiny"), "127.0.0.1", port)
+
+
+async def serve_instant(port: int) -> None:
+    """The HTTP router over a backend that answers every request at once with one token and no
+    model: what the router's own HTTP path costs per request (`http-floor`, path n)."""
+    from collections.abc import AsyncIterator
+
+    from pdserve.models import builtin_model_path
+    from pdserve.protocol import TokenChunk
+    from pdserve.services.router.app import create_app
+    from pdserve.services.router.server import run_router
+    from pdserve.serving.backend import GenerateRequest, WorkerInfo
+    from transformers import AutoTokenizer
+
+    class InstantBackend:
+        max_model_len = 2048
+
+        def ready(self) -> bool:
+            return True
+
+        def workers(self) -> list[WorkerInfo]:
+            return []
+
+        async def close(self) -> None:
+            pass
+
+        async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenChunk]:
+            n = len(request.prompt_token_ids)
+            token = [LETTER_TOKENS[0]]
+            yield TokenChunk(request.request_id, 0, token, "instant", finish_reason="length", prompt_tokens=n)
+
+    tokenizer = AutoTokenizer.from_pretrained(builtin_model_path(), local_files_only=True)
+    await run_router(create_app(InstantBackend(), tokenizer, model_name="pdserve-tiny"), "127.0.0.1", port)
+
+
+async def serve_bare(port: int) -> None:
+    """A bare ASGI app on the router's own server setup, answering every POST with a fixed
+    one-token SSE body: the floor under path n (uvicorn, httptools, the loop, the sockets)."""
+    from pdserve.services.router.server import run_router
+    from starlette.types import Receive, Scope, Send
+
+    body = (
+        b'data: {"id":"cmpl-0","object":"text_completion","created":0,"model":"pdserve-tiny","choices":'
+        b'[{"index":0,"text":"a","logprobs":null,"finish_reason":"length"}]}\n\ndata: [DONE]\n\n'
+    )
+    headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/health":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    await run_router(app, "127.0.0.1", port)  # any ASGI app serves
 
 
 async def token_source(nats_url: str, cluster: str, worker_id: str) -> None:
