@@ -121,7 +121,7 @@ def add_router_limit_args(parser: argparse.ArgumentParser) -> None:
 
 def _serve(role: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from pdserve import event_loop
+        from pdserve import event_loop, gc_heap
         from pdserve.protocol import check_token
         from pdserve.services import runners
 
@@ -131,6 +131,7 @@ def _serve(role: str) -> Callable[[argparse.Namespace], int]:
             if getattr(args, "worker_id", None):
                 check_token(args.worker_id, "--worker-id")
             event_loop.loop_factory()  # a bad PDSERVE_EVENT_LOOP is refused before the model loads
+            gc_heap.freeze_enabled()  # and so is a bad PDSERVE_GC_FREEZE
         except ValueError as exc:
             raise PdserveError(str(exc)) from None
         if role == "router":

@@ -50,6 +50,9 @@ def test_pdserve_up_serves_and_stops(tmp_path: object) -> None:
         ours = os.getpriority(os.PRIO_PROCESS, 0)
         assert os.getpriority(os.PRIO_PROCESS, int(pids["router"])) == min(ours + 3, 19)
         assert os.getpriority(os.PRIO_PROCESS, int(pids["decode-0"])) == ours
+        # Every service froze its startup heap before serving (pdserve/gc_heap.py).
+        for service in ("router", "prefill-0", "decode-0"):
+            assert "startup heap frozen" in Path(f"{tmp_path}/{service}.log").read_text(), service
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -13,6 +13,7 @@ import torch
 from pdserve import event_loop
 from pdserve.engine.config import EngineConfig
 from pdserve.engine.llm_engine import LLMEngine
+from pdserve.gc_heap import freeze_startup_heap
 from pdserve.log_setup import configure_logging
 from pdserve.services.bus import BusOptions
 from pdserve.services.colocated import ColocatedWorker
@@ -100,6 +101,7 @@ async def serve_worker(role: str, args: argparse.Namespace) -> None:
     else:
         worker = ColocatedWorker(engine, bus_options(args), **common)
     stop = stop_event()
+    freeze_startup_heap()  # model and imports: no full GC pass walks them again (gc_heap.py)
     log.info("starting worker", role=role, event_loop=event_loop.name())
     await worker.start()
     await stop.wait()
@@ -138,6 +140,7 @@ async def serve_router(args: argparse.Namespace) -> None:
         max_n=args.max_n,
         max_inflight=args.max_inflight,
     )
+    freeze_startup_heap()  # imports and tokenizer: no full GC pass walks them again (gc_heap.py)
     log.info("router listening", host=args.host, port=args.port, cluster=options.cluster, event_loop=event_loop.name())
     try:
         await run_router(app, args.host, args.port)
