@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
+from pdserve.bench.sse_lines import sse_lines
 from pdserve.services.up import free_port, wait_for_port
 
 VOCAB = 261  # the built-in tiny model's byte vocabulary
@@ -157,7 +158,7 @@ async def stream_one(
                     text = (await response.aread()).decode(errors="replace")
                     return "failed", tokens, f"HTTP {response.status_code}: {text[:200]}"
                 finished = False
-                async for line in response.aiter_lines():
+                async for line in sse_lines(response):
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
                     event = json.loads(line[6:])

@@ -17,6 +17,7 @@ import httpx
 
 from pdserve.bench.datasets import BenchRequest
 from pdserve.bench.metrics import RequestTimeline
+from pdserve.bench.sse_lines import sse_lines
 
 ERROR_TEXT_LIMIT = 300
 
@@ -85,7 +86,7 @@ async def send_request(client: httpx.AsyncClient, endpoint: Endpoint, request: B
                 text = (await response.aread()).decode(errors="replace")
                 timeline.error = f"HTTP {response.status_code}: {text[:ERROR_TEXT_LIMIT]}"
                 return timeline
-            async for line in response.aiter_lines():
+            async for line in sse_lines(response):  # not aiter_lines: see sse_lines.py
                 now = time.perf_counter()
                 if not line.startswith("data:"):
                     continue
