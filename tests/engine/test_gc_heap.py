@@ -58,3 +58,18 @@ def test_the_cli_refuses_a_bad_value_before_loading_anything() -> None:
     assert proc.returncode != 0
     assert "PDSERVE_GC_FREEZE must be 0 or 1" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_frozen_phase_hands_the_heap_back_after(unfrozen: None) -> None:
+    kept = Node()
+    with gc_heap.frozen_heap():
+        assert gc.get_freeze_count() > 1000
+        assert not any(obj is kept for obj in gc.get_objects())
+    assert gc.get_freeze_count() == 0
+    assert any(obj is kept for obj in gc.get_objects())
+    # Inside a process that froze its heap for good, the phase leaves that freeze alone.
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    with gc_heap.frozen_heap():
+        pass
+    assert gc.get_freeze_count() == frozen

@@ -14,6 +14,7 @@ from pdserve.bench.arrivals import arrival_offsets
 from pdserve.bench.client import Endpoint, new_http_client, send_request
 from pdserve.bench.datasets import BenchRequest, DatasetSpec
 from pdserve.bench.metrics import BenchMetrics, RequestTimeline, compute_metrics
+from pdserve.gc_heap import frozen_heap
 
 ERRORS_KEPT = 5
 
@@ -130,8 +131,10 @@ async def benchmark(
         warm = LoadSpec(max_concurrency=load.max_concurrency)
         desc = f"{label} warm-up" if progress else None
         await offer_load(endpoint, warmup_requests, warm, timeout_s=timeout_s, progress=desc)
-    timelines, duration = await offer_load(
-        endpoint, requests, load, timeout_s=timeout_s, progress=label if progress else None
-    )
+    # This process's own full GC passes would be timed as server latency (gc_heap.py).
+    with frozen_heap():
+        timelines, duration = await offer_load(
+            endpoint, requests, load, timeout_s=timeout_s, progress=label if progress else None
+        )
     metrics = compute_metrics(timelines, duration, slos_ms)
     return BenchResult(label, endpoint, dataset, load, timelines, metrics)
