@@ -15,8 +15,8 @@ Not done for the offline `LLM`: it is a library object in the caller's process, 
 not ours to freeze.
 
 `pdserve bench` freezes its own heap for the measured run only (`frozen_heap`): a load
-generator's full collections (up to 75 ms each, about one a second in a short-request run)
-would be timed as the server's inter-token latency.
+generator's full collections (up to 100 ms each, a dozen in a 3,000-request run) would be timed
+as the server's inter-token latency.
 """
 
 from __future__ import annotations
