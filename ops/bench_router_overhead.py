@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import random
@@ -45,6 +46,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -118,6 +120,34 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
 
 
+def summary(series: dict[str, list[float]]) -> dict[str, object]:
+    return {name: {"p50_ms": round(pct(v, 50), 3), "p90_ms": round(pct(v, 90), 3)} for name, v in series.items()}
+
+
+async def take_turns(
+    paths: Mapping[str, Callable[[], Awaitable[None]]], reps: int, warmup: int, seed: int
+) -> dict[str, list[float]]:
+    """Each path once per repetition, in a fresh random order every time: what ran just before
+    a path (warm caches, a process still waking) shifts its time, and a fixed order would favour
+    one path. Milliseconds per call, warm-up repetitions left out."""
+    times: dict[str, list[float]] = {path: [] for path in paths}
+    rng = random.Random(seed)
+    for rep in range(warmup + reps):
+        for path in rng.sample(list(paths), len(paths)):
+            start = time.perf_counter()
+            await paths[path]()
+            if rep >= warmup:
+                times[path].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def cluster_pair(nats_url: str, cluster: str, port: int) -> tuple[list[str], list[str]]:
+    """argv of `pdserve worker` (float32, quiet) and `pdserve router` on `port`, for `cluster`."""
+    bus = ["--nats", nats_url, "--cluster", cluster, "--log-level", "warning"]
+    worker = pdserve("worker", *bus, "--dtype", "float32", "--heartbeat-s", "0.5")
+    return worker, pdserve("router", *bus, "--port", str(port))
+
+
 async def run_latency(args: argparse.Namespace) -> dict[str, object]:
     import torch
     from pdserve.engine.llm_engine import LLMEngine
@@ -133,20 +163,17 @@ async def run_latency(args: argparse.Namespace) -> dict[str, object]:
         nats_url, cluster = start_nats(procs), f"bench{uuid.uuid4().hex[:6]}"
         cluster_port, local_port = free_port(), free_port()
         one_thread = {"PDSERVE_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
-        procs.start("worker", pdserve("worker", "--nats", nats_url, "--cluster", cluster, "--dtype", "float32",
-                                      "--heartbeat-s", "0.5", "--log-level", "warning"), one_thread)  # fmt: skip
-        router_args = ["router", "--nats", nats_url, "--cluster", cluster, "--log-level", "warning"]
-        procs.start("router", pdserve(*router_args, "--port", str(cluster_port)))
+        worker, router = cluster_pair(nats_url, cluster, cluster_port)
+        procs.start("worker", worker, one_thread)
+        procs.start("router", router)
         if args.baseline_pythonpath:
             # The whole baseline (router and worker) on its own cluster, so a change on either
             # side shows in b0 vs b.
-            base_port, base_cluster = free_port(), f"base{uuid.uuid4().hex[:6]}"
+            base_port = free_port()
             env = {"PYTHONPATH": args.baseline_pythonpath}
-            procs.start("baseline-worker", pdserve("worker", "--nats", nats_url, "--cluster", base_cluster, "--dtype",
-                                                   "float32", "--heartbeat-s", "0.5", "--log-level", "warning"),
-                        {**one_thread, **env})  # fmt: skip
-            base_router = ["router", "--nats", nats_url, "--cluster", base_cluster, "--log-level", "warning"]
-            procs.start("baseline-router", pdserve(*base_router, "--port", str(base_port)), env)
+            worker, router = cluster_pair(nats_url, f"base{uuid.uuid4().hex[:6]}", base_port)
+            procs.start("baseline-worker", worker, {**one_thread, **env})
+            procs.start("baseline-router", router, env)
         procs.start("local-router", [sys.executable, __file__, "serve-local", "--port", str(local_port)], one_thread)
         backend = LocalBackend(LLMEngine.from_model(None, dtype="float32"))
         await backend.start()
@@ -175,16 +202,9 @@ async def run_latency(args: argparse.Namespace) -> dict[str, object]:
 
         results: dict[str, object] = {}
         for max_tokens in (1, 16):
-            times: dict[str, list[float]] = {"a": [], **{path: [] for path in conns}}
-            rng = random.Random(max_tokens)
-            for rep in range(args.warmup + args.reps):
-                # A fresh order every repetition: what ran just before a path (warm caches, a
-                # process still waking) shifts its time, and a fixed order would favour one path.
-                for path in rng.sample(list(times), len(times)):
-                    start = time.perf_counter()
-                    await (in_process(max_tokens) if path == "a" else over_http(path, max_tokens))
-                    if rep >= args.warmup:
-                        times[path].append((time.perf_counter() - start) * 1e3)
+            paths = {"a": functools.partial(in_process, max_tokens)}
+            paths |= {path: functools.partial(over_http, path, max_tokens) for path in conns}
+            times = await take_turns(paths, args.reps, args.warmup, seed=max_tokens)
             diffs = {
                 "c-a": [c - a for a, c in zip(times["a"], times["c"], strict=True)],
                 "b-c": [b - c for b, c in zip(times["b"], times["c"], strict=True)],
@@ -192,10 +212,7 @@ async def run_latency(args: argparse.Namespace) -> dict[str, object]:
             }
             if "b0" in times:
                 diffs["b0-a"] = [b - a for a, b in zip(times["a"], times["b0"], strict=True)]
-            results[f"max_tokens={max_tokens}"] = {
-                name: {"p50_ms": round(pct(v, 50), 3), "p90_ms": round(pct(v, 90), 3)}
-                for name, v in {**times, **diffs}.items()
-            }
+            results[f"max_tokens={max_tokens}"] = summary({**times, **diffs})
         per_request = {k: v["b-a"]["p50_ms"] for k, v in results.items()}  # type: ignore[index]
         results["per_token_overhead_ms"] = round((per_request["max_tokens=16"] - per_request["max_tokens=1"]) / 15, 4)
         for conn in conns.values():
@@ -216,22 +233,18 @@ async def run_http_floor(args: argparse.Namespace) -> dict[str, object]:
             await wait_healthy(port)
         conns = {path: await roles.HttpConnection.open("127.0.0.1", port) for path, port in ports.items()}
         body = {"model": "pdserve-tiny", "prompt": PROMPT, "max_tokens": 1, "temperature": 0, "stream": True}
-        times: dict[str, list[float]] = {path: [] for path in conns}
-        rng = random.Random(0)
-        for rep in range(args.warmup + args.reps):
-            for path in rng.sample(list(conns), len(conns)):
-                start = time.perf_counter()
-                events = await conns[path].post_stream("/v1/completions", body)
-                assert events >= 1, f"{path}: no tokens"
-                if rep >= args.warmup:
-                    times[path].append((time.perf_counter() - start) * 1e3)
+
+        async def over_http(path: str) -> None:
+            events = await conns[path].post_stream("/v1/completions", body)
+            assert events >= 1, f"{path}: no tokens"
+
+        times = await take_turns(
+            {path: functools.partial(over_http, path) for path in conns}, args.reps, args.warmup, 0
+        )
         for conn in conns.values():
             conn.close()
         n_u = [n - u for n, u in zip(times["n"], times["u"], strict=True)]
-        return {
-            name: {"p50_ms": round(pct(v, 50), 3), "p90_ms": round(pct(v, 90), 3)}
-            for name, v in {**times, "n-u": n_u}.items()
-        }
+        return summary({**times, "n-u": n_u})
     finally:
         procs.stop()
 
@@ -324,7 +337,7 @@ def main() -> None:
         from pdserve.log_setup import configure_logging
 
         # At warning, as the cluster router of path b runs (`--log-level warning`): two info
-        # lines per request would make c slower than its code is, and b-c look smaller.
+        # lines per request would make these routers slower than their code is (c-a, n-u).
         configure_logging("router", "warning")
         serve = {"serve-local": roles.serve_local, "serve-n": roles.serve_instant, "serve-u": roles.serve_bare}
         event_loop.run(serve[args.command](args.port))
