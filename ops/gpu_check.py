@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import multiprocessing as mp
 import statistics
 import subprocess
@@ -67,6 +68,21 @@ def peaks(name: str) -> tuple[float, float] | None:
     return None
 
 
+def checkpoint_parameters(model: Path) -> int:
+    """Parameters in the checkpoint's safetensors files. Not `model.parameters()` after loading:
+    on CPU the engine packs bf16 linear weights for oneDNN and leaves the modules' own weights
+    empty, so they would count as zero."""
+    from pdserve.models.model_dir import weight_files
+    from safetensors import safe_open
+
+    total = 0
+    for path in weight_files(model):
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                total += math.prod(f.get_slice(name).get_shape())
+    return total
+
+
 def run_engine(model: Path, layers: int, device: str, scale: int) -> dict[str, Any]:
     """`scale` divides every size (1 on a GPU; the CPU smoke test runs the same code small)."""
     from pdserve.engine.config import EngineConfig
@@ -78,7 +94,7 @@ def run_engine(model: Path, layers: int, device: str, scale: int) -> dict[str, A
     sync = torch.cuda.synchronize if device == "cuda" else lambda: None
     loaded = engine.loaded
     hidden, vocab = loaded.config.hidden_size, loaded.vocab_size
-    params = sum(p.numel() for p in loaded.model.parameters())
+    params = checkpoint_parameters(model)
     embedding = vocab * hidden
     kv_bytes_per_token = layers * 2 * loaded.num_kv_heads * loaded.head_dim * 2  # K and V, bf16
     rng = torch.Generator().manual_seed(0)
