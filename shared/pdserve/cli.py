@@ -4,33 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from pdserve.bench.cli_args import add_bench_parser
+from pdserve.cli_env import EnvDefaultsParser
 from pdserve.errors import PdserveError
-
-ENV_PREFIX = "PDSERVE_"
-
-
-class EnvDefaultsParser(argparse.ArgumentParser):
-    """Fills an option's default from PDSERVE_<DEST> (uppercased) when that variable is set."""
-
-    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
-        action = super().add_argument(*args, **kwargs)
-        if action.option_strings and action.dest != "help":
-            env = os.environ.get(ENV_PREFIX + action.dest.upper())
-            if env is not None:
-                if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
-                    action.default = env.lower() in ("1", "true", "yes", "on")
-                else:
-                    action.default = action.type(env) if callable(action.type) else env
-                action.required = False
-            if action.help and action.help is not argparse.SUPPRESS:
-                action.help += f" [env {ENV_PREFIX}{action.dest.upper()}]"
-        return action
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
