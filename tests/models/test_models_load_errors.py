@@ -104,3 +104,16 @@ def test_bad_dtype(model_dirs, dtype) -> None:
 def test_bad_device(model_dirs) -> None:
     with pytest.raises(ModelLoadError, match=r"invalid device"):
         load_model(model_dirs["llama"], device="toaster")
+
+
+@pytest.mark.parametrize(
+    ("device", "says"),
+    [("meta", r"unsupported device 'meta'"), ("cuda", r"requested, but this torch"), ("cuda:7", r"cuda:7")],
+)
+def test_device_this_machine_cannot_use(model_dirs, device: str, says: str) -> None:
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has the GPUs asked for")
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ModelLoadError, match=says):
+        load_model(model_dirs["llama"], device=device)

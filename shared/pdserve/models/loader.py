@@ -38,6 +38,7 @@ def load_model(
         target = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ModelLoadError(f"invalid device {device!r} ({e}): use e.g. 'cpu', 'cuda' or 'cuda:1'") from e
+    check_device(target)
     eos_from_generation = _generation_eos(path)
     fingerprint = model_fingerprint(path)
 
@@ -118,3 +119,23 @@ def _max_model_len(config: PretrainedConfig) -> int:
     else:
         uses_window = bool(getattr(config, "use_sliding_window", True))
     return min(limit, int(window)) if uses_window else limit
+
+
+def check_device(target: torch.device) -> None:
+    """Refuse a device this machine cannot run on before any weights are read (torch would fail
+    later, mid-load, with an AssertionError or a CUDA error that says nothing of the flag)."""
+    if target.type == "cpu":
+        return
+    if target.type != "cuda":
+        raise ModelLoadError(f"unsupported device {str(target)!r}: pdserve runs on 'cpu' or 'cuda[:N]'")
+    if not torch.cuda.is_available():
+        build = "has no CUDA support" if torch.version.cuda is None else "sees no GPU"
+        raise ModelLoadError(
+            f"device {str(target)!r} requested, but this torch ({torch.__version__}) {build}: "
+            "use --device cpu, or install a CUDA build of torch on a machine with a GPU"
+        )
+    if target.index is not None and target.index >= torch.cuda.device_count():
+        raise ModelLoadError(
+            f"device {str(target)!r} requested, but this machine has {torch.cuda.device_count()} GPU(s) "
+            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+        )
