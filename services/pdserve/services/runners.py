@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import socket
+from collections.abc import Coroutine
+from typing import Any
 
 import structlog
 import torch
@@ -67,6 +70,23 @@ def stop_event() -> asyncio.Event:
     return event
 
 
+async def started_before_stop(start: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run a service's start-up unless SIGTERM comes first: start-up waits for NATS as long as it
+    takes (services may start before the broker), and an operator stopping a service that never
+    got its broker must not wait for it. False: stopped first, start-up cancelled."""
+    starting = asyncio.ensure_future(start)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done():
+        stopping.cancel()
+        starting.result()  # start-up's own error, if it failed
+        return True
+    starting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await starting
+    return False
+
+
 async def serve_worker(role: str, args: argparse.Namespace) -> None:
     configure_logging(role, args.log_level)
     engine = build_engine(args)
@@ -103,7 +123,11 @@ async def serve_worker(role: str, args: argparse.Namespace) -> None:
     stop = stop_event()
     freeze_startup_heap()  # model and imports: no full GC pass walks them again (gc_heap.py)
     log.info("starting worker", role=role, event_loop=event_loop.name())
-    await worker.start()
+    if not await started_before_stop(worker.start(), stop):
+        # Nothing was taken yet (the broker never answered, say): nothing to drain.
+        log.warning("signal received before the worker was up; stopping")
+        await worker.close()
+        return
     await stop.wait()
     log.info("signal received; draining")
     await worker.drain()

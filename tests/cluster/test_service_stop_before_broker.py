@@ -1,0 +1,50 @@
+"""A service started before its broker waits for it as long as it takes (compose starts them in
+any order); SIGTERM in that wait must still stop it promptly, with nothing to drain."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens once the socket is closed
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("role", ["decode", "worker"])
+def test_sigterm_while_waiting_for_nats_stops_the_worker(role: str) -> None:
+    url = f"nats://127.0.0.1:{closed_port()}"
+    with tempfile.TemporaryDirectory() as tmp:
+        log_path = Path(tmp) / "service.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pdserve.cli", role, "--nats", url, "--log-level", "info"],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PDSERVE_LOG_FORMAT": "json"},
+            )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while b"nats error; retrying" not in log_path.read_bytes():
+                assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+                assert time.monotonic() < deadline, "the worker never tried the broker"
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=20)  # it used to ignore the signal until the broker came
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        text = log_path.read_text(errors="replace")
+    assert code == 0, text[-3000:]
+    assert "signal received before the worker was up; stopping" in text
+    assert "worker stopped" in text
