@@ -9,6 +9,15 @@ from collections.abc import Callable, Sequence
 
 from pdserve.bench.cli_args import add_bench_parser
 from pdserve.cli_env import EnvDefaultsParser
+from pdserve.cli_types import (
+    log_level,
+    non_negative_int,
+    non_negative_seconds,
+    port,
+    port_or_any,
+    positive_int,
+    positive_seconds,
+)
 from pdserve.errors import PdserveError
 
 
@@ -16,10 +25,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="local Hugging Face model directory (default: built-in tiny)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--block-size", type=int, default=16, help="KV block size in tokens")
-    parser.add_argument("--num-kv-blocks", type=int, default=None, help="KV pool size in blocks")
-    parser.add_argument("--max-num-batched-tokens", type=int, default=2048, help="per-step token budget")
-    parser.add_argument("--max-num-seqs", type=int, default=256, help="most sequences per step")
+    parser.add_argument("--block-size", type=positive_int, default=16, help="KV block size in tokens")
+    parser.add_argument("--num-kv-blocks", type=positive_int, default=None, help="KV pool size in blocks")
+    parser.add_argument("--max-num-batched-tokens", type=positive_int, default=2048, help="per-step token budget")
+    parser.add_argument("--max-num-seqs", type=positive_int, default=256, help="most sequences per step")
     parser.add_argument(
         "--enable-prefix-caching",
         action=argparse.BooleanOptionalAction,
@@ -70,7 +79,7 @@ def add_bus_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nats-tls-ca", default=None, help="CA bundle for TLS to NATS")
     parser.add_argument("--nats-tls-cert", default=None, help="client certificate for TLS to NATS")
     parser.add_argument("--nats-tls-key", default=None, help="client key for TLS to NATS")
-    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    parser.add_argument("--log-level", type=log_level, default="info", help="debug, info, warning, error")
 
 
 def add_worker_args(parser: argparse.ArgumentParser) -> None:
@@ -79,23 +88,34 @@ def add_worker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--served-model-name", default=None, help="model name in heartbeats and the API")
     parser.add_argument("--worker-id", default=None, help="unique id (default: role-host-pid-random)")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed for unseeded requests")
-    parser.add_argument("--heartbeat-s", type=float, default=1.0, help="heartbeat interval in seconds")
-    parser.add_argument("--max-waiting", type=int, default=256, help="queued requests before refusing (429)")
-    parser.add_argument("--drain-timeout-s", type=float, default=30.0, help="on SIGTERM, wait this long for work")
+    parser.add_argument("--heartbeat-s", type=positive_seconds, default=1.0, help="heartbeat interval in seconds")
+    parser.add_argument(
+        "--max-waiting", type=non_negative_int, default=256, help="queued requests before refusing (429)"
+    )
+    parser.add_argument(
+        "--drain-timeout-s", type=non_negative_seconds, default=30.0, help="on SIGTERM, wait this long for work"
+    )
 
 
 def add_router_limit_args(parser: argparse.ArgumentParser) -> None:
     """Backpressure and input limits of the gateway (docs/reliability.md)."""
     parser.add_argument(
-        "--max-inflight", type=int, default=1024, help="completion/chat requests served at once; more get 429"
+        "--max-inflight", type=positive_int, default=1024, help="completion/chat requests served at once; more get 429"
     )
-    parser.add_argument("--max-body-bytes", type=int, default=4 << 20, help="larger request bodies get 413")
-    parser.add_argument("--max-prompt-tokens", type=int, default=None, help="longer prompts get 400 (default: context)")
+    parser.add_argument("--max-body-bytes", type=positive_int, default=4 << 20, help="larger request bodies get 413")
     parser.add_argument(
-        "--max-tokens-limit", type=int, default=None, help="largest max_tokens a request may ask (default: context)"
+        "--max-prompt-tokens", type=positive_int, default=None, help="longer prompts get 400 (default: context)"
     )
-    parser.add_argument("--max-n", type=int, default=8, help="most choices per prompt (n)")
-    parser.add_argument("--request-timeout-s", type=float, default=600.0, help="requests fail with 504 after this")
+    parser.add_argument(
+        "--max-tokens-limit",
+        type=positive_int,
+        default=None,
+        help="largest max_tokens a request may ask (default: context)",
+    )
+    parser.add_argument("--max-n", type=positive_int, default=8, help="most choices per prompt (n)")
+    parser.add_argument(
+        "--request-timeout-s", type=positive_seconds, default=600.0, help="requests fail with 504 after this"
+    )
 
 
 def _serve(role: str) -> Callable[[argparse.Namespace], int]:
@@ -135,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate text offline for one or more prompts")
     add_model_args(gen)
     gen.add_argument("prompts", nargs="+", help="prompt text")
-    gen.add_argument("--max-tokens", type=int, default=32)
+    gen.add_argument("--max-tokens", type=positive_int, default=32)
     gen.add_argument("--temperature", type=float, default=0.0)
     gen.add_argument("--top-k", type=int, default=0)
     gen.add_argument("--top-p", type=float, default=1.0)
@@ -149,14 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     router.add_argument("--model", default=None, help="model directory (for the tokenizer and chat template)")
     router.add_argument("--served-model-name", default=None, help="model name in the API")
     router.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    router.add_argument("--port", type=int, default=8000, help="HTTP port")
+    router.add_argument("--port", type=port, default=8000, help="HTTP port")
     router.add_argument("--api-key", default=None, help="require this Bearer key (comma-separated for several)")
     add_router_limit_args(router)
     router.add_argument(
-        "--max-migrations", type=int, default=3, help="times a request may move after losing its worker (0: never)"
+        "--max-migrations",
+        type=non_negative_int,
+        default=3,
+        help="times a request may move after losing its worker (0: never)",
     )
     router.add_argument(
-        "--stall-timeout-s", type=float, default=10.0, help="a started stream with no token this long migrates"
+        "--stall-timeout-s",
+        type=positive_seconds,
+        default=10.0,
+        help="a started stream with no token this long migrates",
     )
     router.set_defaults(func=_serve("router"))
 
@@ -171,14 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
             worker.add_argument(
                 "--ucx-host", default="127.0.0.1", help="address published for KV pushes ('auto': this host's IP)"
             )
-            worker.add_argument("--ucx-port", type=int, default=0, help="UCX listener port (0: any free)")
+            worker.add_argument("--ucx-port", type=port_or_any, default=0, help="UCX listener port (0: any free)")
             worker.add_argument(
                 "--transfer-failure-policy",
                 choices=["recompute", "fail"],
                 default="recompute",
                 help="admitted KV that never arrives: prefill it here (recompute) or end the request (fail, 502)",
             )
-            worker.add_argument("--kv-lease-s", type=float, default=10.0, help="blocks reserved for a KV push expire")
+            worker.add_argument(
+                "--kv-lease-s", type=positive_seconds, default=10.0, help="blocks reserved for a KV push expire"
+            )
         worker.set_defaults(func=_serve(role))
 
     up = sub.add_parser("up", help="a whole cluster on this machine: nats-server, router and workers")
@@ -186,13 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--nats", default=None, help="use this NATS server instead of starting one")
     up.add_argument("--cluster", default="pdserve", help="cluster name; prefixes every subject")
     up.add_argument("--mode", choices=["disaggregated", "colocated"], default="disaggregated")
-    up.add_argument("--prefill", type=int, default=1, help="prefill workers (disaggregated)")
-    up.add_argument("--decode", type=int, default=1, help="decode workers (disaggregated)")
-    up.add_argument("--workers", type=int, default=1, help="colocated workers (--mode colocated)")
+    up.add_argument("--prefill", type=positive_int, default=1, help="prefill workers (disaggregated)")
+    up.add_argument("--decode", type=positive_int, default=1, help="decode workers (disaggregated)")
+    up.add_argument("--workers", type=positive_int, default=1, help="colocated workers (--mode colocated)")
     up.add_argument("--host", default="127.0.0.1", help="gateway address")
-    up.add_argument("--port", type=int, default=8000, help="gateway port")
+    up.add_argument("--port", type=port, default=8000, help="gateway port")
     up.add_argument("--api-key", default=None, help="require this Bearer key at the gateway")
-    up.add_argument("--max-inflight", type=int, default=1024, help="the gateway's --max-inflight")
+    up.add_argument("--max-inflight", type=positive_int, default=1024, help="the gateway's --max-inflight")
     up.add_argument("--log-dir", default=None, help="where each process writes its log (default: a temp dir)")
     up.add_argument("--pin", default=None, help="CPU cores per process, e.g. 'router=0;prefill=0;decode=1'")
     up.add_argument(
@@ -201,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="lower priority (niceness 0-19) per role, e.g. 'router=10': on cores the workers share with "
         "the router, the engine's threads keep running while the router waits its turn (docs/benchmarks.md)",
     )
-    up.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    up.add_argument("--log-level", type=log_level, default="info", help="debug, info, warning, error")
     up.set_defaults(func=_up)
 
     add_bench_parser(sub)  # `pdserve bench` and `pdserve bench sweep` (pdserve.bench)

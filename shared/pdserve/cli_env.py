@@ -31,7 +31,9 @@ def _convert(action: argparse.Action, text: str) -> Any:
     if callable(action.type):
         try:
             value = action.type(text)
-        except (TypeError, ValueError, argparse.ArgumentTypeError):
+        except argparse.ArgumentTypeError as e:
+            raise ValueError(str(e)) from None
+        except (TypeError, ValueError):
             kind = getattr(action.type, "__name__", repr(action.type))
             raise ValueError(f"invalid {kind} value {text!r}") from None
     if action.choices is not None and value not in action.choices:

@@ -33,7 +33,7 @@ def test_valid_values_become_defaults_and_flags_win(monkeypatch: pytest.MonkeyPa
 @pytest.mark.parametrize(
     ("variable", "value", "argv", "says"),
     [
-        ("PDSERVE_PORT", "abc", ["router"], "invalid int value 'abc'"),
+        ("PDSERVE_PORT", "abc", ["router"], "expected a port 1-65535, got 'abc'"),
         ("PDSERVE_REQUEST_RATE", "fast", ["bench"], "invalid float value 'fast'"),
         ("PDSERVE_MODE", "foo", ["up"], "invalid choice 'foo' (choose from disaggregated, colocated)"),
         ("PDSERVE_TRANSFER_FAILURE_POLICY", "bogus", ["decode"], "invalid choice 'bogus'"),
@@ -80,5 +80,5 @@ def test_a_service_with_a_bad_variable_exits_2_without_a_traceback() -> None:
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2
-    assert "environment variable PDSERVE_PORT='80a': invalid int value '80a'" in proc.stderr
+    assert "environment variable PDSERVE_PORT='80a': expected a port 1-65535, got '80a'" in proc.stderr
     assert "Traceback" not in proc.stderr

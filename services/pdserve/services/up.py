@@ -97,6 +97,15 @@ def parse_pin(spec: str | None) -> dict[str, set[int]]:
         except ValueError:
             msg = f"pdserve up: bad --pin entry {part!r}; expected role=cores like decode=1 or worker=0-1"
             raise SystemExit(msg) from None
+        if role.strip() not in ROLES:
+            raise SystemExit(f"pdserve up: bad --pin entry {part!r}: no role {role.strip()!r}; roles {sorted(ROLES)}")
+        usable = os.sched_getaffinity(0)
+        if not pins[role.strip()] <= usable:
+            missing = sorted(pins[role.strip()] - usable)
+            raise SystemExit(
+                f"pdserve up: bad --pin entry {part!r}: core(s) {missing} are not available here "
+                f"(this process may run on {sorted(usable)})"
+            )
     return pins
 
 
@@ -158,7 +167,7 @@ def plan(args: argparse.Namespace, nats_url: str, log_dir: Path) -> list[Child]:
         roles = [("prefill", args.prefill), ("decode", args.decode)]
     for role, count in roles:
         if count < 1:
-            raise SystemExit(f"pdserve up: need at least one {role} worker")
+            raise SystemExit(f"pdserve up: need at least one {role}{'' if role == 'worker' else ' worker'}")
         for i in range(count):
             argv = [*py, role, *bus, *model_flags(args), "--worker-id", f"{role}-{i}"]
             log_path = log_dir / f"{role}-{i}.log"
@@ -171,7 +180,10 @@ def run_up(args: argparse.Namespace) -> int:
     parse_pin(args.pin)
     parse_nice(args.nice)
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="pdserve-up-"))
-    log_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"pdserve up: cannot use --log-dir {log_dir}: {e.strerror or e}") from None
     env = dict(os.environ)
     children: list[Child] = []
     nats_child: Child | None = None
