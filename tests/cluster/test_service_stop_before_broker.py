@@ -48,3 +48,30 @@ def test_sigterm_while_waiting_for_nats_stops_the_worker(role: str) -> None:
     assert code == 0, text[-3000:]
     assert "signal received before the worker was up; stopping" in text
     assert "worker stopped" in text
+
+
+@pytest.mark.e2e
+def test_up_with_an_unreachable_broker_says_so_and_stops_on_ctrl_c() -> None:
+    url = f"nats://127.0.0.1:{closed_port()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pdserve.cli", "up", "--nats", url, "--port", str(closed_port())],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            seen.append(line)
+            if "cannot reach NATS at" in line or not line:
+                break
+        assert f"cannot reach NATS at {url} yet" in seen[-1], "".join(seen)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 1  # not healthy: startup abandoned
+        assert time.monotonic() - started < 20, "the workers held up the stop"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

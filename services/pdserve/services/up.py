@@ -212,7 +212,7 @@ def run_up(args: argparse.Namespace) -> int:
             print(f"pdserve up: started {child.name} (pid {child.process.pid if child.process else '?'})", flush=True)
         url = f"http://{args.host}:{args.port}"
         print(f"pdserve up: waiting for the cluster to become healthy (logs in {log_dir})", flush=True)
-        if not _wait_healthy(url, children, nats_child, lambda: stopping):
+        if not _wait_healthy(url, children, nats_child, lambda: stopping, nats_url):
             return 1
         print(f"pdserve up: ready; OpenAI API at {url}/v1 (cluster view at {url}/cluster)", flush=True)
         while not stopping:
@@ -231,7 +231,16 @@ def run_up(args: argparse.Namespace) -> int:
         _stop_all(children, nats_child)
 
 
-def _wait_healthy(url: str, children: list[Child], nats_child: Child | None, stopping: object) -> bool:
+def _log_tail_has(path: Path, text: bytes, tail_bytes: int = 4096) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(f.seek(0, os.SEEK_END) - tail_bytes, 0))
+            return text in f.read()
+    except OSError:
+        return False
+
+
+def _wait_healthy(url: str, children: list[Child], nats_child: Child | None, stopping: object, nats_url: str) -> bool:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     last_dot = 0.0
     while time.monotonic() < deadline:
@@ -251,7 +260,16 @@ def _wait_healthy(url: str, children: list[Child], nats_child: Child | None, sto
         except httpx.HTTPError:
             pass
         if time.monotonic() - last_dot > 5:
-            print("pdserve up: ... still starting (loading the model, connecting workers)", flush=True)
+            # Services wait for their broker forever (it may come later); say so rather than look stuck.
+            cut_off = [c.name for c in children if _log_tail_has(c.log_path, b"nats error; retrying")]
+            if cut_off:
+                print(
+                    f"pdserve up: ... {', '.join(cut_off)} cannot reach NATS at {nats_url} yet, still trying; "
+                    "is the server running and the URL right? (Ctrl-C stops)",
+                    flush=True,
+                )
+            else:
+                print("pdserve up: ... still starting (loading the model, connecting workers)", flush=True)
             last_dot = time.monotonic()
         time.sleep(0.2)
     print(f"pdserve up: not healthy after {STARTUP_TIMEOUT_S:.0f} s", file=sys.stderr)
