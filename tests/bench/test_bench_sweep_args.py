@@ -24,7 +24,13 @@ def test_targets() -> None:
     assert parse_target("https://example.com").label == "external"
 
 
-@pytest.mark.parametrize("bad", ["colocated", "colocated:1:2", "disagg:2", "colocated:0", "colocated:x", "tpu:1"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "colocated", "colocated:1:2", "disagg:2", "colocated:0", "colocated:x", "tpu:1",
+        "colocated:1@prefill=0", "disagg:1:1@worker=0", "colocated:1@router=4096", "colocated:1@router",
+    ],
+)  # fmt: skip
 def test_bad_targets(bad: str) -> None:
     with pytest.raises(ValueError, match="target"):
         parse_target(bad)

@@ -3,10 +3,9 @@ before a model loads, and even when the broker is down and the service would wai
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from pdserve.cli import build_parser
+from pdserve.cpu_cores import online_cores
 from pdserve.services.up import parse_pin
 
 
@@ -42,9 +41,9 @@ def test_good_values_pass() -> None:
 
 
 def test_pin_names_real_roles_and_cores() -> None:
-    usable = sorted(os.sched_getaffinity(0))
+    usable = sorted(online_cores())
     assert parse_pin(f"router={usable[0]};decode={usable[-1]}") == {"router": {usable[0]}, "decode": {usable[-1]}}
     with pytest.raises(SystemExit, match="no role 'routr'"):
         parse_pin(f"routr={usable[0]}")
-    with pytest.raises(SystemExit, match=r"core\(s\) \[4096\] are not available here"):
+    with pytest.raises(SystemExit, match=r"core\(s\) \[4096\] are not online here"):
         parse_pin("router=4096")

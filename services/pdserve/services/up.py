@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO
 
 import httpx
-from pdserve.cpu_cores import parse_cores
+from pdserve.cpu_cores import parse_pin_spec
 
 STARTUP_TIMEOUT_S = 300.0
 # The processes `pdserve up` starts, by role (the names --pin and --nice take).
@@ -56,13 +56,19 @@ class Child:
             if niceness:
                 os.nice(niceness)
 
-        self.process = subprocess.Popen(
-            self.argv,
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-            env=child_env,
-            preexec_fn=preexec if cores or niceness else None,
-        )
+        try:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdout=self.log_file,
+                stderr=subprocess.STDOUT,
+                env=child_env,
+                preexec_fn=preexec if cores or niceness else None,
+            )
+        except subprocess.SubprocessError as e:  # the pinning or niceness failed in the child
+            raise SystemExit(
+                f"pdserve up: could not start {self.name} on cores {sorted(cores or [])} at niceness "
+                f"{niceness} ({e}): a container's cpuset may exclude those cores; check --pin and --nice"
+            ) from None
 
     @property
     def exit_code(self) -> int | None:
@@ -85,28 +91,10 @@ def nats_server_binary() -> str:
 
 def parse_pin(spec: str | None) -> dict[str, set[int]]:
     """'router=0;prefill=0;decode=1;worker=0-1' -> role -> cores."""
-    pins: dict[str, set[int]] = {}
-    if not spec:
-        return pins
-    for part in spec.split(";"):
-        if not part.strip():
-            continue
-        role, _, cores = part.partition("=")
-        try:
-            pins[role.strip()] = parse_cores(cores)
-        except ValueError:
-            msg = f"pdserve up: bad --pin entry {part!r}; expected role=cores like decode=1 or worker=0-1"
-            raise SystemExit(msg) from None
-        if role.strip() not in ROLES:
-            raise SystemExit(f"pdserve up: bad --pin entry {part!r}: no role {role.strip()!r}; roles {sorted(ROLES)}")
-        usable = os.sched_getaffinity(0)
-        if not pins[role.strip()] <= usable:
-            missing = sorted(pins[role.strip()] - usable)
-            raise SystemExit(
-                f"pdserve up: bad --pin entry {part!r}: core(s) {missing} are not available here "
-                f"(this process may run on {sorted(usable)})"
-            )
-    return pins
+    try:
+        return parse_pin_spec(spec, ROLES)
+    except ValueError as e:
+        raise SystemExit(f"pdserve up: {e}") from None
 
 
 def parse_nice(spec: str | None) -> dict[str, int]:

@@ -21,7 +21,7 @@ from pdserve.bench.metrics import parse_goodput
 from pdserve.bench.report import format_result, sweep_table, write_json
 from pdserve.bench.runner import BenchResult, LoadSpec, benchmark
 from pdserve.bench.sweep import Cluster, Target, parse_rates, parse_target
-from pdserve.cpu_cores import parse_cores
+from pdserve.cpu_cores import parse_cores, unknown_cores
 from pdserve.errors import PdserveError
 
 DEFAULT_VOCAB_SIZE = 256  # ids every model has: the byte range of byte-level tokenizers
@@ -215,4 +215,9 @@ def _pin_self(spec: str | None) -> None:
         cores = parse_cores(spec)
     except ValueError:
         raise ValueError(f"bad --bench-cores {spec!r}; expected cores like 3, 2-3 or 0,2") from None
-    os.sched_setaffinity(0, cores)
+    if missing := unknown_cores(cores):
+        raise ValueError(f"bad --bench-cores {spec!r}: core(s) {missing} are not online here")
+    try:
+        os.sched_setaffinity(0, cores)
+    except OSError as e:
+        raise ValueError(f"cannot run on --bench-cores {spec!r}: {e.strerror or e}") from None

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from pdserve.cpu_cores import parse_pin_spec
+
 HEALTH_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 90.0  # `pdserve up` drains workers (up to 35 s), then the router and the broker
 
@@ -66,6 +68,11 @@ def parse_target(spec: str) -> Target:
         raise ValueError(f"bad target {spec!r}: worker counts must be integers") from None
     if any(n < 1 for n in numbers):
         raise ValueError(f"bad target {spec!r}: worker counts must be at least 1")
+    roles = frozenset({"router", "worker"} if kind == "colocated" else {"router", "prefill", "decode"})
+    try:
+        parse_pin_spec(pin, roles)  # a bad pin is refused before any cluster of the sweep starts
+    except ValueError as e:
+        raise ValueError(f"bad target {spec!r}: {e}") from None
     if kind == "colocated" and len(numbers) == 1:
         return Target(label or f"colocated-{numbers[0]}w", "colocated", workers=numbers[0], pin=pin or None)
     if kind in ("disaggregated", "disagg") and len(numbers) == 2:
