@@ -3,6 +3,8 @@ any order); SIGTERM in that wait must still stop it promptly, with nothing to dr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pdserve.services.runners import started_before_stop
 
 
 def closed_port() -> int:
@@ -55,7 +58,7 @@ def test_up_with_an_unreachable_broker_says_so_and_stops_on_ctrl_c() -> None:
     url = f"nats://127.0.0.1:{closed_port()}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pdserve.cli", "up", "--nats", url, "--port", str(closed_port())],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     assert proc.stdout is not None
     seen: list[str] = []
@@ -72,6 +75,38 @@ def test_up_with_an_unreachable_broker_says_so_and_stops_on_ctrl_c() -> None:
         assert proc.wait(timeout=30) == 1  # not healthy: startup abandoned
         assert time.monotonic() - started < 20, "the workers held up the stop"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        with contextlib.suppress(ProcessLookupError):  # up and any service it left behind
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+async def test_stop_wins_even_over_a_start_that_swallows_a_cancel() -> None:
+    swallowed = []
+
+    async def stubborn_start() -> None:
+        while True:  # as nats-py's connect loop does when a cancel lands in its cleanup
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed.append(True)
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.05, stop.set)
+    began = time.monotonic()
+    assert await asyncio.wait_for(started_before_stop(stubborn_start(), stop), timeout=10) is False
+    assert swallowed == [True]
+    assert time.monotonic() - began < 3, "the stop waited for the start-up's own sleep"
+
+
+async def test_start_first_wins_and_its_error_is_raised() -> None:
+    async def quick() -> None:
+        await asyncio.sleep(0)
+
+    async def broken() -> None:
+        raise OSError("no route")
+
+    assert await started_before_stop(quick(), asyncio.Event()) is True
+    with pytest.raises(OSError, match="no route"):
+        await started_before_stop(broken(), asyncio.Event())

@@ -81,9 +81,13 @@ async def started_before_stop(start: Coroutine[Any, Any, None], stop: asyncio.Ev
         stopping.cancel()
         starting.result()  # start-up's own error, if it failed
         return True
-    starting.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await starting
+    # nats-py swallows a cancel that lands inside its cleanup between connect attempts, and
+    # the connect loop then runs on; cancel again until the start-up task has really ended.
+    while not starting.done():
+        starting.cancel()
+        await asyncio.wait({starting}, timeout=0.5)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        starting.result()  # retrieved, so asyncio does not log it as never retrieved
     return False
 
 
