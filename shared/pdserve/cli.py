@@ -122,11 +122,12 @@ def _serve(role: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from pdserve import event_loop, gc_heap
         from pdserve.protocol import check_token
-        from pdserve.services import runners
+        from pdserve.services import bus, runners
 
         try:
             # Checked before the model loads: both become NATS subject tokens.
             check_token(args.cluster, "--cluster")
+            bus.check_bus_options(runners.bus_options(args))  # missing credentials fail now, not never
             if getattr(args, "worker_id", None):
                 check_token(args.worker_id, "--worker-id")
             event_loop.loop_factory()  # a bad PDSERVE_EVENT_LOOP is refused before the model loads

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -28,6 +29,53 @@ class BusOptions:
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+
+
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def check_bus_options(options: BusOptions) -> None:
+    """Refuse what can never connect, before a service loads its model and starts its endless
+    wait for the broker: a URL scheme NATS does not speak, credentials or TLS files that are
+    missing or unreadable (and certificates that do not load), a password without a user."""
+    scheme, sep, _ = options.url.partition("://")
+    if sep and scheme.lower() not in NATS_SCHEMES:
+        raise ValueError(f"--nats {options.url!r}: the scheme must be one of {', '.join(NATS_SCHEMES)}")
+    files = {
+        "--nats-nkey-seed": options.nkey_seed_file,
+        "--nats-creds": options.creds_file,
+        "--nats-tls-ca": options.tls_ca_file,
+        "--nats-tls-cert": options.tls_cert_file,
+        "--nats-tls-key": options.tls_key_file,
+    }
+    for flag, path in files.items():
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise ValueError(f"{flag} {path}: {e.strerror or e}") from None
+    if options.password is not None and options.user is None:
+        raise ValueError("--nats-password needs --nats-user")
+    if options.tls_key_file and not options.tls_cert_file:
+        raise ValueError("--nats-tls-key needs --nats-tls-cert")
+    tls_context(options)
+
+
+def tls_context(options: BusOptions) -> ssl.SSLContext | None:
+    """The client's TLS context when a CA or a client certificate is given; ValueError if they do not load."""
+    if not (options.tls_ca_file or options.tls_cert_file):
+        return None
+    try:
+        context = ssl.create_default_context(cafile=options.tls_ca_file)
+        if options.tls_cert_file:
+            context.load_cert_chain(options.tls_cert_file, options.tls_key_file)
+    except (ssl.SSLError, OSError) as e:
+        raise ValueError(
+            f"NATS TLS files do not load ({e}); check --nats-tls-ca, --nats-tls-cert, --nats-tls-key"
+        ) from e
+    return context
 
 
 async def connect(options: BusOptions, name: str) -> Client:
@@ -68,12 +116,7 @@ async def connect(options: BusOptions, name: str) -> Client:
         kwargs["nkeys_seed"] = options.nkey_seed_file
     if options.creds_file is not None:
         kwargs["user_credentials"] = options.creds_file
-    if options.tls_ca_file or options.tls_cert_file:
-        import ssl
-
-        context = ssl.create_default_context(cafile=options.tls_ca_file)
-        if options.tls_cert_file:
-            context.load_cert_chain(options.tls_cert_file, options.tls_key_file)
+    if (context := tls_context(options)) is not None:
         kwargs["tls"] = context
     nc = await nats.connect(**kwargs)  # type: ignore[arg-type]
     log.info("nats connected", url=options.url, cluster=options.cluster)
