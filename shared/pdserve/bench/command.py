@@ -20,7 +20,7 @@ from pdserve.bench.datasets import BenchRequest, DatasetSpec, as_text, make_data
 from pdserve.bench.metrics import parse_goodput
 from pdserve.bench.report import format_result, sweep_table, write_json
 from pdserve.bench.runner import BenchResult, LoadSpec, benchmark
-from pdserve.bench.sweep import Cluster, Target, parse_rates, parse_target
+from pdserve.bench.sweep import Cluster, Target, parse_rates, parse_target, sigterm_as_interrupt
 from pdserve.cpu_cores import parse_cores, unknown_cores
 from pdserve.errors import PdserveError
 
@@ -66,12 +66,13 @@ def run_sweep(args: argparse.Namespace) -> int:
         raise BenchError("two targets have the same label; name them with LABEL=...")
     out_dir = Path(args.result_dir)
     results: list[BenchResult] = []
-    for target in targets:
-        try:
-            results += _sweep_target(args, target, rates, slos, up_args, out_dir)
-        except (RuntimeError, ValueError, httpx.HTTPError) as exc:
-            raise BenchError(f"{target.label}: {exc}") from exc
-        _write_sweep(results, out_dir, detailed=args.save_detailed)
+    with sigterm_as_interrupt():
+        for target in targets:
+            try:
+                results += _sweep_target(args, target, rates, slos, up_args, out_dir)
+            except (RuntimeError, ValueError, httpx.HTTPError) as exc:
+                raise BenchError(f"{target.label}: {exc}") from exc
+            _write_sweep(results, out_dir, detailed=args.save_detailed)
     table = sweep_table(results)
     print(table)
     plot_dir = Path(args.plot_dir or out_dir)

@@ -9,12 +9,14 @@ targets never compete for the machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +116,13 @@ class Cluster:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = HEALTH_TIMEOUT_S) -> None:
+        try:
+            self._start(timeout_s)
+        except BaseException:  # Ctrl-C or SIGTERM while it starts: `with` never reaches __exit__
+            self.stop()
+            raise
+
+    def _start(self, timeout_s: float) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / "up.log", "ab") as log:
             self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -147,3 +156,19 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`timeout`, systemd, a CI cancel) unwinds the sweep like Ctrl-C, so every `with
+    Cluster` block stops its cluster: the clusters run in sessions of their own, and the default
+    SIGTERM action would end the sweep and leave them serving."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
