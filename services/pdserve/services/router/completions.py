@@ -16,7 +16,7 @@ from pdserve.services.router.choice_group import ChoiceGroup
 from pdserve.services.router.context import RouterContext
 from pdserve.services.router.errors import invalid_request
 from pdserve.services.router.generation import answer, usage
-from pdserve.services.router.logprobs import completion_logprobs
+from pdserve.services.router.logprobs import completion_logprobs, next_text_offset
 from pdserve.services.router.openapi_docs import generation_responses
 from pdserve.services.router.sampling import (
     check_choices,
@@ -141,7 +141,7 @@ class _Format:
                         continue
                     logprobs = self._logprobs(delta.token_ids, delta.logprobs, state.token_text_offset)
                     if logprobs is not None and logprobs.tokens:
-                        state.token_text_offset = logprobs.text_offset[-1] + len(logprobs.tokens[-1])
+                        state.token_text_offset = next_text_offset(self.ctx.tokenizer, delta.token_ids, logprobs)
                     out = CompletionChoice(
                         index=choice.index,
                         text=text,

@@ -17,13 +17,27 @@ def token_texts(tokenizer: Any, token_ids: list[int]) -> list[str]:
 
 
 def completion_logprobs(tokenizer: Any, token_ids: list[int], logprobs: list[float], offset: int) -> CompletionLogprobs:
-    """`offset` is the character offset of the first token in the completion text (its tokens so far)."""
+    """`offset` is the character offset of the first token in the completion text (its tokens so far).
+
+    The completion text leaves special tokens out (it is decoded with skip_special_tokens), so a
+    special token is listed in `tokens` but takes no characters: the next offset stays where it
+    is, and offsets never point past the text. (A character split over several tokens still
+    counts one U+FFFD per token, as vLLM's offsets do.)"""
     tokens = token_texts(tokenizer, token_ids)
     offsets = []
-    for token in tokens:
+    for token_id, token in zip(token_ids, tokens, strict=True):
         offsets.append(offset)
-        offset += len(token)
+        offset += _width_in_text(tokenizer, token_id, token)
     return CompletionLogprobs(tokens=tokens, token_logprobs=list(logprobs), top_logprobs=None, text_offset=offsets)
+
+
+def next_text_offset(tokenizer: Any, token_ids: list[int], logprobs: CompletionLogprobs) -> int:
+    """The offset after the last token of `logprobs` (a stream's next chunk starts there)."""
+    return logprobs.text_offset[-1] + _width_in_text(tokenizer, token_ids[-1], logprobs.tokens[-1])
+
+
+def _width_in_text(tokenizer: Any, token_id: int, token: str) -> int:
+    return 0 if token_id in getattr(tokenizer, "all_special_ids", ()) else len(token)
 
 
 def chat_logprobs(tokenizer: Any, token_ids: list[int], logprobs: list[float]) -> ChatLogprobs:
