@@ -44,6 +44,7 @@ def _float_above(minimum: float, inclusive: bool, what: str) -> Callable[[str], 
 
 
 positive_seconds = _float_above(0.0, False, "a number of seconds > 0")
+non_negative_float = _float_above(0.0, True, "a number >= 0")
 non_negative_seconds = _float_above(0.0, True, "a number of seconds >= 0")
 
 

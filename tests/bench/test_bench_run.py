@@ -18,13 +18,20 @@ WORKLOAD = ["--num-prompts", str(PROMPTS), "--random-input-len", "24", "--random
 WORKLOAD += ["--ignore-eos", "--disable-tqdm", "--seed", "3"]
 
 
-def test_bench_and_sweep_against_pdserve_up(tmp_path: Path) -> None:
+def test_bench_and_sweep_against_pdserve_up(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with Cluster(parse_target("colocated:1"), [], tmp_path / "logs") as cluster:
         result_file = tmp_path / "run.json"
         argv = ["bench", "--base-url", cluster.base_url, *WORKLOAD, "--request-rate", "40", "--num-warmups", "2"]
         argv += ["--goodput", "ttft:60000", "tpot:60000", "--save-detailed"]
         argv += ["--result-file", str(result_file), "--plot-dir", str(tmp_path / "plots")]
         assert main(argv) == 0
+
+        # Every request refused (no such model): the summary says why, not just how many failed.
+        argv = ["bench", "--base-url", cluster.base_url, *WORKLOAD, "--model", "no-such-model"]
+        assert main(argv) == 1
+        out = capsys.readouterr().out
+        assert f"failed requests {PROMPTS}" in " ".join(out.split())
+        assert f"failures, commonest first (1 distinct):\n  {PROMPTS} x HTTP 404" in out, out
 
         sweep_dir = tmp_path / "sweep"
         argv = ["bench", "sweep", "--target", f"here={cluster.base_url}", "--request-rates", "20,inf", *WORKLOAD]

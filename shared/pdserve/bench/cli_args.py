@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from pdserve.cli_types import non_negative_float, positive_int, positive_seconds
+
 
 def add_bench_parser(sub: Any) -> None:
     """Registers `bench` (one run against a URL) and `bench sweep` on the `pdserve` subparsers."""
@@ -48,29 +50,29 @@ def _add_workload_args(p: argparse.ArgumentParser, num_warmups: int = 0) -> None
     p.add_argument("--api-key", default=None, help="Bearer key (default: $OPENAI_API_KEY)")
     p.add_argument("--tokenizer", default=None, help="Hugging Face tokenizer directory: send text prompts")
     p.add_argument("--tokenizer-free", action="store_true", help="send token-id prompts even with --tokenizer")
-    p.add_argument("--vocab-size", type=int, default=None, help="random token ids below this (default 256)")
+    p.add_argument("--vocab-size", type=positive_int, default=None, help="random token ids below this (default 256)")
     p.add_argument("--dataset-name", choices=["random", "sharegpt", "prefix"], default="random")
     p.add_argument("--num-prompts", type=int, default=100, help="measured requests per run")
-    p.add_argument("--random-input-len", type=int, default=1024, help="prompt tokens (prefix: suffix tokens)")
-    p.add_argument("--random-output-len", type=int, default=128, help="output tokens (max_tokens)")
+    p.add_argument("--random-input-len", type=positive_int, default=1024, help="prompt tokens (prefix: suffix tokens)")
+    p.add_argument("--random-output-len", type=positive_int, default=128, help="output tokens (max_tokens)")
     p.add_argument("--random-range-ratio", type=float, default=0.0, help="lengths uniform in len*(1±r)")
     p.add_argument("--prefix-len", type=int, default=256, help="shared prefix tokens (--dataset-name prefix)")
     p.add_argument("--num-prefixes", type=int, default=4, help="distinct shared prefixes (--dataset-name prefix)")
-    p.add_argument("--sharegpt-output-len", type=int, default=None, help="fixed output length for sharegpt")
+    p.add_argument("--sharegpt-output-len", type=positive_int, default=None, help="fixed output length for sharegpt")
     p.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of arrivals: 1 Poisson, inf fixed")
     p.add_argument("--max-concurrency", type=int, default=None, help="most requests in flight")
     p.add_argument("--num-warmups", type=int, default=num_warmups, help="unmeasured requests sent first")
     p.add_argument("--seed", type=int, default=0, help="seeds the dataset and the arrivals")
     p.add_argument("--goodput", nargs="+", default=None, help="SLOs in ms, e.g. ttft:500 tpot:50 (e2e:MS too)")
     p.add_argument("--ignore-eos", action="store_true", help="always generate the requested output length")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature")
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="sampling temperature")
     p.add_argument(
         "--extra-body",
         default=None,
         metavar="JSON",
         help="a JSON object merged into every request body, e.g. '{\"return_token_ids\": true}'",
     )
-    p.add_argument("--request-timeout", type=float, default=600.0, help="seconds before a request fails")
+    p.add_argument("--request-timeout", type=positive_seconds, default=600.0, help="seconds before a request fails")
     p.add_argument("--save-detailed", action="store_true", help="add every request's latencies to the JSON")
     p.add_argument("--plot-dir", default=None, help="write PNG plots here")
     p.add_argument("--bench-cores", default=None, help="pin this load generator to these cores, e.g. 3 or 2-3")

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import shlex
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +38,9 @@ def run_bench(args: argparse.Namespace) -> int:
     try:
         _pin_self(args.bench_cores)
         slos = parse_goodput(args.goodput)
+        check_outputs(args.result_file, args.plot_dir)  # before the run, so its results are never lost
+        if args.tokenizer:
+            _tokenizer(args.tokenizer)
         load = _load_spec(args, args.request_rate)
         result = asyncio.run(_bench_once(args, args.base_url, args.label or args.base_url, load, slos, args.seed))
     except (ValueError, httpx.HTTPError) as exc:
@@ -60,6 +64,10 @@ def run_sweep(args: argparse.Namespace) -> int:
         targets = [parse_target(spec) for spec in args.target]
         rates = parse_rates(args.request_rates)
         up_args = shlex.split(args.up_args)
+        _writable_dir(Path(args.result_dir), "--result-dir")
+        check_outputs(None, args.plot_dir)
+        if args.tokenizer:
+            _tokenizer(args.tokenizer)
     except ValueError as exc:
         raise BenchError(str(exc)) from exc
     if len({t.label for t in targets}) != len(targets):
@@ -199,8 +207,36 @@ def _tokenizer(path: str) -> Any:
     if path not in _TOKENIZERS:
         from transformers import AutoTokenizer
 
-        _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path)
+        if not Path(path).is_dir():
+            raise ValueError(f"--tokenizer {path}: not a directory; give a local Hugging Face tokenizer directory")
+        try:
+            _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except Exception as e:  # transformers raises many types; all mean "no tokenizer here"
+            raise ValueError(f"--tokenizer {path}: no tokenizer loads from it ({type(e).__name__}: {e})") from None
     return _TOKENIZERS[path]
+
+
+def check_outputs(result_file: str | None, plot_dir: str | None) -> None:
+    """ValueError unless --result-file and --plot-dir can be written (their folders are created)."""
+    if result_file:
+        target = Path(result_file)
+        if target.is_dir():
+            raise ValueError(f"--result-file {result_file} is a directory; give a file name")
+        _writable_dir(target.parent, "--result-file")
+    if plot_dir:
+        _writable_dir(Path(plot_dir), "--plot-dir")
+
+
+def _writable_dir(folder: Path, flag: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{flag}: cannot create {folder} ({e.strerror or e})") from None
+    try:  # a real write: permission bits say nothing to root, and /proc or a read-only mount refuse anyway
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag}: cannot write in {folder} ({e.strerror or e})") from None
 
 
 def _tokenizer_vocab(args: argparse.Namespace) -> int | None:

@@ -13,6 +13,7 @@ aiperf names the same quantities differently: its "inter token latency" is TPOT 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -113,8 +114,10 @@ def parse_goodput(items: list[str] | None) -> dict[str, float]:
             ms = float(value)
         except ValueError:
             raise ValueError(f"bad goodput SLO {item!r}: {value!r} is not a number of milliseconds") from None
-        if ms <= 0:
-            raise ValueError(f"bad goodput SLO {item!r}: must be positive")
+        if ms <= 0 or not math.isfinite(ms):
+            raise ValueError(f"bad goodput SLO {item!r}: must be a positive number of milliseconds")
+        if name in slos:
+            raise ValueError(f"goodput SLO {name} given twice ({slos[name]:g} and {ms:g} ms); give it once")
         slos[name] = ms
     return slos
 

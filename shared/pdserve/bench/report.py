@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,18 @@ def format_result(result: BenchResult) -> str:
     width = max(len(k) for k, _ in rows) + 2
     lines = [f"{k:<{width}}{v}" for k, v in rows]
     rule = "=" * max(len(line) for line in lines)
-    return "\n".join([rule, *lines, rule])
+    return "\n".join([rule, *lines, rule, *_failure_reasons(result)])
+
+
+def _failure_reasons(result: BenchResult, shown: int = 3) -> list[str]:
+    """The commonest errors of the failed requests: without them a run of failures says nothing
+    of why (a wrong --model, a 401, a timeout) unless --result-file was given."""
+    counts = Counter(t.error for t in result.timelines if t.error)
+    if not counts:
+        return []
+    lines = [f"failures, commonest first ({len(counts)} distinct):"]
+    lines += [f"  {n} x {error[:300]}" for error, n in counts.most_common(shown)]
+    return lines
 
 
 def _latencies(m: BenchMetrics) -> list[tuple[str, LatencyStats]]:
