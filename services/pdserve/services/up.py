@@ -39,10 +39,12 @@ class Child:
     niceness: int = 0
     process: subprocess.Popen[bytes] | None = None
     log_file: IO[bytes] | None = None
+    log_start: int = 0  # where this run's lines begin in a reused --log-dir's file
     reported: bool = False
 
     def start(self, env: dict[str, str]) -> None:
         self.log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child
+        self.log_start = self.log_file.tell()
         child_env = dict(env)
         cores = set(self.cores) if self.cores else None
         niceness = self.niceness
@@ -240,7 +242,7 @@ def _wait_healthy(url: str, children: list[Child], nats_child: Child | None, sto
                     f"pdserve up: {child.name} exited during startup (code {child.exit_code}); see {child.log_path}",
                     file=sys.stderr,
                 )
-                _print_tail(child.log_path)
+                _print_tail(child.log_path, child.log_start)
                 return False
         try:
             if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
@@ -264,9 +266,12 @@ def _wait_healthy(url: str, children: list[Child], nats_child: Child | None, sto
     return False
 
 
-def _print_tail(path: Path, lines: int = 15) -> None:
+def _print_tail(path: Path, start: int = 0, lines: int = 15) -> None:
+    """The last lines this run wrote to `path` (from byte `start`: an earlier run's lines are not its)."""
     try:
-        tail = path.read_text(errors="replace").splitlines()[-lines:]
+        with open(path, "rb") as f:
+            f.seek(start)
+            tail = f.read().decode(errors="replace").splitlines()[-lines:]
     except OSError:
         return
     for line in tail:
