@@ -77,6 +77,21 @@ def test_as_text_counts_tokens_again() -> None:
         assert after.output_len == before.output_len
 
 
+def test_as_text_keeps_lengths_with_non_utf8_bytes_and_specials() -> None:
+    # The whole byte tokenizer: bytes above 127 decode to U+FFFD (three tokens again), and ids 256+
+    # are special tokens. Prompts came back ~85% longer than asked, with `<|im_end|>` in the text.
+    from pdserve.models import build_byte_tokenizer
+
+    tokenizer = build_byte_tokenizer()
+    spec = DatasetSpec("random", num_prompts=16, input_len=100, output_len=4, vocab_size=len(tokenizer))
+    texts = as_text(make_dataset(spec), tokenizer)
+    for req in texts:
+        assert isinstance(req.prompt, str)
+        assert 95 <= req.prompt_len <= 100
+        assert req.prompt_len == len(tokenizer.encode(req.prompt, add_special_tokens=False))
+        assert not any(special in req.prompt for special in tokenizer.all_special_tokens)
+
+
 @pytest.mark.parametrize(
     "spec",
     [

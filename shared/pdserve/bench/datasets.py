@@ -123,13 +123,45 @@ def _prefix(spec: DatasetSpec, rng: np.random.Generator) -> list[BenchRequest]:
     return requests
 
 
+MAX_TRIMS = 64  # text-length fixes per prompt; each drops one token from the end
+
+
 def as_text(requests: list[BenchRequest], tokenizer: Any) -> list[BenchRequest]:
-    """The same requests with text prompts: each prompt decoded, its length counted again by
-    encoding the text (decode then encode need not give back the same number of tokens)."""
+    """The same requests with text prompts, as close to their token lengths as the tokenizer allows.
+
+    Decode then encode need not give back the tokens it started from: a byte-level tokenizer's
+    random bytes above 127 are no UTF-8 and decode to U+FFFD, which encodes as three tokens, so a
+    random prompt came back about 85% longer than asked. So special tokens are replaced first (a
+    random `<|im_end|>` in the text would be read as a real one), and the text is re-encoded, cut
+    to the asked length and decoded again until its encoding is at most that long. The length
+    recorded is the final text's own count."""
+    special = set(getattr(tokenizer, "all_special_ids", ()))
+    vocab = len(tokenizer)
     converted = []
     for req in requests:
         assert isinstance(req.prompt, list)
-        text = tokenizer.decode(req.prompt)
-        length = len(tokenizer.encode(text, add_special_tokens=False))
+        ids = [_not_special(t, special, vocab) for t in req.prompt]
+        text, length = _text_of_length(tokenizer, ids, req.prompt_len)
         converted.append(BenchRequest(text, length, req.output_len))
     return converted
+
+
+def _not_special(token_id: int, special: set[int], vocab: int) -> int:
+    for step in range(vocab):
+        candidate = (token_id + step) % vocab
+        if candidate not in special:
+            return candidate
+    return token_id  # a vocabulary of special tokens only: nothing to choose from
+
+
+def _text_of_length(tokenizer: Any, ids: list[int], target: int) -> tuple[str, int]:
+    text = tokenizer.decode(ids)
+    encoded = tokenizer.encode(text, add_special_tokens=False)
+    cut = target
+    for _ in range(MAX_TRIMS):
+        if len(encoded) <= target or cut <= 1:
+            break
+        text = tokenizer.decode(encoded[:cut])
+        encoded = tokenizer.encode(text, add_special_tokens=False)
+        cut -= 1 if len(encoded) > target else 0
+    return text, len(encoded)
