@@ -11,7 +11,10 @@ def parse_cores(text: str) -> set[int]:
     cores: set[int] = set()
     for item in text.split(","):
         lo, _, hi = item.partition("-")
-        cores.update(range(int(lo), int(hi or lo) + 1))
+        first, last = int(lo), int(hi or lo)
+        if first < 0 or last < first:  # '3-1' would otherwise pin to no core at all
+            raise ValueError(f"bad core range {item!r}")
+        cores.update(range(first, last + 1))
     return cores
 
 
