@@ -28,7 +28,8 @@ def test_targets() -> None:
     "bad",
     [
         "colocated", "colocated:1:2", "disagg:2", "colocated:0", "colocated:x", "tpu:1",
-        "colocated:1@prefill=0", "disagg:1:1@worker=0", "colocated:1@router=4096", "colocated:1@router", "colocated:1@worker=1-0",
+        "colocated:1@prefill=0", "disagg:1:1@worker=0", "colocated:1@router=4096", "colocated:1@router",
+        "colocated:1@worker=1-0",
     ],
 )  # fmt: skip
 def test_bad_targets(bad: str) -> None:
