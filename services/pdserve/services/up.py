@@ -221,10 +221,11 @@ def run_up(args: argparse.Namespace) -> int:
         _stop_all(children, nats_child)
 
 
-def _log_tail_has(path: Path, text: bytes, tail_bytes: int = 4096) -> bool:
+def _log_tail_has(path: Path, text: bytes, start: int, tail_bytes: int = 4096) -> bool:
+    """Whether this run's last `tail_bytes` of `path` (from byte `start` on) hold `text`."""
     try:
         with open(path, "rb") as f:
-            f.seek(max(f.seek(0, os.SEEK_END) - tail_bytes, 0))
+            f.seek(max(f.seek(0, os.SEEK_END) - tail_bytes, start))
             return text in f.read()
     except OSError:
         return False
@@ -251,7 +252,7 @@ def _wait_healthy(url: str, children: list[Child], nats_child: Child | None, sto
             pass
         if time.monotonic() - last_dot > 5:
             # Services wait for their broker forever (it may come later); say so rather than look stuck.
-            cut_off = [c.name for c in children if _log_tail_has(c.log_path, b"nats error; retrying")]
+            cut_off = [c.name for c in children if _log_tail_has(c.log_path, b"nats error; retrying", c.log_start)]
             if cut_off:
                 print(
                     f"pdserve up: ... {', '.join(cut_off)} cannot reach NATS at {nats_url} yet, still trying; "
