@@ -105,3 +105,16 @@ async def test_good_requests_answered_the_same(
     routed = await clients["routed"].post(path, json={**body, "stream": stream})
     assert fast.status_code == 200, fast.text
     assert _comparable(fast) == _comparable(routed)
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}]
+)
+async def test_a_json_body_without_a_json_content_type_is_told_so(
+    clients: dict[str, httpx.AsyncClient], headers: dict[str, str]
+) -> None:
+    # `curl -d` without -H sends form-urlencoded; pydantic's "valid dictionary" message misled.
+    for client in clients.values():
+        response = await client.post("/v1/completions", content=b'{"model": "tiny", "prompt": "x"}', headers=headers)
+        assert response.status_code == 400
+        assert "Content-Type: application/json" in response.json()["error"]["message"]

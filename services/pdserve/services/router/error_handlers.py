@@ -60,6 +60,10 @@ def describe_validation_errors(errors: Sequence[Any]) -> ApiError:
     if not errors:
         return invalid_request("invalid request")
     first = errors[0]
+    if tuple(first.get("loc", ())) == ("body",) and isinstance(first.get("input"), bytes | bytearray):
+        # The body arrived as bytes: FastAPI reads JSON only under a JSON content type, and
+        # pydantic's "valid dictionary" message would send the client looking in the body.
+        return invalid_request("the body was not read as JSON: send it with the header Content-Type: application/json")
     if first.get("type") == "json_invalid":
         detail = (first.get("ctx") or {}).get("error", "")
         return invalid_request(f"request body is not valid JSON: {detail}".rstrip(": "))
