@@ -48,9 +48,12 @@ non_negative_float = _float_above(0.0, True, "a number >= 0")
 non_negative_seconds = _float_above(0.0, True, "a number of seconds >= 0")
 
 
+_port_at_least_1 = _int_at_least(1, "a port 1-65535")
+
+
 def port(text: str) -> int:
     """A TCP port to listen on or connect to, 1-65535."""
-    value = _int_at_least(1, "a port 1-65535")(text)
+    value = _port_at_least_1(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"expected a port 1-65535, got {value}")
     return value

@@ -24,20 +24,23 @@ def completion_logprobs(tokenizer: Any, token_ids: list[int], logprobs: list[flo
     is, and offsets never point past the text. (A character split over several tokens still
     counts one U+FFFD per token, as vLLM's offsets do.)"""
     tokens = token_texts(tokenizer, token_ids)
+    special = _special_ids(tokenizer)
     offsets = []
     for token_id, token in zip(token_ids, tokens, strict=True):
         offsets.append(offset)
-        offset += _width_in_text(tokenizer, token_id, token)
+        offset += 0 if token_id in special else len(token)
     return CompletionLogprobs(tokens=tokens, token_logprobs=list(logprobs), top_logprobs=None, text_offset=offsets)
 
 
 def next_text_offset(tokenizer: Any, token_ids: list[int], logprobs: CompletionLogprobs) -> int:
     """The offset after the last token of `logprobs` (a stream's next chunk starts there)."""
-    return logprobs.text_offset[-1] + _width_in_text(tokenizer, token_ids[-1], logprobs.tokens[-1])
+    last_width = 0 if token_ids[-1] in _special_ids(tokenizer) else len(logprobs.tokens[-1])
+    return logprobs.text_offset[-1] + last_width
 
 
-def _width_in_text(tokenizer: Any, token_id: int, token: str) -> int:
-    return 0 if token_id in getattr(tokenizer, "all_special_ids", ()) else len(token)
+def _special_ids(tokenizer: Any) -> frozenset[int]:
+    # Read once per call: transformers rebuilds all_special_ids on every access.
+    return frozenset(getattr(tokenizer, "all_special_ids", ()))
 
 
 def chat_logprobs(tokenizer: Any, token_ids: list[int], logprobs: list[float]) -> ChatLogprobs:
