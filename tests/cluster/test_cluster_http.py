@@ -13,7 +13,7 @@ from cluster_harness import NatsServer, start_cluster
 from nats.aio.msg import Msg
 from pdserve import LLM, SamplingParams
 from pdserve.protocol import Subjects
-from pdserve.services.bus import BusOptions, connect
+from pdserve.services.bus import BusOptions, connect, flush
 
 
 def mixed_prompts(n: int = 16) -> list[list[int]]:
@@ -125,7 +125,7 @@ async def test_finished_requests_send_no_cancel(nats_server: NatsServer) -> None
 
     try:
         await watcher.subscribe(Subjects(cluster.cluster).cancel, cb=seen)
-        await watcher.flush()
+        await flush(watcher)
         async with httpx.AsyncClient(base_url=cluster.base_url, timeout=60) as client:
             for max_tokens in (1, 5):
                 for stream in (True, False):
@@ -133,7 +133,7 @@ async def test_finished_requests_send_no_cancel(nats_server: NatsServer) -> None
                         body = {"model": "test", "prompt": "hi", "max_tokens": max_tokens, "stream": stream}
                         assert (await client.post("/v1/completions", json=body)).status_code == 200
         await cluster.wait_idle()
-        await watcher.flush()
+        await flush(watcher)
         await asyncio.sleep(0.2)
         assert cancels == []
         # The watcher does hear a real cancel: a stream the client leaves early.
@@ -146,7 +146,7 @@ async def test_finished_requests_send_no_cancel(nats_server: NatsServer) -> None
                 if line.startswith("data: "):
                     break
         await cluster.wait_idle()
-        await watcher.flush()
+        await flush(watcher)
         assert len(cancels) == 1
     finally:
         await watcher.close()

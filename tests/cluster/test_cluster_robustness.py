@@ -11,6 +11,7 @@ from cluster_harness import NatsServer, crash, start_cluster
 from pdserve import SamplingParams
 from pdserve.protocol import GenerateTask, KvAdmission, KvOffer, TaskAck, decode, encode
 from pdserve.protocol.stream import StreamMessage
+from pdserve.services.bus import flush
 from pdserve.services.cluster_backend import answer_from
 from pdserve.serving.backend import GenerateRequest
 
@@ -61,7 +62,7 @@ async def test_malformed_messages_are_refused_not_fatal(nats_server: NatsServer)
         reply = await nc.request(subjects.kv_offer("decode-0"), encode(offer), timeout=2)
         admission = decode(reply.data, KvAdmission)
         assert not admission.accepted and "model_fingerprint" in admission.reason
-        await nc.flush()
+        await flush(nc)
         assert all(w.counters["malformed"] > 0 for w in cluster.workers)
         request = GenerateRequest("after", [5, 6, 7], SamplingParams(max_tokens=5, temperature=0.0), time.time() + 30)
         chunks = [c async for c in cluster.backend.generate(request)]  # type: ignore[union-attr]

