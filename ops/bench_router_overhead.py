@@ -52,6 +52,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import router_bench_roles as roles
 from pdserve import event_loop
+from pdserve.services.local_broker import local_broker_argv, nats_server_binary, wait_for_broker
 
 PROMPT = "hello world"
 
@@ -90,10 +91,12 @@ class Processes:
 
 
 def start_nats(procs: Processes, cores: str | None = None) -> str:
-    port = free_port()
-    binary = str(Path(sys.executable).parent / "nats-server")
-    procs.start("nats", pinned([binary, "-a", "127.0.0.1", "-p", str(port)], cores))
-    return f"nats://127.0.0.1:{port}"
+    """nats-server on a port it picks (local_broker says why); taskset execs it, so the pid is its own."""
+    proc = procs.start("nats", pinned(local_broker_argv(nats_server_binary(), procs.log_dir), cores))
+    url = wait_for_broker(proc, procs.log_dir, 10)
+    if url is None:
+        raise SystemExit(f"nats-server did not start; see {procs.log_dir / 'nats.log'}")
+    return url
 
 
 def pdserve(*args: str) -> list[str]:
