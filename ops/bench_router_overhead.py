@@ -39,7 +39,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,15 +51,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import router_bench_roles as roles
 from pdserve import event_loop
-from pdserve.services.local_broker import local_broker_argv, nats_server_binary, wait_for_broker
+from pdserve.services.local_broker import free_port, local_broker_argv, nats_server_binary, wait_for_broker
 
 PROMPT = "hello world"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pinned(argv: list[str], cores: str | None) -> list[str]:
