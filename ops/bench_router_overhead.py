@@ -1,7 +1,7 @@
 """Router overhead (issue 5): what the HTTP router and NATS add per request and per streamed
 token over calling the engine in-process, and how many streamed tokens/s one router relays.
 
-    python ops/bench_router_overhead.py latency [--reps 200]
+    python ops/bench_router_overhead.py latency [--reps 200] [--awake-cores]
     python ops/bench_router_overhead.py throughput [--concurrency 32] [--tokens 256] [--seconds 10]
     python ops/bench_router_overhead.py http-floor [--reps 300]
 
@@ -14,6 +14,11 @@ fresh random order each time, so machine noise and what ran just before hit them
 Reported: p50/p90 latency of each, and of the paired differences c-a (HTTP and router), b-c
 (NATS and the worker's service code), b-a (all of it); per streamed token is the growth of the
 b-a median from 1 to 16 tokens, divided by 15.
+
+`--awake-cores` runs one busy loop per core at SCHED_IDLE priority for the whole measurement:
+any runnable process preempts it at once, but no core ever halts, so a wake-up never waits for
+the hypervisor to resume an idle vCPU. It shows how much of b-a is this VM's idle wake-ups
+rather than pdserve (docs/benchmarks.md); the reported figures without it are the ones that count.
 
 http-floor: what the router's own HTTP path costs, without NATS or a model: the same request,
 one at a time, paths in a fresh random order each repetition, through (n) the router app over a
@@ -81,6 +86,14 @@ class Processes:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def start_idle_spinners(procs: Processes) -> None:
+    """One busy loop per core at SCHED_IDLE (it runs only when nothing else wants the core), so
+    that no core halts between the benchmark's turns."""
+    spin = "import os; os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True: pass"
+    for core in range(os.cpu_count() or 1):
+        procs.start(f"spinner-{core}", pinned([sys.executable, "-c", spin], str(core)))
 
 
 def start_nats(procs: Processes, cores: str | None = None) -> str:
@@ -156,6 +169,8 @@ async def run_latency(args: argparse.Namespace) -> dict[str, object]:
     torch.set_num_threads(1)  # the worker and the local router run with one torch thread too
     procs = Processes()
     try:
+        if args.awake_cores:
+            start_idle_spinners(procs)
         nats_url, cluster = start_nats(procs), f"bench{uuid.uuid4().hex[:6]}"
         cluster_port, local_port = free_port(), free_port()
         one_thread = {"PDSERVE_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
@@ -211,6 +226,7 @@ async def run_latency(args: argparse.Namespace) -> dict[str, object]:
             results[f"max_tokens={max_tokens}"] = summary({**times, **diffs})
         per_request = {k: v["b-a"]["p50_ms"] for k, v in results.items()}  # type: ignore[index]
         results["per_token_overhead_ms"] = round((per_request["max_tokens=16"] - per_request["max_tokens=1"]) / 15, 4)
+        results["awake_cores"] = args.awake_cores
         for conn in conns.values():
             conn.close()
         await backend.close()
@@ -301,6 +317,7 @@ def main() -> None:
     lat.add_argument("--reps", type=int, default=200)
     lat.add_argument("--warmup", type=int, default=20)
     lat.add_argument("--baseline-pythonpath", default="", help="also time path b with pdserve imported from here (b0)")
+    lat.add_argument("--awake-cores", action="store_true", help="keep every core from halting (SCHED_IDLE busy loops)")
     floor = sub.add_parser("http-floor")
     floor.add_argument("--reps", type=int, default=300)
     floor.add_argument("--warmup", type=int, default=20)
