@@ -90,9 +90,10 @@ class Processes:
 
 def start_idle_spinners(procs: Processes) -> None:
     """One busy loop per core at SCHED_IDLE (it runs only when nothing else wants the core), so
-    that no core halts between the benchmark's turns."""
+    that no core halts between the benchmark's turns. The cores are the ones this process may
+    use, which a container or taskset can make fewer than the machine's."""
     spin = "import os; os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True: pass"
-    for core in range(os.cpu_count() or 1):
+    for core in sorted(os.sched_getaffinity(0)):
         procs.start(f"spinner-{core}", pinned([sys.executable, "-c", spin], str(core)))
 
 
