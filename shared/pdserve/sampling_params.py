@@ -20,7 +20,9 @@ class SamplingParams:
     temperature 0 means greedy (argmax). top_k <= 0 and top_p == 1 disable those filters.
     A seed makes a sampled request reproducible whatever else shares its batch and whichever
     worker runs each step. `logprobs=True` returns the log-probability of each chosen token
-    under the model's raw distribution (before temperature, top-k and top-p).
+    under the model's raw distribution (before temperature, top-k and top-p). vLLM's spelling
+    is accepted too: None is False, and 0 or 1 is True (as `logprobs` 0 or 1 over HTTP); top
+    alternatives are not computed, so larger counts are an error.
     """
 
     max_tokens: int = 16
@@ -69,6 +71,21 @@ class SamplingParams:
             isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_token_ids
         ):
             raise InvalidRequestError("stop_token_ids must be a list of non-negative integers")
-        for name in ("ignore_eos", "logprobs", "include_stop_str_in_output"):
+        self.logprobs = _logprobs_flag(self.logprobs)
+        for name in ("ignore_eos", "include_stop_str_in_output"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidRequestError(f"{name} must be a boolean")
+
+
+def _logprobs_flag(value: object) -> bool:
+    """Our bool, or vLLM's count of top alternatives (None: none wanted; 0: the chosen token's)."""
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return True
+    raise InvalidRequestError(
+        f"logprobs must be a boolean (or vLLM's 0 or 1: the chosen token's logprob; "
+        f"top alternatives are not computed), got {value!r}"
+    )

@@ -22,7 +22,15 @@ def test_max_tokens_must_be_positive(max_tokens: object) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"temperature": -1.0}, "temperature"), ({"top_p": 0.0}, "top_p"), ({"stop": [""]}, "stop")],
+    [
+        ({"temperature": -1.0}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"stop": [""]}, "stop"),
+        ({"logprobs": 5}, "logprobs"),
+        ({"logprobs": -1}, "logprobs"),
+        ({"logprobs": "yes"}, "logprobs"),
+        ({"ignore_eos": 1}, "ignore_eos"),
+    ],
 )
 def test_bad_sampling_fields(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(InvalidRequestError, match=field):
