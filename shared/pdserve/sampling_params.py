@@ -11,6 +11,9 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 256
 MAX_TOP_K = 1 << 20
 GREEDY_BELOW_TEMPERATURE = 1e-5
+# max_tokens=None (vLLM's spelling for "until the context ends"): the engine's stop checker ends
+# every sequence at max_model_len anyway, so any count at least that long means the same.
+UNTIL_CONTEXT_END = 2**31 - 1
 
 
 @dataclass(slots=True)
@@ -22,7 +25,8 @@ class SamplingParams:
     worker runs each step. `logprobs=True` returns the log-probability of each chosen token
     under the model's raw distribution (before temperature, top-k and top-p). vLLM's spelling
     is accepted too: None is False, and 0 or 1 is True (as `logprobs` 0 or 1 over HTTP); top
-    alternatives are not computed, so larger counts are an error.
+    alternatives are not computed, so larger counts are an error. As in vLLM, `max_tokens=None`
+    generates until the context ends, and `stop=None` / `stop_token_ids=None` mean none.
     """
 
     max_tokens: int = 16
@@ -47,6 +51,8 @@ class SamplingParams:
 
     def validate(self) -> None:
         """Raise InvalidRequestError naming the first bad field."""
+        if self.max_tokens is None:
+            self.max_tokens = UNTIL_CONTEXT_END
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens <= 0:
             raise InvalidRequestError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
         if not isinstance(self.temperature, (int, float)) or not 0.0 <= float(self.temperature) <= 100.0:
@@ -61,6 +67,10 @@ class SamplingParams:
             raise InvalidRequestError(f"seed must be an integer, got {self.seed!r}")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
+        elif self.stop is None:
+            self.stop = []
+        if self.stop_token_ids is None:
+            self.stop_token_ids = []
         if not isinstance(self.stop, list) or not all(isinstance(s, str) and s for s in self.stop):
             raise InvalidRequestError("stop must be a string or a list of non-empty strings")
         if len(self.stop) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_STRING_CHARS for s in self.stop):

@@ -14,7 +14,7 @@ def llm(model_dirs: dict[str, Path]) -> LLM:
     return LLM(model_dirs["llama"], max_model_len=256)
 
 
-@pytest.mark.parametrize("max_tokens", [0, -3, 1.5, True])
+@pytest.mark.parametrize("max_tokens", [0, -3, 1.5, True, "16"])
 def test_max_tokens_must_be_positive(max_tokens: object) -> None:
     with pytest.raises(InvalidRequestError, match="max_tokens"):
         SamplingParams(max_tokens=max_tokens)  # type: ignore[arg-type]

@@ -83,6 +83,17 @@ def test_logprobs_of_chosen_tokens(llm: LLM) -> None:
     assert none.logprobs is None and none.token_ids == out.token_ids
 
 
+def test_vllm_spellings_of_none(llm: LLM) -> None:
+    """vLLM's SamplingParams takes None for "no limit" and "no stop conditions"; so does ours."""
+    params = SamplingParams(max_tokens=None, stop=None, stop_token_ids=None, temperature=0.0, ignore_eos=True)
+    assert params.stop == [] and params.stop_token_ids == []
+    prompt = list(range(3, 23))
+    out = llm.generate([prompt], params)[0]
+    # Until the context ends: the prompt plus the output fill max_model_len exactly.
+    assert out.finish_reason == "length"
+    assert len(prompt) + len(out.token_ids) == llm.engine.max_model_len
+
+
 def test_abort_frees_blocks_at_any_point(llm: LLM) -> None:
     engine = llm.engine
     params = SamplingParams(max_tokens=50, temperature=0.0, ignore_eos=True)
