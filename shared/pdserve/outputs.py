@@ -27,3 +27,9 @@ class RequestOutput:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def outputs(self) -> list[RequestOutput]:
+        """vLLM's shape, `out.outputs[0].text`: one completion per request, this one, so scripts
+        written for vLLM's offline API read our outputs unchanged."""
+        return [self]

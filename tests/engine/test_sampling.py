@@ -92,6 +92,8 @@ def test_vllm_spellings_of_none(llm: LLM) -> None:
     # Until the context ends: the prompt plus the output fill max_model_len exactly.
     assert out.finish_reason == "length"
     assert len(prompt) + len(out.token_ids) == llm.engine.max_model_len
+    # vLLM's output shape reads the same completion.
+    assert [(o.text, o.token_ids, o.finish_reason) for o in out.outputs] == [(out.text, out.token_ids, "length")]
 
 
 def test_abort_frees_blocks_at_any_point(llm: LLM) -> None:
