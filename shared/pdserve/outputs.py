@@ -23,6 +23,10 @@ class RequestOutput:
     finish_reason: str | None = None
     logprobs: list[float] | None = None
     num_cached_tokens: int = 0
+    # With SamplingParams.top_logprobs = k: per output token, the k most likely tokens at that
+    # position (token id -> logprob, best first). Tokens a migrated request had delivered before
+    # it moved have {} here (their alternatives went out with them).
+    top_logprobs: list[dict[int, float]] | None = None
 
     @property
     def finished(self) -> bool:

@@ -10,6 +10,9 @@ from pdserve.errors import InvalidRequestError
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 256
 MAX_TOP_K = 1 << 20
+# Most alternatives per token that `top_logprobs` may ask for: OpenAI's cap for chat, and vLLM's
+# default max_logprobs. Each costs a few bytes per token on the wire and a decode in the router.
+MAX_TOP_LOGPROBS = 20
 GREEDY_BELOW_TEMPERATURE = 1e-5
 # max_tokens=None (vLLM's spelling for "until the context ends"): the engine's stop checker ends
 # every sequence at max_model_len anyway, so any count at least that long means the same.
@@ -23,10 +26,12 @@ class SamplingParams:
     temperature 0 means greedy (argmax). top_k <= 0 and top_p == 1 disable those filters.
     A seed makes a sampled request reproducible whatever else shares its batch and whichever
     worker runs each step. `logprobs=True` returns the log-probability of each chosen token
-    under the model's raw distribution (before temperature, top-k and top-p). vLLM's spelling
-    is accepted too: None is False, and 0 or 1 is True (as `logprobs` 0 or 1 over HTTP); top
-    alternatives are not computed, so larger counts are an error. As in vLLM, `max_tokens=None`
-    generates until the context ends, and `stop=None` / `stop_token_ids=None` mean none.
+    under the model's raw distribution (before temperature, top-k and top-p); `top_logprobs=k`
+    (at most MAX_TOP_LOGPROBS, and it implies `logprobs`) also returns the k most likely tokens
+    at each position under that same distribution, best first. vLLM's spelling is accepted too:
+    `logprobs=None` is False, 0 is the chosen token's logprob only, and a count k > 0 is
+    `top_logprobs=k`. As in vLLM, `max_tokens=None` generates until the context ends, and
+    `stop=None` / `stop_token_ids=None` mean none.
     """
 
     max_tokens: int = 16
@@ -39,6 +44,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: bool = False
     include_stop_str_in_output: bool = False
+    top_logprobs: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -48,6 +54,27 @@ class SamplingParams:
         # Below 1e-5 the scaled logits overflow float32 and the distribution is a point mass
         # anyway: such a temperature is greedy (as in vLLM).
         return self.temperature < GREEDY_BELOW_TEMPERATURE
+
+    def _validate_logprobs(self) -> None:
+        top = self.top_logprobs
+        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise InvalidRequestError(f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {top!r}")
+        wanted = self.logprobs
+        if wanted is None:
+            wanted = False
+        elif not isinstance(wanted, bool):
+            # vLLM's count of top alternatives: 0 is the chosen token's logprob alone.
+            if not isinstance(wanted, int) or not 0 <= wanted <= MAX_TOP_LOGPROBS:
+                raise InvalidRequestError(
+                    f"logprobs must be a boolean or a count of top alternatives in [0, {MAX_TOP_LOGPROBS}], "
+                    f"got {wanted!r}"
+                )
+            if wanted and top and wanted != top:
+                raise InvalidRequestError(f"logprobs={wanted} and top_logprobs={top} ask for different counts")
+            top = top or wanted
+            wanted = True
+        self.logprobs = wanted or top > 0
+        self.top_logprobs = top
 
     def validate(self) -> None:
         """Raise InvalidRequestError naming the first bad field."""
@@ -81,21 +108,7 @@ class SamplingParams:
             isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_token_ids
         ):
             raise InvalidRequestError("stop_token_ids must be a list of non-negative integers")
-        self.logprobs = _logprobs_flag(self.logprobs)
+        self._validate_logprobs()
         for name in ("ignore_eos", "include_stop_str_in_output"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidRequestError(f"{name} must be a boolean")
-
-
-def _logprobs_flag(value: object) -> bool:
-    """Our bool, or vLLM's count of top alternatives (None: none wanted; 0: the chosen token's)."""
-    if value is None:
-        return False
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return True
-    raise InvalidRequestError(
-        f"logprobs must be a boolean (or vLLM's 0 or 1: the chosen token's logprob; "
-        f"top alternatives are not computed), got {value!r}"
-    )

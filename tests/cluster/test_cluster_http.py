@@ -9,6 +9,7 @@ import time
 
 import httpx
 import openai
+import pytest
 from cluster_harness import NatsServer, start_cluster
 from nats.aio.msg import Msg
 from pdserve import LLM, SamplingParams
@@ -151,3 +152,44 @@ async def test_finished_requests_send_no_cancel(nats_server: NatsServer) -> None
     finally:
         await watcher.close()
         await cluster.stop()
+
+
+async def test_top_logprobs_cross_the_cluster(nats_server: NatsServer) -> None:
+    """The first token's alternatives come from the prefill worker (through the KV offer), the rest
+    from the decode worker: every token's alternatives equal the offline engine's."""
+    prompts = mixed_prompts(4)
+    llm = LLM(dtype="float32")
+    offline = llm.generate(prompts, SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True, top_logprobs=3))
+    expected = []  # per prompt, per token: text -> logprob (ids with the same text: the best one, as served)
+    for out in offline:
+        assert out.top_logprobs is not None
+        by_text: list[dict[str, float]] = []
+        for top in out.top_logprobs:
+            texts: dict[str, float] = {}
+            for token_id, logprob in top.items():
+                texts.setdefault(llm.tokenizer.decode([token_id], skip_special_tokens=False), logprob)
+            by_text.append(texts)
+        expected.append(by_text)
+    body = {"model": "test", "max_tokens": 6, "temperature": 0, "ignore_eos": True, "logprobs": 3}
+    for shape in ({"prefill": 1, "decode": 1}, {"prefill": 0, "decode": 0, "colocated": 1}):
+        cluster = await start_cluster(nats_server.url, http=True, **shape)
+        try:
+            async with httpx.AsyncClient(base_url=cluster.base_url, timeout=60) as client:
+                for prompt, want in zip(prompts, expected, strict=True):
+                    for stream in (False, True):
+                        r = await client.post("/v1/completions", json={**body, "prompt": prompt, "stream": stream})
+                        assert r.status_code == 200, r.text
+                        tops = _top_logprobs(r.text, stream)
+                        assert [list(t) for t in tops] == [list(t) for t in want], (shape, stream)
+                        for got_top, want_top in zip(tops, want, strict=True):
+                            assert list(got_top.values()) == pytest.approx(list(want_top.values()), abs=1e-4)
+            await cluster.wait_idle()
+        finally:
+            await cluster.stop()
+
+
+def _top_logprobs(text: str, stream: bool) -> list[dict[str, float]]:
+    if not stream:
+        return list(json.loads(text)["choices"][0]["logprobs"]["top_logprobs"])
+    events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+    return [t for e in events for c in e["choices"] if c["logprobs"] for t in c["logprobs"]["top_logprobs"]]

@@ -26,7 +26,7 @@ def test_max_tokens_must_be_positive(max_tokens: object) -> None:
         ({"temperature": -1.0}, "temperature"),
         ({"top_p": 0.0}, "top_p"),
         ({"stop": [""]}, "stop"),
-        ({"logprobs": 5}, "logprobs"),
+        ({"logprobs": 21}, "logprobs"),
         ({"logprobs": -1}, "logprobs"),
         ({"logprobs": "yes"}, "logprobs"),
         ({"ignore_eos": 1}, "ignore_eos"),

@@ -75,7 +75,7 @@ def test_logprobs_of_chosen_tokens(llm: LLM) -> None:
     assert all(lp <= 0.0 and math.isfinite(lp) for lp in out.logprobs)
     sampled = llm.generate([PROMPT], SamplingParams(max_tokens=6, seed=3, logprobs=True, ignore_eos=True))[0]
     assert sampled.logprobs is not None and len(sampled.logprobs) == 6
-    # vLLM's spelling: a count of top alternatives, 0 or 1 here (the chosen token's logprob), None for none.
+    # vLLM's spelling: a count of top alternatives (0: none, the chosen token's logprob only), None for none.
     for count in (0, 1):
         again = llm.generate([PROMPT], SamplingParams(max_tokens=6, temperature=0.0, logprobs=count, ignore_eos=True))
         assert again[0].logprobs == out.logprobs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from pdserve import LLM, SamplingParams
 from router_helpers import sse_data, streamed_text
 
@@ -95,3 +96,27 @@ async def test_logprobs(client: httpx.AsyncClient) -> None:
         assert entry["top_logprobs"] == []
         assert entry["bytes"] == list(entry["token"].encode())
         assert entry["logprob"] <= 0.0
+
+
+async def test_top_logprobs(client: httpx.AsyncClient) -> None:
+    request = {"messages": MESSAGES, "max_tokens": 5, "ignore_eos": True, "logprobs": True, "top_logprobs": 4}
+    content = (await chat(client, **request, temperature=0))["choices"][0]["logprobs"]["content"]
+    assert len(content) == 5
+    for entry in content:
+        top = entry["top_logprobs"]
+        assert len(top) == 4
+        assert [t["logprob"] for t in top] == sorted((t["logprob"] for t in top), reverse=True)
+        assert all(t["bytes"] == list(t["token"].encode()) for t in top)
+        # Greedy: the chosen token is the most likely one.
+        assert (top[0]["token"], top[0]["logprob"]) == (entry["token"], pytest.approx(entry["logprob"]))
+    response = await client.post("/v1/chat/completions", json={**request, "temperature": 0, "stream": True})
+    events = sse_data(response.text)[:-1]
+    streamed = [t for e in events for c in e["choices"] if c.get("logprobs") for t in c["logprobs"]["content"]]
+    # The same alternatives; the logprobs to float rounding (the repeat's prompt comes from the prefix cache).
+    assert [[t["token"] for t in e["top_logprobs"]] for e in streamed] == [
+        [t["token"] for t in e["top_logprobs"]] for e in content
+    ]
+    for got, want in zip(streamed, content, strict=True):
+        assert [t["logprob"] for t in got["top_logprobs"]] == pytest.approx(
+            [t["logprob"] for t in want["top_logprobs"]]
+        )

@@ -79,12 +79,32 @@ async def test_n_choices_use_derived_seeds(client: httpx.AsyncClient) -> None:
 
 
 async def test_logprobs_shape(client: httpx.AsyncClient) -> None:
-    body = await complete(client, prompt="Hello", max_tokens=5, logprobs=1, ignore_eos=True, **GREEDY)
+    body = await complete(client, prompt="Hello", max_tokens=5, logprobs=0, ignore_eos=True, **GREEDY)
     logprobs = body["choices"][0]["logprobs"]
     assert len(logprobs["tokens"]) == len(logprobs["token_logprobs"]) == len(logprobs["text_offset"]) == 5
-    assert logprobs["top_logprobs"] is None
+    assert logprobs["top_logprobs"] is None  # logprobs 0: the chosen tokens' alone
     assert all(lp <= 0.0 for lp in logprobs["token_logprobs"])
     assert logprobs["text_offset"][0] == 0
+
+
+async def test_top_logprobs(client: httpx.AsyncClient) -> None:
+    request = {"prompt": "Hello", "max_tokens": 6, "logprobs": 3, "ignore_eos": True, **GREEDY}
+    logprobs = (await complete(client, **request))["choices"][0]["logprobs"]
+    tops = logprobs["top_logprobs"]
+    assert len(tops) == len(logprobs["tokens"]) == 6
+    for token, chosen, top in zip(logprobs["tokens"], logprobs["token_logprobs"], tops, strict=True):
+        assert 1 <= len(top) <= 3  # 3, fewer only where two ids decode to the same text
+        values = list(top.values())
+        assert values == sorted(values, reverse=True)
+        # Greedy: the chosen token is the most likely one.
+        assert next(iter(top)) == token and top[token] == pytest.approx(chosen)
+    # Streamed, the same alternatives arrive spread over the chunks.
+    response = await client.post("/v1/completions", json={**request, "stream": True})
+    events = sse_data(response.text)[:-1]
+    streamed = [t for e in events for c in e["choices"] if c["logprobs"] for t in c["logprobs"]["top_logprobs"]]
+    assert [list(t) for t in streamed] == [list(t) for t in tops]
+    for got, want in zip(streamed, tops, strict=True):
+        assert list(got.values()) == pytest.approx(list(want.values()))
 
 
 async def test_stream_chunks_add_up_to_the_response(client: httpx.AsyncClient) -> None:

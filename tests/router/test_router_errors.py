@@ -33,7 +33,8 @@ from router_helpers import ScriptedBackend, assert_error, chunk, sse_data
         ({}, "prompt", ["field required"]),
         ({"prompt": "x", "tools": []}, "tools", ["unsupported"]),
         ({"prompt": "x", "echo": True}, "echo", ["echo"]),
-        ({"prompt": "x", "logprobs": 5}, "logprobs", []),
+        ({"prompt": "x", "logprobs": 21}, "logprobs", ["less than or equal to 20"]),
+        ({"prompt": "x", "logprobs": True}, "logprobs", []),
         ({"prompt": "x", "presence_penalty": 0.5}, "presence_penalty", []),
         ({"prompt": "x", "repetition_penalty": 1.2}, "repetition_penalty", []),
         ({"prompt": "x", "n": 9}, "n", ["at most 8"]),
@@ -58,6 +59,8 @@ async def test_completion_validation_errors(client: httpx.AsyncClient, body: dic
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages"),
         ({"messages": [{"role": "user"}]}, "messages"),
         ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs"),
+        ({"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 2.5}, "top_logprobs"),
         (
             {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}},
             "response_format",

@@ -14,6 +14,7 @@ from pdserve.engine.kv_transfer import KvExport, KvLayout
 from pdserve.errors import InvalidRequestError, KvCapacityError, KvLayoutMismatchError, KvTransferError, ProtocolError
 from pdserve.outputs import RequestOutput
 from pdserve.protocol import KvAdmission, KvOffer, TokenChunk, decode, params_from_wire
+from pdserve.protocol.top_logprobs import TopLogprobs, top_from_wire
 from pdserve.sampling_params import SamplingParams
 from pdserve.services.worker_base import WorkerBase
 from pdserve.serving.chunks import chunk_from_output
@@ -66,6 +67,7 @@ class DecodeWorker(WorkerBase):
             offer = decode(msg.data, KvOffer)
             params = params_from_wire(offer.params)
             layout = KvLayout.from_dict(offer.layout)
+            first_top_logprobs(offer)
         except (ProtocolError, KvLayoutMismatchError) as exc:
             self.malformed(msg.subject, ProtocolError(str(exc)))
             await self._refuse(msg, f"malformed offer: {exc}", 400)
@@ -135,6 +137,7 @@ class DecodeWorker(WorkerBase):
             first_logprob=offer.first_logprob,
             layers=layers,
             resumed_tokens=offer.resumed_tokens,
+            first_top_logprobs=first_top_logprobs(offer),
         )
         try:
             await self.loop.call(lambda: self._import(export, params, offer.num_cached_tokens))
@@ -167,6 +170,8 @@ class DecodeWorker(WorkerBase):
         first = TokenChunk(rid, first_index, [offer.first_token], self.worker_id)
         if params.logprobs and offer.first_logprob is not None:
             first.logprobs = [offer.first_logprob]
+        if params.top_logprobs and offer.first_top_token_ids is not None and offer.first_top_logprobs is not None:
+            first.top_token_ids, first.top_logprobs = [offer.first_top_token_ids], [offer.first_top_logprobs]
         await self.publish_chunk(self.streams.get(rid, offer.stream_subject), first)
 
     def _import(self, export: KvExport, params: SamplingParams, cached_tokens: int) -> None:
@@ -191,3 +196,14 @@ class DecodeWorker(WorkerBase):
     async def close(self) -> None:
         await super().close()
         await self.receiver.close()
+
+
+def first_top_logprobs(offer: KvOffer) -> TopLogprobs | None:
+    """The first token's alternatives an offer carries (None: none asked for); ProtocolError if
+    its two lists do not pair up."""
+    ids, logprobs = offer.first_top_token_ids, offer.first_top_logprobs
+    if ids is None and logprobs is None:
+        return None
+    if ids is None or logprobs is None:
+        raise ProtocolError("KvOffer: first_top_token_ids and first_top_logprobs come together")
+    return top_from_wire([ids], [logprobs], "KvOffer")[0]

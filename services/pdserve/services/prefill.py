@@ -19,6 +19,7 @@ from pdserve.engine.kv_transfer import KvExport
 from pdserve.errors import KvTransferError, ProtocolError
 from pdserve.outputs import RequestOutput
 from pdserve.protocol import GenerateTask, KvAdmission, KvOffer, decode, encode
+from pdserve.protocol.top_logprobs import top_to_wire
 from pdserve.sampling_params import SamplingParams
 from pdserve.services.bus import send_now
 from pdserve.services.cluster_view import ClusterView
@@ -142,6 +143,8 @@ class PrefillWorker(WorkerBase):
             num_cached_tokens=first.num_cached_tokens,
             resumed_tokens=export.resumed_tokens,
         )
+        if export.first_top_logprobs is not None:
+            [offer.first_top_token_ids], [offer.first_top_logprobs] = top_to_wire([export.first_top_logprobs])
         payload = encode(offer)
         candidates = [task.decode_worker] if task.decode_worker else []
         candidates += [b.worker_id for b in self.view.by_load(("decode",)) if b.worker_id != task.decode_worker]

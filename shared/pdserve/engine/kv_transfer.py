@@ -96,6 +96,7 @@ class KvExport:
     first_logprob: float | None
     layers: list[torch.Tensor]
     resumed_tokens: int = 0
+    first_top_logprobs: dict[int, float] | None = None  # the first token's alternatives, if asked for
 
     @property
     def num_tokens(self) -> int:

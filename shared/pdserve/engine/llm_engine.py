@@ -124,6 +124,8 @@ class LLMEngine:
             if params.logprobs:
                 # Placeholders: the resumed tokens were delivered (with their logprobs) already.
                 seq.logprobs.extend([0.0] * len(resumed))
+                if params.top_logprobs:
+                    seq.top_logprobs.extend({} for _ in resumed)
         self.requests[request_id] = seq
         self.scheduler.add(seq)
         return seq
@@ -174,6 +176,8 @@ class LLMEngine:
             seq.token_ids.append(token)
             if seq.params.logprobs and result.logprobs is not None:
                 seq.logprobs.append(result.logprobs[row])
+                if seq.params.top_logprobs and result.top_logprobs is not None:
+                    seq.top_logprobs.append(result.top_logprobs[row])
             reason = self.stop_checker.check(seq)
             if reason is not None:
                 self._finish(seq, reason)
@@ -200,6 +204,7 @@ class LLMEngine:
             text=self.stop_checker.final_text(seq) if finished else "",
             finish_reason=seq.finish_reason,
             logprobs=list(seq.logprobs) if seq.params.logprobs else None,
+            top_logprobs=list(seq.top_logprobs) if seq.params.top_logprobs else None,
             num_cached_tokens=seq.num_cached_tokens,
         )
 
@@ -225,6 +230,7 @@ class LLMEngine:
             first_token=seq.token_ids[-1],
             resumed_tokens=seq.num_output_tokens - 1,
             first_logprob=seq.logprobs[-1] if seq.logprobs else None,
+            first_top_logprobs=seq.top_logprobs[-1] if seq.top_logprobs else None,
             layers=layers,
         )
 
@@ -261,6 +267,9 @@ class LLMEngine:
             seq.logprobs.extend([0.0] * export.resumed_tokens)  # delivered before the migration
             if export.first_logprob is not None:
                 seq.logprobs.append(float(export.first_logprob))
+            if params.top_logprobs:
+                seq.top_logprobs.extend({} for _ in range(export.resumed_tokens))
+                seq.top_logprobs.append(dict(export.first_top_logprobs or {}))
         reason = self.stop_checker.check(seq)
         if reason is not None:
             seq.status = SequenceStatus.FINISHED

@@ -17,6 +17,9 @@ _SEED_MIX = 0x9E3779B97F4A7C15  # splits one request seed into independent per-s
 class SampleResult:
     token_ids: list[int]
     logprobs: list[float] | None  # per row, None where no row asked for them
+    # per row, the row's top_logprobs most likely tokens (id -> logprob, best first); None where
+    # no row asked for alternatives
+    top_logprobs: list[dict[int, float]] | None = None
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -48,10 +51,19 @@ class Sampler:
                 tokens[row] = self._sample_row(full[row], p, steps[row])
         token_list = tokens.tolist()
         logprobs: list[float] | None = None
+        top: list[dict[int, float]] | None = None
         if any(p.logprobs for p in params):
             all_logprobs = torch.log_softmax(full, dim=-1)
             logprobs = all_logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
-        return SampleResult(token_list, logprobs)
+            k = min(max(p.top_logprobs for p in params), all_logprobs.shape[-1])
+            if k > 0:
+                # One topk for the batch at the largest k asked for; each row keeps its own count.
+                values, ids = torch.topk(all_logprobs, k, dim=-1)
+                top = [
+                    dict(zip(row_ids[: p.top_logprobs], row_values[: p.top_logprobs], strict=True))
+                    for p, row_ids, row_values in zip(params, ids.tolist(), values.tolist(), strict=True)
+                ]
+        return SampleResult(token_list, logprobs, top)
 
     def _sample_row(self, logits: torch.Tensor, p: SamplingParams, step: int) -> int:
         scaled = logits / p.temperature

@@ -106,6 +106,10 @@ class KvOffer:
     # The last `resumed_tokens` of prompt_token_ids are output tokens delivered before a
     # migration; `first_token` is then output index `resumed_tokens`.
     resumed_tokens: int = 0
+    # The first token's top alternatives (params' top_logprobs), as ids and their logprobs
+    # (protocol/top_logprobs.py).
+    first_top_token_ids: list[int] | None = None
+    first_top_logprobs: list[float] | None = None
 
 
 @dataclass(slots=True)
@@ -127,6 +131,8 @@ class TokenChunk:
     `index` is the output position of `token_ids[0]`, so the router can drop duplicates and
     detect gaps whichever worker sent the chunk. The finishing chunk has `finish_reason`
     (stop | length | abort | error), the final `text` (cut at a stop string) and usage.
+    With top_logprobs asked for, `top_token_ids[i]` and `top_logprobs[i]` are token i's most
+    likely alternatives and their logprobs, best first (protocol/top_logprobs.py).
     """
 
     request_id: str
@@ -141,6 +147,8 @@ class TokenChunk:
     error: str = ""
     error_code: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    top_token_ids: list[list[int]] | None = None
+    top_logprobs: list[list[float]] | None = None
 
 
 @dataclass(slots=True)

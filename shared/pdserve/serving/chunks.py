@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pdserve.outputs import RequestOutput
 from pdserve.protocol import TokenChunk
+from pdserve.protocol.top_logprobs import top_to_wire
 
 
 def chunk_from_output(out: RequestOutput, worker_id: str, index_offset: int = 0) -> TokenChunk:
@@ -11,6 +12,7 @@ def chunk_from_output(out: RequestOutput, worker_id: str, index_offset: int = 0)
     request started mid-stream (a decode worker's request already holds the first token)."""
     start = len(out.token_ids) - len(out.new_token_ids)
     logprobs = out.logprobs[start:] if out.logprobs is not None else None
+    top_ids, top_logprobs = top_to_wire(out.top_logprobs[start:]) if out.top_logprobs is not None else (None, None)
     return TokenChunk(
         request_id=out.request_id,
         index=start + index_offset,
@@ -21,6 +23,8 @@ def chunk_from_output(out: RequestOutput, worker_id: str, index_offset: int = 0)
         text=out.text if out.finished else None,
         prompt_tokens=len(out.prompt_token_ids),
         cached_tokens=out.num_cached_tokens,
+        top_token_ids=top_ids,
+        top_logprobs=top_logprobs,
     )
 
 

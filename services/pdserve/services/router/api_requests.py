@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pdserve.sampling_params import MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_TOP_K
+from pdserve.sampling_params import MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_TOP_K, MAX_TOP_LOGPROBS
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from pydantic.json_schema import JsonDict
 
@@ -115,8 +115,8 @@ class CompletionRequest(SamplingFields):
         | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=MAX_CHOICES)]
     ) = Field(description="a string, a list of token ids, or a list of either (one choice per prompt and n)")
     max_tokens: PositiveInt | None = Field(DEFAULT_MAX_TOKENS, description="null means up to the end of the context")
-    logprobs: Annotated[int, Field(ge=0, le=1), WHOLE] | None = Field(
-        None, description="0 or 1: the chosen token's logprob; top alternatives are not returned"
+    logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), WHOLE] | None = Field(
+        None, description="return each chosen token's logprob and this many most likely alternatives"
     )
     echo: bool | None = Field(False, description="only false is supported", json_schema_extra={"enum": [False, None]})
     best_of: PositiveInt | None = Field(None, description="only null or equal to n is supported")
@@ -152,7 +152,7 @@ class ChatCompletionRequest(SamplingFields):
     max_tokens: PositiveInt | None = Field(None, description="deprecated alias of max_completion_tokens")
     max_completion_tokens: PositiveInt | None = Field(None, description="null means up to the end of the context")
     logprobs: bool | None = Field(False, description="return the chosen token's logprob")
-    top_logprobs: Annotated[int, Field(ge=0, le=0), WHOLE] | None = Field(
-        None, description="only 0: top alternatives are not returned"
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), WHOLE] | None = Field(
+        None, description="with logprobs: this many most likely alternatives per token"
     )
     response_format: ResponseFormat | None = Field(None, description="only {'type': 'text'}")

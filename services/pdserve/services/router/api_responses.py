@@ -27,7 +27,9 @@ class Usage(BaseModel):
 class CompletionLogprobs(BaseModel):
     tokens: list[str]
     token_logprobs: list[float]
-    top_logprobs: None = Field(description="always null: top alternatives are not supported")
+    top_logprobs: list[dict[str, float]] | None = Field(
+        description="per token, the `logprobs` most likely tokens' texts and logprobs; null when `logprobs` is 0"
+    )
     text_offset: list[int] = Field(description="character offset of each token in the completion text")
 
 
@@ -49,11 +51,17 @@ class CompletionResponse(BaseModel):
     usage: Usage | None = None
 
 
+class ChatTopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] = Field(description="UTF-8 bytes of `token`")
+
+
 class ChatTokenLogprob(BaseModel):
     token: str
     logprob: float
     bytes: list[int] = Field(description="UTF-8 bytes of `token`")
-    top_logprobs: list[dict[str, object]] = Field(description="always empty: top alternatives are not supported")
+    top_logprobs: list[ChatTopLogprob] = Field(description="the `top_logprobs` most likely tokens, best first")
 
 
 class ChatLogprobs(BaseModel):

@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request
+from pdserve.protocol.top_logprobs import TopLogprobs
 from pdserve.services.router.api_requests import ChatCompletionRequest
 from pdserve.services.router.api_responses import (
     ChatChoice,
@@ -22,8 +23,9 @@ from pdserve.services.router.api_responses import (
 from pdserve.services.router.choice_format import StreamedChoice, error_event, final_text, token_id_fields
 from pdserve.services.router.choice_group import ChoiceGroup
 from pdserve.services.router.context import RouterContext
+from pdserve.services.router.errors import invalid_request
 from pdserve.services.router.generation import answer, usage
-from pdserve.services.router.logprobs import chat_logprobs
+from pdserve.services.router.logprobs import TokenTexts, chat_logprobs
 from pdserve.services.router.openapi_docs import generation_responses
 from pdserve.services.router.sampling import (
     check_choices,
@@ -59,6 +61,8 @@ async def chat_complete(ctx: RouterContext, body: ChatCompletionRequest, request
     deadline = ctx.deadline()
     ctx.check_model(body.model)
     check_unsupported(body)
+    if body.top_logprobs and not body.logprobs:
+        raise invalid_request("top_logprobs needs logprobs: true", param="top_logprobs")
     check_choices(1, body.n, ctx.limits)
     prompt = await ctx.prompts.encode_chat(body.messages)
     requested: int | None = body.max_tokens
@@ -79,7 +83,9 @@ async def chat_complete(ctx: RouterContext, body: ChatCompletionRequest, request
             GenerateRequest(
                 f"{response_id}-{j}",
                 prompt,
-                sampling_params(body, max_tokens, choice_seed(body.seed, j), bool(body.logprobs)),
+                sampling_params(
+                    body, max_tokens, choice_seed(body.seed, j), bool(body.logprobs), body.top_logprobs or 0
+                ),
                 deadline,
             ),
         )
@@ -102,6 +108,8 @@ class _Format:
         self.id = response_id
         self.created = int(time.time())
         self.want_logprobs = bool(body.logprobs)
+        self.want_top = bool(body.top_logprobs)
+        self.texts = TokenTexts(ctx.tokenizer)
         self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def body(self, group: ChoiceGroup) -> ChatCompletionResponse:
@@ -112,7 +120,7 @@ class _Format:
                 ChatChoice(
                     index=c.index,
                     message=ChatMessageOut(role="assistant", content=text),
-                    logprobs=self._logprobs(c.token_ids, c.logprobs),
+                    logprobs=self._logprobs(c.token_ids, c.logprobs, c.top_logprobs),
                     finish_reason=c.finish_reason,
                     **token_id_fields(self.request.return_token_ids, c, c.token_ids, with_prompt=True),
                 )
@@ -150,7 +158,7 @@ class _Format:
                             ChatStreamChoice(
                                 index=choice.index,
                                 delta=ChatDelta(content=text),
-                                logprobs=self._logprobs(delta.token_ids, delta.logprobs),
+                                logprobs=self._logprobs(delta.token_ids, delta.logprobs, delta.top_logprobs),
                                 finish_reason=None,
                                 **token_id_fields(
                                     self.request.return_token_ids,
@@ -192,7 +200,11 @@ class _Format:
             **extra,
         )
 
-    def _logprobs(self, token_ids: list[int], logprobs: list[float] | None) -> ChatLogprobs | None:
+    def _logprobs(
+        self, token_ids: list[int], logprobs: list[float] | None, top: list[TopLogprobs] | None
+    ) -> ChatLogprobs | None:
         if not self.want_logprobs or logprobs is None or len(logprobs) != len(token_ids):
             return None
-        return chat_logprobs(self.ctx.tokenizer, token_ids, logprobs)
+        if not self.want_top or top is None or len(top) != len(token_ids):
+            top = None
+        return chat_logprobs(self.ctx.tokenizer, token_ids, logprobs, top, self.texts)

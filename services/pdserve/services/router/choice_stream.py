@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 import structlog
+from pdserve.errors import ProtocolError
 from pdserve.protocol import TokenChunk
+from pdserve.protocol.top_logprobs import TopLogprobs, top_from_wire
 from pdserve.services.router.errors import ApiError, backend_error, internal_error
 from pdserve.serving.backend import GenerateRequest
 
@@ -39,6 +41,7 @@ class TokenDelta:
     logprobs: list[float] | None = None
     finish_reason: FinishReason | None = None
     text: str | None = None
+    top_logprobs: list[TopLogprobs] | None = None
 
 
 class ChoiceStream:
@@ -50,6 +53,7 @@ class ChoiceStream:
         self.request = request
         self.token_ids: list[int] = []
         self.logprobs: list[float] = []
+        self.top_logprobs: list[TopLogprobs] = []
         self.finish_reason: FinishReason | None = None
         self.text: str | None = None
         self.cached_tokens = 0
@@ -166,13 +170,28 @@ class ChoiceStream:
             self.token_ids.extend(new)
             if logprobs is not None:
                 self.logprobs.extend(logprobs)
+            top = _top_logprobs(chunk, skip)
+            if top is not None:
+                self.top_logprobs.extend(top)
             reason = _finish_reason(chunk, self.request.request_id)
             if reason is not None:
                 self.finish_reason = reason
                 self.text = chunk.text
                 self._ahead.clear()
                 self._guard.cancel()
-            return TokenDelta(new, logprobs, reason, chunk.text)
+            return TokenDelta(new, logprobs, reason, chunk.text, top)
+        return None
+
+
+def _top_logprobs(chunk: TokenChunk, skip: int) -> list[TopLogprobs] | None:
+    """The chunk's alternatives per token from the `skip`-th on; None if it has none, or none that
+    pair up (the response then leaves them out rather than failing the request)."""
+    if chunk.top_token_ids is None or chunk.top_logprobs is None:
+        return None
+    try:
+        return top_from_wire(chunk.top_token_ids[skip:], chunk.top_logprobs[skip:], "TokenChunk")
+    except ProtocolError as exc:
+        log.warning("dropped malformed top logprobs", backend_request_id=chunk.request_id, error=str(exc))
         return None
 
 

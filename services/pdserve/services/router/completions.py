@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request
+from pdserve.protocol.top_logprobs import TopLogprobs
 from pdserve.services.router.api_requests import DEFAULT_MAX_TOKENS, CompletionRequest, TokenId
 from pdserve.services.router.api_responses import CompletionChoice, CompletionLogprobs, CompletionResponse
 from pdserve.services.router.choice_format import StreamedChoice, error_event, final_text, token_id_fields
@@ -16,7 +17,7 @@ from pdserve.services.router.choice_group import ChoiceGroup
 from pdserve.services.router.context import RouterContext
 from pdserve.services.router.errors import invalid_request
 from pdserve.services.router.generation import answer, usage
-from pdserve.services.router.logprobs import completion_logprobs, next_text_offset
+from pdserve.services.router.logprobs import TokenTexts, completion_logprobs, next_text_offset
 from pdserve.services.router.openapi_docs import generation_responses
 from pdserve.services.router.sampling import (
     check_choices,
@@ -70,7 +71,7 @@ async def complete(ctx: RouterContext, body: CompletionRequest, request: Request
     for prompt_index, ids in enumerate(prompts):
         max_tokens = resolve_max_tokens(requested, len(ids), ctx.max_model_len(), ctx.limits, default=default)
         for j in range(body.n):
-            params = sampling_params(body, max_tokens, choice_seed(body.seed, j), want_logprobs)
+            params = sampling_params(body, max_tokens, choice_seed(body.seed, j), want_logprobs, body.logprobs or 0)
             requests.append((prompt_index, GenerateRequest(f"{response_id}-{len(requests)}", ids, params, deadline)))
     ctx.metrics.prompt_tokens += sum(len(ids) for ids in prompts)
     log.info("completion", id=response_id, prompts=len(prompts), n=body.n, stream=bool(body.stream))
@@ -106,6 +107,8 @@ class _Format:
         self.id = response_id
         self.created = int(time.time())
         self.want_logprobs = body.logprobs is not None
+        self.want_top = bool(body.logprobs)
+        self.texts = TokenTexts(ctx.tokenizer)
         self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def body(self, group: ChoiceGroup) -> CompletionResponse:
@@ -115,7 +118,7 @@ class _Format:
             fields: dict[str, Any] = {
                 "index": c.index,
                 "text": text,
-                "logprobs": self._logprobs(c.token_ids, c.logprobs, 0),
+                "logprobs": self._logprobs(c.token_ids, c.logprobs, 0, c.top_logprobs),
                 "finish_reason": c.finish_reason,
             }
             choices.append(
@@ -139,7 +142,9 @@ class _Format:
                     # time tokens by chunks, as with vLLM.
                     if not text and not delta.token_ids and delta.finish_reason is None and not extras:
                         continue
-                    logprobs = self._logprobs(delta.token_ids, delta.logprobs, state.token_text_offset)
+                    logprobs = self._logprobs(
+                        delta.token_ids, delta.logprobs, state.token_text_offset, delta.top_logprobs
+                    )
                     if logprobs is not None and logprobs.tokens:
                         state.token_text_offset = next_text_offset(self.ctx.tokenizer, delta.token_ids, logprobs)
                     out = CompletionChoice(
@@ -178,7 +183,11 @@ class _Format:
             **extra,
         )
 
-    def _logprobs(self, token_ids: list[int], logprobs: list[float] | None, offset: int) -> CompletionLogprobs | None:
+    def _logprobs(
+        self, token_ids: list[int], logprobs: list[float] | None, offset: int, top: list[TopLogprobs] | None
+    ) -> CompletionLogprobs | None:
         if not self.want_logprobs or logprobs is None or len(logprobs) != len(token_ids):
             return None
-        return completion_logprobs(self.ctx.tokenizer, token_ids, logprobs, offset)
+        if not self.want_top or top is None or len(top) != len(token_ids):
+            top = None
+        return completion_logprobs(self.ctx.tokenizer, token_ids, logprobs, offset, top, self.texts)

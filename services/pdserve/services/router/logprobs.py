@@ -1,23 +1,48 @@
-"""Chosen-token logprobs in OpenAI's two shapes (completions and chat).
+"""Chosen-token logprobs and their top alternatives in OpenAI's two shapes (completions and chat).
 
-Workers return the log-probability of each sampled token only, so `top_logprobs` is null
-(completions) or empty (chat). A token's text is its own decode, special tokens included; a
-token that ends inside a multi-byte character decodes to U+FFFD.
+A token's text is its own decode, special tokens included; a token that ends inside a
+multi-byte character decodes to U+FFFD. Completions list each token's alternatives as a map from
+text to logprob (two ids with the same text keep the better one, as OpenAI's map must), or null
+when none were asked for (`logprobs: 0`); chat lists them as objects, an empty list when none
+were asked for.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pdserve.services.router.api_responses import ChatLogprobs, ChatTokenLogprob, CompletionLogprobs
+from pdserve.protocol.top_logprobs import TopLogprobs
+from pdserve.services.router.api_responses import ChatLogprobs, ChatTokenLogprob, ChatTopLogprob, CompletionLogprobs
 
 
 def token_texts(tokenizer: Any, token_ids: list[int]) -> list[str]:
     return [str(tokenizer.decode([t], skip_special_tokens=False)) for t in token_ids]
 
 
-def completion_logprobs(tokenizer: Any, token_ids: list[int], logprobs: list[float], offset: int) -> CompletionLogprobs:
+class TokenTexts:
+    """Token id -> its text, decoded once per request: the same alternatives come up again and again."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._texts: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        text = self._texts.get(token_id)
+        if text is None:
+            text = self._texts[token_id] = str(self.tokenizer.decode([token_id], skip_special_tokens=False))
+        return text
+
+
+def completion_logprobs(
+    tokenizer: Any,
+    token_ids: list[int],
+    logprobs: list[float],
+    offset: int,
+    top: list[TopLogprobs] | None = None,
+    texts: TokenTexts | None = None,
+) -> CompletionLogprobs:
     """`offset` is the character offset of the first token in the completion text (its tokens so far).
+    `top` (one map per token) fills `top_logprobs`; without it that field is null.
 
     The completion text leaves special tokens out (it is decoded with skip_special_tokens), so a
     special token is listed in `tokens` but takes no characters: the next offset stays where it
@@ -29,7 +54,20 @@ def completion_logprobs(tokenizer: Any, token_ids: list[int], logprobs: list[flo
     for token_id, token in zip(token_ids, tokens, strict=True):
         offsets.append(offset)
         offset += 0 if token_id in special else len(token)
-    return CompletionLogprobs(tokens=tokens, token_logprobs=list(logprobs), top_logprobs=None, text_offset=offsets)
+    top_logprobs = None
+    if top is not None:
+        text_of = texts or TokenTexts(tokenizer)
+        top_logprobs = [_by_text(alternatives, text_of) for alternatives in top]
+    return CompletionLogprobs(
+        tokens=tokens, token_logprobs=list(logprobs), top_logprobs=top_logprobs, text_offset=offsets
+    )
+
+
+def _by_text(alternatives: TopLogprobs, text_of: TokenTexts) -> dict[str, float]:
+    by_text: dict[str, float] = {}
+    for token_id, logprob in alternatives.items():  # best first: the first of equal texts stays
+        by_text.setdefault(text_of(token_id), logprob)
+    return by_text
 
 
 def next_text_offset(tokenizer: Any, token_ids: list[int], logprobs: CompletionLogprobs) -> int:
@@ -43,9 +81,25 @@ def _special_ids(tokenizer: Any) -> frozenset[int]:
     return frozenset(getattr(tokenizer, "all_special_ids", ()))
 
 
-def chat_logprobs(tokenizer: Any, token_ids: list[int], logprobs: list[float]) -> ChatLogprobs:
+def chat_logprobs(
+    tokenizer: Any,
+    token_ids: list[int],
+    logprobs: list[float],
+    top: list[TopLogprobs] | None = None,
+    texts: TokenTexts | None = None,
+) -> ChatLogprobs:
+    text_of = texts or TokenTexts(tokenizer)
+    alternatives = top if top is not None else [{} for _ in token_ids]
     content = [
-        ChatTokenLogprob(token=token, logprob=lp, bytes=list(token.encode()), top_logprobs=[])
-        for token, lp in zip(token_texts(tokenizer, token_ids), logprobs, strict=True)
+        ChatTokenLogprob(
+            token=token,
+            logprob=lp,
+            bytes=list(token.encode()),
+            top_logprobs=[
+                ChatTopLogprob(token=text, logprob=alt_lp, bytes=list(text.encode()))
+                for text, alt_lp in ((text_of(alt_id), alt_lp) for alt_id, alt_lp in alts.items())
+            ],
+        )
+        for token, lp, alts in zip(token_texts(tokenizer, token_ids), logprobs, alternatives, strict=True)
     ]
     return ChatLogprobs(content=content, refusal=None)

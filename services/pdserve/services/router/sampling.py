@@ -111,7 +111,9 @@ def choice_seed(seed: int | None, choice: int) -> int | None:
     return (seed + choice - INT64_MIN) % (1 << 64) + INT64_MIN
 
 
-def sampling_params(body: SamplingFields, max_tokens: int, seed: int | None, logprobs: bool) -> SamplingParams:
+def sampling_params(
+    body: SamplingFields, max_tokens: int, seed: int | None, logprobs: bool, top_logprobs: int = 0
+) -> SamplingParams:
     stop = body.stop if body.stop is not None else []
     try:
         return SamplingParams(
@@ -124,6 +126,7 @@ def sampling_params(body: SamplingFields, max_tokens: int, seed: int | None, log
             stop_token_ids=list(body.stop_token_ids or []),
             ignore_eos=body.ignore_eos,
             logprobs=logprobs,
+            top_logprobs=top_logprobs,
             include_stop_str_in_output=body.include_stop_str_in_output,
         )
     except InvalidRequestError as exc:
