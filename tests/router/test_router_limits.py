@@ -28,7 +28,8 @@ async def test_schema_publishes_this_servers_limits(client: httpx.AsyncClient) -
         assert fields["stop"]["anyOf"][1]["maxItems"] == 16
     assert completion["max_tokens"]["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": 5}
     assert chat["max_completion_tokens"]["anyOf"][0]["maximum"] == 5
-    assert completion["logprobs"]["anyOf"][0] == {"type": "integer", "minimum": 0, "maximum": 1}
+    assert completion["logprobs"]["anyOf"][0] == {"type": "integer", "minimum": 0, "maximum": 20}
+    assert chat["top_logprobs"]["anyOf"][0] == {"type": "integer", "minimum": 0, "maximum": 20}
     assert completion["prompt"]["anyOf"][0] == {"type": "string", "minLength": 1}
 
 

@@ -60,3 +60,17 @@ async def test_models_and_errors(oai: openai.AsyncOpenAI) -> None:
     assert "max_tokens" in str(bad.value)
     with pytest.raises(openai.NotFoundError):
         await oai.completions.create(model="gpt-9", prompt="Hello")
+
+
+async def test_top_logprobs_parse_in_the_clients_types(oai: openai.AsyncOpenAI) -> None:
+    completion = await oai.completions.create(model=MODEL, prompt="Hello", max_tokens=4, temperature=0.0, logprobs=2)
+    logprobs = completion.choices[0].logprobs
+    assert logprobs is not None and logprobs.top_logprobs is not None and logprobs.tokens is not None
+    assert len(logprobs.top_logprobs) == len(logprobs.tokens)
+    assert all(1 <= len(top) <= 2 for top in logprobs.top_logprobs)
+    chat = await oai.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=4, temperature=0.0, logprobs=True, top_logprobs=3
+    )
+    content = chat.choices[0].logprobs and chat.choices[0].logprobs.content
+    assert content and all(len(entry.top_logprobs) == 3 for entry in content)
+    assert content[0].top_logprobs[0].token == content[0].token  # greedy: the best one was chosen

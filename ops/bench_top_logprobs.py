@@ -1,0 +1,85 @@
+"""What asking for logprobs and top alternatives costs: engine throughput and router formatting.
+
+Engine: 32 prompts of 64 tokens, 64 greedy output tokens each, through `LLM.generate` with no
+logprobs, the chosen tokens' logprobs, and 5 or 20 alternatives per token; the cases take turns
+in a fresh random order each repetition and the medians are compared in the same run. Router:
+the time to turn one request's 64 tokens (and k alternatives each) into OpenAI's completions and
+chat logprobs shapes, per token.
+
+    python ops/bench_top_logprobs.py [--model DIR] [--reps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+from pdserve import LLM, SamplingParams
+from pdserve.services.router.logprobs import TokenTexts, chat_logprobs, completion_logprobs
+
+CASES: dict[str, dict[str, object]] = {
+    "none": {},
+    "logprobs": {"logprobs": True},
+    "top5": {"top_logprobs": 5},
+    "top20": {"top_logprobs": 20},
+}
+PROMPTS, PROMPT_LEN, OUTPUT_LEN = 32, 64, 64
+
+
+def engine_costs(llm: LLM, reps: int, rng: random.Random) -> None:
+    vocab = llm.engine.loaded.vocab_size
+    prompts = [[rng.randrange(vocab) for _ in range(PROMPT_LEN)] for _ in range(PROMPTS)]
+    llm.generate(prompts, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in CASES}
+    for rep in range(reps):
+        order = list(CASES)
+        rng.shuffle(order)
+        for name in order:
+            params = SamplingParams(max_tokens=OUTPUT_LEN, temperature=0.0, ignore_eos=True, **CASES[name])  # type: ignore[arg-type]
+            started = time.perf_counter()
+            llm.generate(prompts, params)
+            times[name].append(time.perf_counter() - started)
+        print(f"repetition {rep + 1}/{reps} done", flush=True)
+    base = statistics.median(times["none"])
+    for name, values in times.items():
+        median = statistics.median(values)
+        tokens_per_s = PROMPTS * OUTPUT_LEN / median
+        print(
+            f"engine {name:9s} median {median * 1000:7.1f} ms  {tokens_per_s:8.0f} tokens/s  {median / base:5.2f}x none"
+        )
+
+
+def router_costs(llm: LLM) -> None:
+    params = SamplingParams(max_tokens=OUTPUT_LEN, temperature=0.0, ignore_eos=True, top_logprobs=20)
+    out = llm.generate([list(range(3, 3 + PROMPT_LEN))], params)[0]
+    assert out.logprobs is not None and out.top_logprobs is not None
+    tokenizer, calls = llm.tokenizer, 50
+    for k in (0, 5, 20):
+        top = [dict(list(t.items())[:k]) for t in out.top_logprobs] if k else None
+        started = time.perf_counter()
+        for _ in range(calls):
+            completion_logprobs(tokenizer, out.token_ids, out.logprobs, 0, top, TokenTexts(tokenizer))
+        completions = (time.perf_counter() - started) / calls / len(out.token_ids)
+        started = time.perf_counter()
+        for _ in range(calls):
+            chat_logprobs(tokenizer, out.token_ids, out.logprobs, top, TokenTexts(tokenizer))
+        chat = (time.perf_counter() - started) / calls / len(out.token_ids)
+        print(f"router k={k:2d}: completions {completions * 1000:.3f} ms/token, chat {chat * 1000:.3f} ms/token")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="model directory (default: the built-in tiny model)")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions of each engine case (default 5)")
+    args = parser.parse_args()
+    if args.reps < 1:
+        parser.error("--reps must be at least 1")
+    llm = LLM(args.model)
+    engine_costs(llm, args.reps, random.Random(0))
+    router_costs(llm)
+
+
+if __name__ == "__main__":
+    main()
