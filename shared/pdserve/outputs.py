@@ -27,6 +27,11 @@ class RequestOutput:
     # position (token id -> logprob, best first). Tokens a migrated request had delivered before
     # it moved have {} here (their alternatives went out with them).
     top_logprobs: list[dict[int, float]] | None = None
+    # With SamplingParams.prompt_logprobs = k: the logprob of each prompt token after the ones
+    # before it (None for the first, as in vLLM), and its k most likely alternatives (None first
+    # too; only for k > 0). In the output of the first token and in the final output.
+    prompt_logprobs: list[float | None] | None = None
+    prompt_top_logprobs: list[dict[int, float] | None] | None = None
 
     @property
     def finished(self) -> bool:

@@ -30,8 +30,11 @@ class SamplingParams:
     (at most MAX_TOP_LOGPROBS, and it implies `logprobs`) also returns the k most likely tokens
     at each position under that same distribution, best first. vLLM's spelling is accepted too:
     `logprobs=None` is False, 0 is the chosen token's logprob only, and a count k > 0 is
-    `top_logprobs=k`. As in vLLM, `max_tokens=None` generates until the context ends, and
-    `stop=None` / `stop_token_ids=None` mean none.
+    `top_logprobs=k`. `prompt_logprobs=k` (None: not wanted) scores the prompt as vLLM's does:
+    the logprob of each prompt token after the ones before it, and its k most likely
+    alternatives; a request that asks for them is not served from the prefix cache, since cached
+    tokens are not run through the model. As in vLLM, `max_tokens=None` generates until the
+    context ends, and `stop=None` / `stop_token_ids=None` mean none.
     """
 
     max_tokens: int = 16
@@ -45,6 +48,7 @@ class SamplingParams:
     logprobs: bool = False
     include_stop_str_in_output: bool = False
     top_logprobs: int = 0
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -75,6 +79,13 @@ class SamplingParams:
             wanted = True
         self.logprobs = wanted or top > 0
         self.top_logprobs = top
+        prompt = self.prompt_logprobs
+        if prompt is not None and (
+            isinstance(prompt, bool) or not isinstance(prompt, int) or not 0 <= prompt <= MAX_TOP_LOGPROBS
+        ):
+            raise InvalidRequestError(
+                f"prompt_logprobs must be None or an integer in [0, {MAX_TOP_LOGPROBS}], got {prompt!r}"
+            )
 
     def validate(self) -> None:
         """Raise InvalidRequestError naming the first bad field."""

@@ -193,3 +193,26 @@ def _top_logprobs(text: str, stream: bool) -> list[dict[str, float]]:
         return list(json.loads(text)["choices"][0]["logprobs"]["top_logprobs"])
     events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
     return [t for e in events for c in e["choices"] if c["logprobs"] for t in c["logprobs"]["top_logprobs"]]
+
+
+async def test_echoed_prompt_scores_come_from_the_prefill_worker(nats_server: NatsServer) -> None:
+    """echo + logprobs: the prefill worker scores the prompt and sends the scores with the first
+    token; they equal the offline engine's, disaggregated and colocated."""
+    prompts = mixed_prompts(3)
+    offline = LLM(dtype="float32").generate(
+        prompts, SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True, prompt_logprobs=1)
+    )
+    body = {"model": "test", "max_tokens": 2, "temperature": 0, "ignore_eos": True, "logprobs": 1, "echo": True}
+    for shape in ({"prefill": 1, "decode": 1}, {"prefill": 0, "decode": 0, "colocated": 1}):
+        cluster = await start_cluster(nats_server.url, http=True, **shape)
+        try:
+            async with httpx.AsyncClient(base_url=cluster.base_url, timeout=60) as client:
+                for prompt, out in zip(prompts, offline, strict=True):
+                    r = await client.post("/v1/completions", json={**body, "prompt": prompt})
+                    assert r.status_code == 200, r.text
+                    scores = r.json()["choices"][0]["logprobs"]["token_logprobs"][: len(prompt)]
+                    assert out.prompt_logprobs is not None and scores[0] is None
+                    assert scores[1:] == pytest.approx(out.prompt_logprobs[1:], abs=1e-4), shape
+            await cluster.wait_idle()
+        finally:
+            await cluster.stop()

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from pdserve.errors import ProtocolError
+from pdserve import SamplingParams
+from pdserve.errors import InvalidRequestError, ProtocolError
 from pdserve.protocol import KvOffer, TokenChunk, decode, encode
-from pdserve.protocol.top_logprobs import top_from_wire, top_to_wire
+from pdserve.protocol.top_logprobs import (
+    MAX_PROMPT_LOGPROB_VALUES,
+    check_prompt_logprobs_size,
+    top_from_wire,
+    top_to_wire,
+)
 from pdserve.sampling_params import MAX_TOP_LOGPROBS
 from pdserve.services.decode import first_top_logprobs
 from pdserve.services.router.choice_stream import _top_logprobs
@@ -68,3 +74,26 @@ def test_offer_carries_the_first_tokens_alternatives() -> None:
         first_top_logprobs(_offer(first_top_token_ids=[4]))
     with pytest.raises(ProtocolError, match="KvOffer"):
         first_top_logprobs(_offer(first_top_token_ids=[4, 8], first_top_logprobs=[-0.2]))
+
+
+def test_prompt_scores_must_fit_one_message() -> None:
+    """The largest prompt scoring allowed fits under nats-server's default 1 MB payload."""
+    limit = MAX_PROMPT_LOGPROB_VALUES
+    tokens = limit // 21
+    check_prompt_logprobs_size(tokens, SamplingParams(prompt_logprobs=20))
+    check_prompt_logprobs_size(10**6, SamplingParams())  # not asked for: no limit
+    with pytest.raises(InvalidRequestError, match="over the limit"):
+        check_prompt_logprobs_size(tokens + 1, SamplingParams(prompt_logprobs=20))
+    # Worst case on the wire: float64 logprobs and 5-byte token ids.
+    ids = [[(1 << 31) - 1] * 20 for _ in range(tokens)]
+    values = [[-12.345678901234] * 20 for _ in range(tokens)]
+    chunk = TokenChunk(
+        "r" * 64,
+        0,
+        [1],
+        "w" * 32,
+        prompt_logprobs=[-1.2345678901] * tokens,
+        prompt_top_token_ids=ids,
+        prompt_top_logprobs=values,
+    )
+    assert len(encode(chunk)) < 1 << 20

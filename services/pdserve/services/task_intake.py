@@ -10,6 +10,7 @@ import structlog
 from nats.aio.msg import Msg
 from pdserve.errors import InvalidRequestError, ProtocolError
 from pdserve.protocol import GenerateTask, TaskAck, decode, params_from_wire
+from pdserve.protocol.top_logprobs import check_prompt_logprobs_size
 from pdserve.sampling_params import SamplingParams
 from pdserve.services.worker_base import WorkerBase
 
@@ -39,6 +40,7 @@ async def take_task(worker: WorkerBase, msg: Msg, *, hold_kv: bool) -> tuple[Gen
     try:
         # Validated here, on the event loop (read-only), so the ack need not wait for a step.
         tokens = worker.engine.tokenize(task.prompt_token_ids)
+        check_prompt_logprobs_size(len(tokens), params)
         resume = task.resume_token_ids
         if resume:
             worker.engine.check_resume(len(tokens), resume, params)

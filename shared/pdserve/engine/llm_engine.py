@@ -9,6 +9,7 @@ requests and step.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,8 +18,8 @@ from pdserve.engine.block_manager import BlockManager
 from pdserve.engine.config import EngineConfig
 from pdserve.engine.host_memory import keep_freed_memory
 from pdserve.engine.kv_transfer import DTYPE_NAMES, KvExport, KvLayout
-from pdserve.engine.model_runner import ModelRunner
-from pdserve.engine.sampler import Sampler
+from pdserve.engine.model_runner import ModelRunner, PromptHidden
+from pdserve.engine.sampler import Sampler, score_prompt
 from pdserve.engine.scheduler import Scheduler
 from pdserve.engine.sequence import Sequence, SequenceStatus
 from pdserve.engine.stop_checker import StopChecker
@@ -164,13 +165,16 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch:
             return outputs
-        sampling, logits = self.runner.run(batch)
+        step = self.runner.run(batch)
         for seq, num_new in batch.entries:
             seq.num_computed_tokens += num_new
             self.block_manager.commit_full_blocks(seq)
+        for scored in step.prompt_hidden:
+            self._score_prompt(scored)
+        sampling = step.sampling
         if not sampling:
             return outputs
-        result = self.sampler.sample(logits, [s.params for s in sampling], [s.num_output_tokens for s in sampling])
+        result = self.sampler.sample(step.logits, [s.params for s in sampling], [s.num_output_tokens for s in sampling])
         for row, seq in enumerate(sampling):
             token = result.token_ids[row]
             seq.token_ids.append(token)
@@ -186,6 +190,15 @@ class LLMEngine:
                 seq.status = SequenceStatus.PARKED
             outputs.append(self._output(seq, [token]))
         return outputs
+
+    def _score_prompt(self, scored: PromptHidden) -> None:
+        seq, first = scored.seq, scored.first
+        targets = seq.prompt_token_ids[first + 1 : first + 1 + scored.hidden.shape[0]]
+        k = seq.params.prompt_logprobs or 0
+        logprobs, tops = score_prompt(self.runner.lm_head, scored.hidden, targets, k)
+        seq.prompt_logprobs += logprobs
+        if k:
+            seq.prompt_top_logprobs += tops
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         self.scheduler.finish(seq)
@@ -205,8 +218,26 @@ class LLMEngine:
             finish_reason=seq.finish_reason,
             logprobs=list(seq.logprobs) if seq.params.logprobs else None,
             top_logprobs=list(seq.top_logprobs) if seq.params.top_logprobs else None,
+            **self._prompt_scores(seq, new_tokens),
             num_cached_tokens=seq.num_cached_tokens,
         )
+
+    @staticmethod
+    def _prompt_scores(seq: Sequence, new_tokens: list[int]) -> dict[str, Any]:
+        """The prompt's logprobs, vLLM's way (None for the first token, which nothing scores), in
+        the output of the request's first token and in its final output only: they are complete
+        once the first token is sampled, and copying them into every step's output would cost
+        per step what the prompt is long."""
+        k = seq.params.prompt_logprobs
+        first_token = len(new_tokens) == seq.num_output_tokens > 0
+        if k is None or not (first_token or seq.finish_reason is not None):
+            return {}
+        if len(seq.prompt_logprobs) != seq.num_prompt_tokens - 1:
+            return {}  # not scored here: this engine imported the request's KV (decode worker)
+        scores: dict[str, Any] = {"prompt_logprobs": [None, *seq.prompt_logprobs]}
+        if k:
+            scores["prompt_top_logprobs"] = [None, *seq.prompt_top_logprobs]
+        return scores
 
     # -- KV export / import ---------------------------------------------------------------
 

@@ -7,6 +7,7 @@ the block manager decided where its K/V live.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,6 +18,23 @@ from pdserve.engine.scheduler import ScheduledBatch
 from pdserve.engine.sequence import Sequence
 from pdserve.kernels import BACKEND_ENV
 from pdserve.models import LoadedModel
+
+
+@dataclass(slots=True)
+class PromptHidden:
+    """Final hidden states of prompt positions to be scored: row j is position `first + j`, whose
+    logits predict prompt token `first + j + 1`. lm_head runs on them in slices, later."""
+
+    seq: Sequence
+    first: int
+    hidden: torch.Tensor  # [n, hidden_size]
+
+
+@dataclass(slots=True)
+class StepResult:
+    sampling: list[Sequence]  # the sequences that reached their last token and sample next
+    logits: torch.Tensor  # [len(sampling), vocab] in the model's dtype
+    prompt_hidden: list[PromptHidden] = field(default_factory=list)
 
 
 class ModelRunner:
@@ -38,9 +56,9 @@ class ModelRunner:
         self.v_caches = [torch.zeros(shape, dtype=loaded.dtype, device=self.device) for _ in range(loaded.num_layers)]
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
+    def run(self, batch: ScheduledBatch) -> StepResult:
         """Compute the batch; return the sequences that reached their last token (and so
-        sample next) with their logits [N, vocab] in the model's dtype."""
+        sample next) with their logits, and the hidden states of prompt positions to score."""
         # Decodes (one token) first: they share one batched attention call.
         entries = sorted(batch.entries, key=lambda e: e[1] != 1)
         input_ids: list[int] = []
@@ -53,10 +71,18 @@ class ModelRunner:
         prefill_tables: list[list[int]] = []
         prefill_lens: list[int] = []
         cu_seqlens = [0]
+        scored: list[tuple[Sequence, int, int, int]] = []  # (seq, first position, its row, positions)
         bs = self.block_size
         for seq, num_new in entries:
             start = seq.num_computed_tokens
             end = start + num_new
+            if seq.wants_prompt_logprobs:
+                # Positions up to the one before the last prompt token; a recompute after a
+                # preemption skips the ones already scored.
+                first = max(start, len(seq.prompt_logprobs))
+                last = min(end, seq.num_prompt_tokens - 1)
+                if first < last:
+                    scored.append((seq, first, len(input_ids) + first - start, last - first))
             input_ids.extend(seq.token_ids[start:end])
             positions.extend(range(start, end))
             table = seq.block_table
@@ -88,12 +114,13 @@ class ModelRunner:
         pos = torch.tensor(positions, dtype=torch.int64, device=dev).unsqueeze(0)
         with attention_metadata(meta):
             hidden = self.decoder(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state
+        prompt_hidden = [PromptHidden(seq, first, hidden[0, row : row + n]) for seq, first, row, n in scored]
         if not sampling:
-            return sampling, torch.empty(0)
+            return StepResult(sampling, torch.empty(0), prompt_hidden)
         rows = torch.tensor(logit_rows, dtype=torch.int64, device=dev)
         # Only the rows that sample go through lm_head: T x vocab logits would dominate prefill.
         logits = self.lm_head(hidden[0].index_select(0, rows))
-        return sampling, logits
+        return StepResult(sampling, logits, prompt_hidden)
 
 
 def _pad_tables(tables: list[list[int]], device: torch.device) -> torch.Tensor:

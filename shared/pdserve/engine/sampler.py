@@ -22,6 +22,32 @@ class SampleResult:
     top_logprobs: list[dict[int, float]] | None = None
 
 
+# Prompt positions put through lm_head at once when scoring a prompt: bounds the float32 logits
+# held at a time (256 x a 152k vocabulary is 156 MB) whatever the chunk size.
+PROMPT_SCORE_ROWS = 256
+
+
+@torch.inference_mode()
+def score_prompt(
+    lm_head: torch.nn.Module, hidden: torch.Tensor, targets: list[int], k: int
+) -> tuple[list[float], list[dict[int, float]]]:
+    """Logprob of each target (row i's next prompt token) under row i's raw distribution, and the
+    k most likely tokens there (id -> logprob, best first; empty dicts for k = 0)."""
+    logprobs: list[float] = []
+    tops: list[dict[int, float]] = []
+    target_ids = torch.tensor(targets, dtype=torch.int64, device=hidden.device)
+    for start in range(0, hidden.shape[0], PROMPT_SCORE_ROWS):
+        rows = slice(start, start + PROMPT_SCORE_ROWS)
+        all_logprobs = torch.log_softmax(lm_head(hidden[rows]).float(), dim=-1)
+        logprobs += all_logprobs.gather(1, target_ids[rows].unsqueeze(1)).squeeze(1).tolist()
+        if k > 0:
+            values, ids = torch.topk(all_logprobs, min(k, all_logprobs.shape[-1]), dim=-1)
+            tops += [dict(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
+        else:
+            tops += [{} for _ in range(all_logprobs.shape[0])]
+    return logprobs, tops
+
+
 def step_seed(seed: int, step: int) -> int:
     """The generator seed for output token `step` of a seeded request. Depends on nothing
     else, so the same seed gives the same tokens in any batch and on any worker."""

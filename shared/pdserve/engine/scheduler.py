@@ -79,7 +79,8 @@ class Scheduler:
         # Admitting new work while preempting would only thrash the cache.
         while self.waiting and budget > 0 and not batch.num_preempted and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            if not seq.block_table:
+            if not seq.block_table and not seq.wants_prompt_logprobs:
+                # A prompt to be scored runs through the model whole: cached tokens get no logits.
                 self.block_manager.match_prefix(seq)
                 if seq.num_preemptions == 0:
                     seq.num_cached_tokens = seq.num_computed_tokens

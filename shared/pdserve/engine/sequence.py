@@ -40,6 +40,10 @@ class Sequence:
     finish_reason: str | None = None
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[dict[int, float]] = field(default_factory=list)  # per output token, if asked for
+    # params.prompt_logprobs: the logprob of prompt token i + 1 after tokens 0..i (and its
+    # alternatives), for i = 0, 1, ...: the first prompt token has nothing to be scored after.
+    prompt_logprobs: list[float] = field(default_factory=list)
+    prompt_top_logprobs: list[dict[int, float]] = field(default_factory=list)
     stop_text: str | None = None  # output text cut at a stop string, when one matched
     num_preemptions: int = 0
     arrival: int = field(default_factory=lambda: next(_arrival))
@@ -63,6 +67,12 @@ class Sequence:
     @property
     def output_token_ids(self) -> list[int]:
         return self.token_ids[len(self.prompt_token_ids) :]
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        """Prompt logprobs asked for and not all computed yet (a recompute after preemption does
+        not score the same tokens twice)."""
+        return self.params.prompt_logprobs is not None and len(self.prompt_logprobs) < self.num_prompt_tokens - 1
 
     @property
     def is_finished(self) -> bool:

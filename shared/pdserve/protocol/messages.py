@@ -132,7 +132,10 @@ class TokenChunk:
     detect gaps whichever worker sent the chunk. The finishing chunk has `finish_reason`
     (stop | length | abort | error), the final `text` (cut at a stop string) and usage.
     With top_logprobs asked for, `top_token_ids[i]` and `top_logprobs[i]` are token i's most
-    likely alternatives and their logprobs, best first (protocol/top_logprobs.py).
+    likely alternatives and their logprobs, best first (protocol/top_logprobs.py). With
+    prompt_logprobs asked for, the chunk of output index 0 also scores the prompt:
+    `prompt_logprobs[i]` is the logprob of prompt token i + 1 (the first has none), and
+    `prompt_top_*` its alternatives.
     """
 
     request_id: str
@@ -149,6 +152,9 @@ class TokenChunk:
     extra: dict[str, Any] = field(default_factory=dict)
     top_token_ids: list[list[int]] | None = None
     top_logprobs: list[list[float]] | None = None
+    prompt_logprobs: list[float] | None = None
+    prompt_top_token_ids: list[list[int]] | None = None
+    prompt_top_logprobs: list[list[float]] | None = None
 
 
 @dataclass(slots=True)

@@ -13,7 +13,7 @@ def chunk_from_output(out: RequestOutput, worker_id: str, index_offset: int = 0)
     start = len(out.token_ids) - len(out.new_token_ids)
     logprobs = out.logprobs[start:] if out.logprobs is not None else None
     top_ids, top_logprobs = top_to_wire(out.top_logprobs[start:]) if out.top_logprobs is not None else (None, None)
-    return TokenChunk(
+    chunk = TokenChunk(
         request_id=out.request_id,
         index=start + index_offset,
         token_ids=list(out.new_token_ids),
@@ -26,6 +26,13 @@ def chunk_from_output(out: RequestOutput, worker_id: str, index_offset: int = 0)
         top_token_ids=top_ids,
         top_logprobs=top_logprobs,
     )
+    if start == 0 and out.prompt_logprobs is not None:
+        # Output index 0's chunk scores the prompt (entry 0, the first token's None, stays home).
+        chunk.prompt_logprobs = [lp for lp in out.prompt_logprobs[1:] if lp is not None]
+        if out.prompt_top_logprobs is not None:
+            tops = [top for top in out.prompt_top_logprobs[1:] if top is not None]
+            chunk.prompt_top_token_ids, chunk.prompt_top_logprobs = top_to_wire(tops)
+    return chunk
 
 
 def error_chunk(request_id: str, worker_id: str, message: str, code: int, index: int = 0) -> TokenChunk:

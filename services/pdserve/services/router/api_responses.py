@@ -26,9 +26,10 @@ class Usage(BaseModel):
 
 class CompletionLogprobs(BaseModel):
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]] | None = Field(
-        description="per token, the `logprobs` most likely tokens' texts and logprobs; null when `logprobs` is 0"
+    token_logprobs: list[float | None] = Field(description="null only for an echoed prompt's first token")
+    top_logprobs: list[dict[str, float] | None] | None = Field(
+        description="per token, the `logprobs` most likely tokens' texts and logprobs (null for an echoed "
+        "prompt's first token); null when `logprobs` is 0"
     )
     text_offset: list[int] = Field(description="character offset of each token in the completion text")
 

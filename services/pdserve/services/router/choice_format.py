@@ -40,6 +40,7 @@ class StreamedChoice:
         self.detokenizer = StreamDetokenizer(tokenizer, [stop] if isinstance(stop, str) else stop)
         self.token_text_offset = 0
         self.sent_prompt_ids = False
+        self.sent_echo = False  # completions' `echo`: the prompt went out ahead of the first tokens
 
     def text_for(self, delta: TokenDelta) -> str:
         """The text to send for this delta: what is safe so far, or all the rest on the last one."""

@@ -54,6 +54,10 @@ class ChoiceStream:
         self.token_ids: list[int] = []
         self.logprobs: list[float] = []
         self.top_logprobs: list[TopLogprobs] = []
+        # The prompt's scores (params.prompt_logprobs): logprob of prompt token i + 1, and its
+        # alternatives; from the chunk of output index 0.
+        self.prompt_logprobs: list[float] | None = None
+        self.prompt_top_logprobs: list[TopLogprobs] | None = None
         self.finish_reason: FinishReason | None = None
         self.text: str | None = None
         self.cached_tokens = 0
@@ -167,6 +171,8 @@ class ChoiceStream:
             if not new and chunk.finish_reason is None:
                 continue
             logprobs = chunk.logprobs[skip:] if chunk.logprobs is not None else None
+            if chunk.prompt_logprobs is not None and self.prompt_logprobs is None:
+                self._take_prompt_scores(chunk)
             self.token_ids.extend(new)
             if logprobs is not None:
                 self.logprobs.extend(logprobs)
@@ -181,6 +187,20 @@ class ChoiceStream:
                 self._guard.cancel()
             return TokenDelta(new, logprobs, reason, chunk.text, top)
         return None
+
+    def _take_prompt_scores(self, chunk: TokenChunk) -> None:
+        """The prompt's scores, if they are whole (one per prompt token after the first)."""
+        expected = len(self.prompt_token_ids) - 1
+        tops = None
+        try:
+            if chunk.prompt_top_token_ids is not None and chunk.prompt_top_logprobs is not None:
+                tops = top_from_wire(chunk.prompt_top_token_ids, chunk.prompt_top_logprobs, "TokenChunk prompt")
+            if len(chunk.prompt_logprobs or ()) != expected or (tops is not None and len(tops) != expected):
+                raise ProtocolError(f"prompt scores do not cover the {expected} prompt tokens after the first")
+        except ProtocolError as exc:
+            log.warning("dropped malformed prompt logprobs", backend_request_id=chunk.request_id, error=str(exc))
+            return
+        self.prompt_logprobs, self.prompt_top_logprobs = chunk.prompt_logprobs, tops
 
 
 def _top_logprobs(chunk: TokenChunk, skip: int) -> list[TopLogprobs] | None:

@@ -9,15 +9,23 @@ from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request
-from pdserve.protocol.top_logprobs import TopLogprobs
+from pdserve.errors import InvalidRequestError
+from pdserve.protocol.top_logprobs import TopLogprobs, check_prompt_logprobs_size
 from pdserve.services.router.api_requests import DEFAULT_MAX_TOKENS, CompletionRequest, TokenId
 from pdserve.services.router.api_responses import CompletionChoice, CompletionLogprobs, CompletionResponse
 from pdserve.services.router.choice_format import StreamedChoice, error_event, final_text, token_id_fields
 from pdserve.services.router.choice_group import ChoiceGroup
+from pdserve.services.router.choice_stream import ChoiceStream
 from pdserve.services.router.context import RouterContext
 from pdserve.services.router.errors import invalid_request
 from pdserve.services.router.generation import answer, usage
-from pdserve.services.router.logprobs import TokenTexts, completion_logprobs, next_text_offset
+from pdserve.services.router.logprobs import (
+    TokenTexts,
+    completion_logprobs,
+    joined,
+    next_text_offset,
+    prompt_logprobs,
+)
 from pdserve.services.router.openapi_docs import generation_responses
 from pdserve.services.router.sampling import (
     check_choices,
@@ -52,8 +60,6 @@ async def complete(ctx: RouterContext, body: CompletionRequest, request: Request
     deadline = ctx.deadline()
     ctx.check_model(body.model)
     check_unsupported(body)
-    if body.echo:
-        raise invalid_request("echo: not supported (the prompt is not returned)", param="echo")
     if body.suffix is not None:
         raise invalid_request("suffix: not supported", param="suffix")
     if body.best_of is not None and body.best_of != body.n:
@@ -72,11 +78,17 @@ async def complete(ctx: RouterContext, body: CompletionRequest, request: Request
         max_tokens = resolve_max_tokens(requested, len(ids), ctx.max_model_len(), ctx.limits, default=default)
         for j in range(body.n):
             params = sampling_params(body, max_tokens, choice_seed(body.seed, j), want_logprobs, body.logprobs or 0)
+            if body.echo and want_logprobs:
+                params.prompt_logprobs = body.logprobs  # the echoed prompt comes with its logprobs
+                try:
+                    check_prompt_logprobs_size(len(ids), params)
+                except InvalidRequestError as exc:
+                    raise invalid_request(str(exc), param="logprobs") from None
             requests.append((prompt_index, GenerateRequest(f"{response_id}-{len(requests)}", ids, params, deadline)))
     ctx.metrics.prompt_tokens += sum(len(ids) for ids in prompts)
     log.info("completion", id=response_id, prompts=len(prompts), n=body.n, stream=bool(body.stream))
 
-    fmt = _Format(ctx, body, response_id)
+    fmt = _Format(ctx, body, response_id, _echoed_texts(ctx, body, prompts))
     group = ChoiceGroup.start(ctx.backend, requests, ctx.metrics)
     return await answer(ctx, request, group, stream=bool(body.stream), events=fmt.events, body=fmt.body)
 
@@ -98,11 +110,24 @@ async def _prompt_ids(
     return prompts
 
 
+def _echoed_texts(ctx: RouterContext, body: CompletionRequest, prompts: list[list[int]]) -> list[str] | None:
+    """With `echo`, each prompt's text as it goes back: as sent, or decoded from its token ids
+    (without special tokens, as completion text is)."""
+    if not body.echo:
+        return None
+    items = [body.prompt] if isinstance(body.prompt, str) or isinstance(body.prompt[0], int) else body.prompt
+    return [
+        item if isinstance(item, str) else str(ctx.tokenizer.decode(ids, skip_special_tokens=True))
+        for item, ids in zip(items, prompts, strict=True)
+    ]
+
+
 class _Format:
     """Turns the choices of one request into the response body or its stream chunks."""
 
-    def __init__(self, ctx: RouterContext, body: CompletionRequest, response_id: str) -> None:
+    def __init__(self, ctx: RouterContext, body: CompletionRequest, response_id: str, echoed: list[str] | None) -> None:
         self.ctx = ctx
+        self.echoed = echoed
         self.request = body
         self.id = response_id
         self.created = int(time.time())
@@ -114,11 +139,13 @@ class _Format:
     def body(self, group: ChoiceGroup) -> CompletionResponse:
         choices = []
         for c in group.choices:
+            echo = self._echo(c)
             text = final_text(self.ctx.tokenizer, c)
+            logprobs = self._logprobs(c.token_ids, c.logprobs, len(echo[0]) if echo else 0, c.top_logprobs)
             fields: dict[str, Any] = {
                 "index": c.index,
-                "text": text,
-                "logprobs": self._logprobs(c.token_ids, c.logprobs, 0, c.top_logprobs),
+                "text": echo[0] + text if echo else text,
+                "logprobs": joined(echo[1], logprobs) if echo and echo[1] else logprobs,
                 "finish_reason": c.finish_reason,
             }
             choices.append(
@@ -142,11 +169,18 @@ class _Format:
                     # time tokens by chunks, as with vLLM.
                     if not text and not delta.token_ids and delta.finish_reason is None and not extras:
                         continue
+                    echo = None if state.sent_echo else self._echo(choice)
+                    if echo:
+                        state.token_text_offset = len(echo[0])
+                    state.sent_echo = True
                     logprobs = self._logprobs(
                         delta.token_ids, delta.logprobs, state.token_text_offset, delta.top_logprobs
                     )
                     if logprobs is not None and logprobs.tokens:
                         state.token_text_offset = next_text_offset(self.ctx.tokenizer, delta.token_ids, logprobs)
+                    if echo:  # the prompt goes out ahead of the choice's first tokens, in their chunk
+                        text = echo[0] + text
+                        logprobs = joined(echo[1], logprobs) if echo[1] else logprobs
                     out = CompletionChoice(
                         index=choice.index,
                         text=text,
@@ -182,6 +216,22 @@ class _Format:
             choices=choices,
             **extra,
         )
+
+    def _echo(self, choice: ChoiceStream) -> tuple[str, CompletionLogprobs | None] | None:
+        """The echoed prompt of a choice: its text, and its logprobs when logprobs were asked for."""
+        if self.echoed is None:
+            return None
+        if not self.want_logprobs:
+            return self.echoed[choice.prompt_index], None
+        scored = prompt_logprobs(
+            self.ctx.tokenizer,
+            choice.prompt_token_ids,
+            choice.prompt_logprobs,
+            choice.prompt_top_logprobs,
+            self.want_top,
+            self.texts,
+        )
+        return self.echoed[choice.prompt_index], scored
 
     def _logprobs(
         self, token_ids: list[int], logprobs: list[float] | None, offset: int, top: list[TopLogprobs] | None

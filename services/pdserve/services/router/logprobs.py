@@ -54,7 +54,7 @@ def completion_logprobs(
     for token_id, token in zip(token_ids, tokens, strict=True):
         offsets.append(offset)
         offset += 0 if token_id in special else len(token)
-    top_logprobs = None
+    top_logprobs: list[dict[str, float] | None] | None = None
     if top is not None:
         text_of = texts or TokenTexts(tokenizer)
         top_logprobs = [_by_text(alternatives, text_of) for alternatives in top]
@@ -68,6 +68,49 @@ def _by_text(alternatives: TopLogprobs, text_of: TokenTexts) -> dict[str, float]
     for token_id, logprob in alternatives.items():  # best first: the first of equal texts stays
         by_text.setdefault(text_of(token_id), logprob)
     return by_text
+
+
+def prompt_logprobs(
+    tokenizer: Any,
+    prompt_ids: list[int],
+    logprobs: list[float] | None,
+    top: list[TopLogprobs] | None,
+    with_top: bool,
+    texts: TokenTexts | None = None,
+) -> CompletionLogprobs:
+    """An echoed prompt's logprobs in the completions shape: its first token has none (null, as
+    OpenAI and vLLM give it), every later one its score after the tokens before it. Offsets count
+    each token's own decode from 0. Scores that did not arrive (a worker older than prompt
+    scoring) are null rather than made up."""
+    scored = completion_logprobs(tokenizer, prompt_ids, [0.0] * len(prompt_ids), 0, None, texts)
+    if logprobs is None or len(logprobs) != len(prompt_ids) - 1:
+        scored.token_logprobs = [None] * len(prompt_ids)
+        scored.top_logprobs = [None] * len(prompt_ids) if with_top else None
+        return scored
+    scored.token_logprobs = [None, *logprobs]
+    if with_top:
+        text_of = texts or TokenTexts(tokenizer)
+        alternatives = top if top is not None and len(top) == len(logprobs) else [{} for _ in logprobs]
+        scored.top_logprobs = [None, *(_by_text(t, text_of) for t in alternatives)]
+    return scored
+
+
+def joined(first: CompletionLogprobs, second: CompletionLogprobs | None) -> CompletionLogprobs:
+    """`first` (an echoed prompt) then `second` (the completion, offsets already past the prompt)."""
+    if second is None:
+        return first
+    top = None
+    if first.top_logprobs is not None or second.top_logprobs is not None:
+        top = [
+            *(first.top_logprobs or [None] * len(first.tokens)),
+            *(second.top_logprobs or [None] * len(second.tokens)),
+        ]
+    return CompletionLogprobs(
+        tokens=[*first.tokens, *second.tokens],
+        token_logprobs=[*first.token_logprobs, *second.token_logprobs],
+        top_logprobs=top,
+        text_offset=[*first.text_offset, *second.text_offset],
+    )
 
 
 def next_text_offset(tokenizer: Any, token_ids: list[int], logprobs: CompletionLogprobs) -> int:

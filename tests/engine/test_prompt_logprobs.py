@@ -1,0 +1,82 @@
+"""Prompt logprobs (SamplingParams.prompt_logprobs) against Hugging Face's forward pass."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from hf_reference import load_hf
+from pdserve import LLM, SamplingParams
+from pdserve.errors import InvalidRequestError
+
+
+@torch.inference_mode()
+def hf_prompt_scores(model_dir: Path, prompt: list[int], k: int) -> tuple[list[float], list[list[int]]]:
+    """Logprob of prompt token i + 1 after tokens 0..i, and the k best ids there, for every i."""
+    logits = load_hf(model_dir)(torch.tensor([prompt])).logits[0, :-1].float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    chosen = logprobs.gather(1, torch.tensor(prompt[1:]).unsqueeze(1)).squeeze(1).tolist()
+    return chosen, torch.topk(logprobs, k, dim=-1).indices.tolist()
+
+
+def prompts(vocab: int) -> list[list[int]]:
+    rng = random.Random(5)
+    return [[rng.randrange(vocab) for _ in range(n)] for n in (1, 2, 37, 300)]
+
+
+@pytest.mark.parametrize("chunk", [2048, 64])  # whole prompts, and prompts prefilled in chunks of 64
+def test_prompt_logprobs_match_hf(model_dirs: dict[str, Path], chunk: int) -> None:
+    llm = LLM(model_dirs["llama"], dtype="float32", max_num_batched_tokens=chunk)
+    batch = prompts(llm.engine.loaded.vocab_size)
+    params = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True, prompt_logprobs=4)
+    outputs = llm.generate(batch, params)
+    for prompt, out in zip(batch, outputs, strict=True):
+        assert out.prompt_logprobs is not None and out.prompt_top_logprobs is not None
+        assert len(out.prompt_logprobs) == len(out.prompt_top_logprobs) == len(prompt)
+        assert out.prompt_logprobs[0] is None and out.prompt_top_logprobs[0] is None
+        if len(prompt) == 1:
+            continue
+        chosen, best = hf_prompt_scores(model_dirs["llama"], prompt, 4)
+        assert out.prompt_logprobs[1:] == pytest.approx(chosen, abs=5e-4)
+        tops = out.prompt_top_logprobs[1:]
+        assert all(top is not None and len(top) == 4 for top in tops)
+        # The best alternative agrees wherever it is not a near-tie.
+        agree = sum(next(iter(top or {})) == ids[0] for top, ids in zip(tops, best, strict=True))
+        assert agree >= len(tops) - 2
+    assert llm.engine.kv_blocks_used == 0
+
+
+def test_cached_prefix_is_scored_all_the_same(model_dirs: dict[str, Path]) -> None:
+    """A prompt whose blocks are in the prefix cache is run through the model again when it asks
+    for prompt logprobs: cached tokens would have none."""
+    llm = LLM(model_dirs["llama"], dtype="float32")
+    prompt = list(range(5, 105))
+    plain = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
+    assert llm.generate([prompt], plain)[0].num_cached_tokens == 0
+    assert llm.generate([prompt], plain)[0].num_cached_tokens > 0  # the cache holds it now
+    scored = llm.generate([prompt], SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True, prompt_logprobs=0))
+    out = scored[0]
+    assert out.num_cached_tokens == 0
+    assert out.prompt_logprobs is not None and len(out.prompt_logprobs) == 100
+    assert out.prompt_top_logprobs is None  # k = 0: the prompt tokens' own logprobs only
+    chosen, _ = hf_prompt_scores(model_dirs["llama"], prompt, 1)
+    assert out.prompt_logprobs[1:] == pytest.approx(chosen, abs=5e-4)
+
+
+def test_only_the_first_and_last_outputs_carry_them(model_dirs: dict[str, Path]) -> None:
+    llm = LLM(model_dirs["llama"], dtype="float32")
+    engine = llm.engine
+    engine.add_request("r", list(range(3, 40)), SamplingParams(max_tokens=4, ignore_eos=True, prompt_logprobs=1))
+    carried = []
+    while engine.has_unfinished():
+        for out in engine.step():
+            carried.append(out.prompt_logprobs is not None)
+    assert carried == [True, False, False, True]
+
+
+@pytest.mark.parametrize("value", [-1, 21, True, 1.5, "2"])
+def test_bad_prompt_logprobs(value: object) -> None:
+    with pytest.raises(InvalidRequestError, match="prompt_logprobs"):
+        SamplingParams(prompt_logprobs=value)  # type: ignore[arg-type]
