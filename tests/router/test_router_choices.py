@@ -29,8 +29,8 @@ def test_validation_messages_name_the_field() -> None:
         "prompt",
     )
     assert validation_message({"prompt": ["a", 3]})[0] == "prompt.1: Input should be a valid string"
-    assert validation_message({"prompt": "x", "max_tokens": 0}) == (
-        "max_tokens: Input should be greater than or equal to 1",
+    assert validation_message({"prompt": "x", "max_tokens": -1}) == (
+        "max_tokens: Input should be greater than or equal to 0",
         "max_tokens",
     )
     assert validation_message({"prompt": "x", "foo": 1}) == ("foo: unknown or unsupported field", "foo")

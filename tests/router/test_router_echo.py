@@ -130,3 +130,31 @@ async def test_too_many_prompt_scores_is_a_clear_400(
         "/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 1, "echo": True, "logprobs": 1}
     )
     assert ok.status_code == 200, ok.text
+
+
+async def test_max_tokens_zero_returns_the_prompt_alone(client: httpx.AsyncClient, reference_llm: LLM) -> None:
+    """OpenAI's and vLLM's way to score a prompt: echo with max_tokens 0 generates nothing."""
+    prompt_ids = reference_llm.tokenizer(PROMPT)["input_ids"]
+    body = await complete(client, prompt=PROMPT, max_tokens=0, echo=True, logprobs=1, return_token_ids=True)
+    choice = body["choices"][0]
+    assert choice["text"] == PROMPT and choice["finish_reason"] == "length"
+    assert choice["token_ids"] == [] and choice["prompt_token_ids"] == prompt_ids
+    logprobs = choice["logprobs"]
+    assert len(logprobs["tokens"]) == len(logprobs["token_logprobs"]) == len(prompt_ids)
+    assert logprobs["token_logprobs"][0] is None and all(lp <= 0 for lp in logprobs["token_logprobs"][1:])
+    assert body["usage"]["completion_tokens"] == 0
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] == len(prompt_ids)
+
+    request = {"model": MODEL, "prompt": PROMPT, "max_tokens": 0, "echo": True, "logprobs": 1, "temperature": 0}
+    response = await client.post(
+        "/v1/completions", json={**request, "stream": True, "stream_options": {"include_usage": True}}
+    )
+    events = sse_data(response.text)[:-1]
+    assert streamed_text(events) == PROMPT
+    finishes = [c["finish_reason"] for e in events for c in e["choices"] if c["finish_reason"]]
+    assert finishes == ["length"] and events[-1]["usage"]["completion_tokens"] == 0
+    streamed_tokens = [t for e in events for c in e["choices"] if c["logprobs"] for t in c["logprobs"]["tokens"]]
+    assert streamed_tokens == logprobs["tokens"]
+
+    refused = await client.post("/v1/completions", json={"model": MODEL, "prompt": PROMPT, "max_tokens": 0})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "max_tokens"

@@ -21,7 +21,7 @@ from router_helpers import ScriptedBackend, assert_error, chunk, sse_data
     [
         ({"prompt": 5}, "prompt", ["prompt", "str"]),
         ({"prompt": "x", "max_tokens": "5"}, "max_tokens", []),
-        ({"prompt": "x", "max_tokens": 0}, "max_tokens", ["greater than or equal to 1"]),
+        ({"prompt": "x", "max_tokens": 0}, "max_tokens", ["at least 1", "echo"]),
         ({"prompt": "x", "max_tokens": -3}, "max_tokens", []),
         ({"prompt": "x", "max_tokens": 2.5}, "max_tokens", []),
         ({"prompt": "x", "temperature": "hot"}, "temperature", []),
@@ -32,7 +32,7 @@ from router_helpers import ScriptedBackend, assert_error, chunk, sse_data
         ({"prompt": [-1]}, "prompt", []),
         ({}, "prompt", ["field required"]),
         ({"prompt": "x", "tools": []}, "tools", ["unsupported"]),
-        ({"prompt": "x", "echo": True}, "echo", ["echo"]),
+        ({"prompt": "x", "echo": "yes"}, "echo", []),
         ({"prompt": "x", "logprobs": 21}, "logprobs", ["less than or equal to 20"]),
         ({"prompt": "x", "logprobs": True}, "logprobs", []),
         ({"prompt": "x", "presence_penalty": 0.5}, "presence_penalty", []),

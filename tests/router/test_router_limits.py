@@ -26,7 +26,7 @@ async def test_schema_publishes_this_servers_limits(client: httpx.AsyncClient) -
         assert (fields["n"]["minimum"], fields["n"]["maximum"]) == (1, 3)
         assert (fields["temperature"]["anyOf"][0]["minimum"], fields["temperature"]["anyOf"][0]["maximum"]) == (0, 100)
         assert fields["stop"]["anyOf"][1]["maxItems"] == 16
-    assert completion["max_tokens"]["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": 5}
+    assert completion["max_tokens"]["anyOf"][0] == {"type": "integer", "minimum": 0, "maximum": 5}  # 0: echo
     assert chat["max_completion_tokens"]["anyOf"][0]["maximum"] == 5
     assert completion["logprobs"]["anyOf"][0] == {"type": "integer", "minimum": 0, "maximum": 20}
     assert chat["top_logprobs"]["anyOf"][0] == {"type": "integer", "minimum": 0, "maximum": 20}

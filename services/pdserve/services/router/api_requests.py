@@ -2,7 +2,7 @@
 
 The models are strict (no "5" for 5, no true for 1) and forbid unknown fields, so a typo or an
 unsupported OpenAI feature is a 400 naming the field instead of being silently ignored. Fields
-that clients commonly send at their neutral value (penalties 0, `logit_bias` {}, `echo` false)
+that clients commonly send at their neutral value (penalties 0, `logit_bias` {})
 are declared and checked in `sampling.py`, with a clearer message than pydantic's.
 
 Their constraints end up in /openapi.json, and the router accepts what that schema allows: the
@@ -114,11 +114,13 @@ class CompletionRequest(SamplingFields):
         | Annotated[list[NonEmptyText], Field(min_length=1, max_length=MAX_CHOICES)]
         | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=MAX_CHOICES)]
     ) = Field(description="a string, a list of token ids, or a list of either (one choice per prompt and n)")
-    max_tokens: PositiveInt | None = Field(DEFAULT_MAX_TOKENS, description="null means up to the end of the context")
+    max_tokens: Annotated[int, Field(ge=0), WHOLE] | None = Field(
+        DEFAULT_MAX_TOKENS, description="null means up to the end of the context; 0 only with echo (the prompt alone)"
+    )
     logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), WHOLE] | None = Field(
         None, description="return each chosen token's logprob and this many most likely alternatives"
     )
-    echo: bool | None = Field(False, description="only false is supported", json_schema_extra={"enum": [False, None]})
+    echo: bool | None = Field(False, description="return the prompt ahead of the completion (with logprobs: scored)")
     best_of: PositiveInt | None = Field(None, description="only null or equal to n is supported")
     suffix: str | None = Field(None, description="only null is supported", json_schema_extra={"enum": [None]})
 

@@ -12,10 +12,10 @@ from fastapi import APIRouter, Request
 from pdserve.errors import InvalidRequestError
 from pdserve.protocol.top_logprobs import TopLogprobs, check_prompt_logprobs_size
 from pdserve.services.router.api_requests import DEFAULT_MAX_TOKENS, CompletionRequest, TokenId
-from pdserve.services.router.api_responses import CompletionChoice, CompletionLogprobs, CompletionResponse
+from pdserve.services.router.api_responses import CompletionChoice, CompletionLogprobs, CompletionResponse, Usage
 from pdserve.services.router.choice_format import StreamedChoice, error_event, final_text, token_id_fields
 from pdserve.services.router.choice_group import ChoiceGroup
-from pdserve.services.router.choice_stream import ChoiceStream
+from pdserve.services.router.choice_stream import ChoiceStream, TokenDelta
 from pdserve.services.router.context import RouterContext
 from pdserve.services.router.errors import invalid_request
 from pdserve.services.router.generation import answer, usage
@@ -73,6 +73,12 @@ async def complete(ctx: RouterContext, body: CompletionRequest, request: Request
     # Left out, max_tokens is OpenAI's 16, but a server limit or a long prompt may leave less room.
     explicit = "max_tokens" in body.model_fields_set
     requested = body.max_tokens if explicit else None
+    if requested == 0:
+        if not body.echo:
+            raise invalid_request("max_tokens must be at least 1 (0 only with echo: the prompt alone)", "max_tokens")
+        # The prompt alone, as OpenAI and vLLM answer it: the workers score it while computing
+        # one token, which the answer leaves out.
+        requested = 1
     default = None if explicit else DEFAULT_MAX_TOKENS
     for prompt_index, ids in enumerate(prompts):
         max_tokens = resolve_max_tokens(requested, len(ids), ctx.max_model_len(), ctx.limits, default=default)
@@ -135,25 +141,27 @@ class _Format:
         self.want_top = bool(body.logprobs)
         self.texts = TokenTexts(ctx.tokenizer)
         self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        self.prompt_only = bool(body.echo) and body.max_tokens == 0
 
     def body(self, group: ChoiceGroup) -> CompletionResponse:
         choices = []
         for c in group.choices:
             echo = self._echo(c)
-            text = final_text(self.ctx.tokenizer, c)
-            logprobs = self._logprobs(c.token_ids, c.logprobs, len(echo[0]) if echo else 0, c.top_logprobs)
+            token_ids = [] if self.prompt_only else c.token_ids
+            text = "" if self.prompt_only else final_text(self.ctx.tokenizer, c)
+            logprobs = self._logprobs(token_ids, c.logprobs, len(echo[0]) if echo else 0, c.top_logprobs)
             fields: dict[str, Any] = {
                 "index": c.index,
                 "text": echo[0] + text if echo else text,
                 "logprobs": joined(echo[1], logprobs) if echo and echo[1] else logprobs,
-                "finish_reason": c.finish_reason,
+                "finish_reason": "length" if self.prompt_only else c.finish_reason,
             }
             choices.append(
                 CompletionChoice(
-                    **fields, **token_id_fields(self.request.return_token_ids, c, c.token_ids, with_prompt=True)
+                    **fields, **token_id_fields(self.request.return_token_ids, c, token_ids, with_prompt=True)
                 )
             )
-        return self._response(choices, usage=usage(group))
+        return self._response(choices, usage=self._usage(group))
 
     async def events(self, group: ChoiceGroup) -> AsyncGenerator[bytes, None]:
         streamed = {c.index: StreamedChoice(self.ctx.tokenizer, self.request.stop) for c in group.choices}
@@ -163,6 +171,10 @@ class _Format:
                 while (item := await group.next()) is not None:
                     choice, delta = item
                     state = streamed[choice.index]
+                    if self.prompt_only:  # the echo alone: the computed token is left out
+                        if state.sent_echo and delta.finish_reason is None:
+                            continue
+                        delta = TokenDelta([], [], "length" if delta.finish_reason else None, "", [])
                     text = state.text_for(delta)
                     # A token whose text is empty (held back as a possible stop string, a partial
                     # character, a special token) still gets its chunk: clients and load generators
@@ -196,7 +208,7 @@ class _Format:
                     state.sent_prompt_ids = True
                     yield sse_json(self._chunk([out]))
                 if self.include_usage:
-                    yield sse_json(self._response([], usage=usage(group)).model_dump_json(exclude_unset=True))
+                    yield sse_json(self._response([], usage=self._usage(group)).model_dump_json(exclude_unset=True))
             except Exception as exc:
                 yield error_event(exc)
             yield DONE
@@ -216,6 +228,13 @@ class _Format:
             choices=choices,
             **extra,
         )
+
+    def _usage(self, group: ChoiceGroup) -> Usage:
+        counted = usage(group)
+        if self.prompt_only:  # the one token computed was not returned: nothing was completed
+            counted.total_tokens -= counted.completion_tokens
+            counted.completion_tokens = 0
+        return counted
 
     def _echo(self, choice: ChoiceStream) -> tuple[str, CompletionLogprobs | None] | None:
         """The echoed prompt of a choice: its text, and its logprobs when logprobs were asked for."""
