@@ -1,5 +1,9 @@
 """What asking for logprobs and top alternatives costs: engine throughput and router formatting.
 
+Also prompt scoring (`prompt_logprobs`, what `echo` with `logprobs` asks for): 32 prompts of 256
+tokens with one output token, plain against scored (lm_head over every prompt position, no prefix
+cache), taking turns.
+
 Engine: 32 prompts of 64 tokens, 64 greedy output tokens each, through `LLM.generate` with no
 logprobs, the chosen tokens' logprobs, and 5 or 20 alternatives per token; the cases take turns
 in a fresh random order each repetition and the medians are compared in the same run. Router:
@@ -51,6 +55,30 @@ def engine_costs(llm: LLM, reps: int, rng: random.Random) -> None:
         )
 
 
+def prompt_scoring_costs(llm: LLM, reps: int, rng: random.Random) -> None:
+    vocab = llm.engine.loaded.vocab_size
+    cases: dict[str, dict[str, object]] = {"plain": {}, "scored k=1": {"prompt_logprobs": 1}}
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(reps):
+        # Fresh prompts each time: the plain case must not be served from the prefix cache.
+        prompts = [[rng.randrange(vocab) for _ in range(256)] for _ in range(PROMPTS)]
+        order = list(cases)
+        rng.shuffle(order)
+        for name in order:
+            batch = [[len(name), *p] for p in prompts]  # per case: neither hits the other's cached blocks
+            params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True, **cases[name])  # type: ignore[arg-type]
+            started = time.perf_counter()
+            llm.generate(batch, params)
+            times[name].append(time.perf_counter() - started)
+    base = statistics.median(times["plain"])
+    for name, values in times.items():
+        median = statistics.median(values)
+        rate = PROMPTS * 257 / median
+        print(
+            f"prompts {name:10s} median {median * 1000:7.1f} ms  {rate:8.0f} prompt tok/s  {median / base:5.2f}x plain"
+        )
+
+
 def router_costs(llm: LLM) -> None:
     params = SamplingParams(max_tokens=OUTPUT_LEN, temperature=0.0, ignore_eos=True, top_logprobs=20)
     out = llm.generate([list(range(3, 3 + PROMPT_LEN))], params)[0]
@@ -78,6 +106,7 @@ def main() -> None:
         parser.error("--reps must be at least 1")
     llm = LLM(args.model)
     engine_costs(llm, args.reps, random.Random(0))
+    prompt_scoring_costs(llm, args.reps, random.Random(1))
     router_costs(llm)
 
 

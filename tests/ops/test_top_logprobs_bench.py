@@ -20,6 +20,8 @@ def test_short_run_reports_every_case() -> None:
     )
     engine = dict(re.findall(r"^engine (\w+) .* ([\d.]+)x none$", result.stdout, re.MULTILINE))
     assert set(engine) == {"none", "logprobs", "top5", "top20"} and engine["none"] == "1.00"
+    prompts = dict(re.findall(r"^prompts (.+?)\s+median .* ([\d.]+)x plain$", result.stdout, re.MULTILINE))
+    assert set(prompts) == {"plain", "scored k=1"} and prompts["plain"] == "1.00"
     router = re.findall(
         r"^router k=\s*(\d+): completions ([\d.]+) ms/token, chat ([\d.]+)", result.stdout, re.MULTILINE
     )
