@@ -80,3 +80,29 @@ def test_only_the_first_and_last_outputs_carry_them(model_dirs: dict[str, Path])
 def test_bad_prompt_logprobs(value: object) -> None:
     with pytest.raises(InvalidRequestError, match="prompt_logprobs"):
         SamplingParams(prompt_logprobs=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("lengths", "max_tokens"),
+    [
+        ((3, 500, 17, 64, 130, 7, 255, 41), 20),  # preempted while decoding, prompts already scored
+        ((40, 40, 40, 40, 40, 40, 500), 60),  # the long prompt preempted part way through its scoring
+    ],
+)
+def test_preempted_requests_score_each_prompt_token_once(
+    model_dirs: dict[str, Path], lengths: tuple[int, ...], max_tokens: int
+) -> None:
+    """Recomputed after a preemption, a request does not score its prompt twice (or skip any)."""
+    rng = random.Random(8)
+    batch = [[rng.randrange(256) for _ in range(n)] for n in lengths]
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, prompt_logprobs=2)
+    roomy = LLM(model_dirs["llama"], dtype="float32").generate(batch, params)
+    # 40 blocks of 16 tokens cannot hold them all at once; chunks of 64 tokens spread prefills over steps.
+    tight = LLM(model_dirs["llama"], dtype="float32", num_kv_blocks=40, max_num_batched_tokens=64)
+    squeezed = tight.generate(batch, params)
+    assert tight.engine.scheduler.num_preemptions > 0
+    for prompt, want, got in zip(batch, roomy, squeezed, strict=True):
+        assert got.prompt_logprobs is not None and want.prompt_logprobs is not None
+        assert got.prompt_top_logprobs is not None and len(got.prompt_top_logprobs) == len(prompt)
+        assert len(got.prompt_logprobs) == len(prompt)
+        assert got.prompt_logprobs[1:] == pytest.approx(want.prompt_logprobs[1:], abs=5e-4)
