@@ -13,6 +13,13 @@ MAX_TOP_K = 1 << 20
 # Most alternatives per token that `top_logprobs` may ask for: OpenAI's cap for chat, and vLLM's
 # default max_logprobs. Each costs a few bytes per token on the wire and a decode in the router.
 MAX_TOP_LOGPROBS = 20
+# Penalty ranges: OpenAI's for presence and frequency; repetition (vLLM's and Hugging Face's
+# multiplicative penalty, 1 = off) must be positive, and past 100 it means nothing more.
+MAX_PRESENCE_FREQUENCY_PENALTY = 2.0
+MAX_REPETITION_PENALTY = 100.0
+# logit_bias: OpenAI's value range; entries per request bounded like stop strings are.
+MAX_LOGIT_BIAS = 100.0
+MAX_LOGIT_BIAS_ENTRIES = 1024
 GREEDY_BELOW_TEMPERATURE = 1e-5
 # max_tokens=None (vLLM's spelling for "until the context ends"): the engine's stop checker ends
 # every sequence at max_model_len anyway, so any count at least that long means the same.
@@ -30,7 +37,12 @@ class SamplingParams:
     (at most MAX_TOP_LOGPROBS, and it implies `logprobs`) also returns the k most likely tokens
     at each position under that same distribution, best first. vLLM's spelling is accepted too:
     `logprobs=None` is False, 0 is the chosen token's logprob only, and a count k > 0 is
-    `top_logprobs=k`. `prompt_logprobs=k` (None: not wanted) scores the prompt as vLLM's does:
+    `top_logprobs=k`. `presence_penalty` and `frequency_penalty` (OpenAI's, in [-2, 2]: subtracted
+    once per token already generated, or once if generated at all) and `repetition_penalty`
+    (vLLM's and Hugging Face's: the logit of any token in the prompt or the output is divided by
+    it when positive, multiplied when negative) change the distribution sampled from, and
+    `logit_bias` ({token id: bias in [-100, 100]}) is added to it after them; logprobs stay those
+    of the raw distribution. `prompt_logprobs=k` (None: not wanted) scores the prompt as vLLM's does:
     the logprob of each prompt token after the ones before it, and its k most likely
     alternatives; a request that asks for them is not served from the prefix cache, since cached
     tokens are not run through the model. As in vLLM, `max_tokens=None` generates until the
@@ -49,9 +61,20 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     top_logprobs: int = 0
     prompt_logprobs: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Penalties or a logit bias change the distribution this request samples from."""
+        return bool(
+            self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0 or self.logit_bias
+        )
 
     @property
     def greedy(self) -> bool:
@@ -87,6 +110,37 @@ class SamplingParams:
                 f"prompt_logprobs must be None or an integer in [0, {MAX_TOP_LOGPROBS}], got {prompt!r}"
             )
 
+    def _validate_adjustments(self) -> None:
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not abs(value) <= MAX_PRESENCE_FREQUENCY_PENALTY
+            ):
+                raise InvalidRequestError(f"{name} must be in [-2, 2], got {value!r}")
+            setattr(self, name, float(value))
+        rp = self.repetition_penalty
+        if isinstance(rp, bool) or not isinstance(rp, (int, float)) or not 0.0 < rp <= MAX_REPETITION_PENALTY:
+            raise InvalidRequestError(f"repetition_penalty must be in (0, {MAX_REPETITION_PENALTY:g}], got {rp!r}")
+        self.repetition_penalty = float(rp)
+        if self.logit_bias is None:
+            self.logit_bias = {}
+        if not isinstance(self.logit_bias, dict) or len(self.logit_bias) > MAX_LOGIT_BIAS_ENTRIES:
+            raise InvalidRequestError(
+                f"logit_bias must be a map of at most {MAX_LOGIT_BIAS_ENTRIES} token ids to biases"
+            )
+        bias: dict[int, float] = {}
+        for key, value in self.logit_bias.items():
+            # Token ids as ints, or as the decimal strings JSON and msgpack maps carry them as.
+            token = int(key) if isinstance(key, str) and key.isdecimal() and len(key) < 12 else key
+            if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+                raise InvalidRequestError(f"logit_bias keys must be token ids, got {key!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= MAX_LOGIT_BIAS:
+                raise InvalidRequestError(f"logit_bias values must be in [-100, 100], got {value!r} for {key!r}")
+            bias[token] = float(value)
+        self.logit_bias = bias
+
     def validate(self) -> None:
         """Raise InvalidRequestError naming the first bad field."""
         if self.max_tokens is None:
@@ -120,6 +174,7 @@ class SamplingParams:
         ):
             raise InvalidRequestError("stop_token_ids must be a list of non-negative integers")
         self._validate_logprobs()
+        self._validate_adjustments()
         for name in ("ignore_eos", "include_stop_str_in_output"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidRequestError(f"{name} must be a boolean")

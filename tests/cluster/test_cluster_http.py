@@ -216,3 +216,34 @@ async def test_echoed_prompt_scores_come_from_the_prefill_worker(nats_server: Na
             await cluster.wait_idle()
         finally:
             await cluster.stop()
+
+
+async def test_penalties_and_logit_bias_cross_the_cluster(nats_server: NatsServer) -> None:
+    """Token ids in logit_bias travel as strings (msgpack maps take no int keys) and come back as
+    ids on both workers; penalties apply on the prefill worker's first token and the decode
+    worker's rest alike."""
+    prompts = mixed_prompts(3)
+    fields = {"repetition_penalty": 1.3, "frequency_penalty": 0.4, "logit_bias": {"7": 3.0, "11": -100.0}}
+    params = SamplingParams(
+        max_tokens=10,
+        temperature=0.0,
+        ignore_eos=True,
+        repetition_penalty=1.3,
+        frequency_penalty=0.4,
+        logit_bias={7: 3.0, 11: -100.0},
+    )
+    expected = [o.token_ids for o in LLM(dtype="float32").generate(prompts, params)]
+    body = {"model": "test", "max_tokens": 10, "temperature": 0, "ignore_eos": True, "return_token_ids": True}
+    cluster = await start_cluster(nats_server.url, http=True)
+    try:
+        async with httpx.AsyncClient(base_url=cluster.base_url, timeout=60) as client:
+            for prompt, want in zip(prompts, expected, strict=True):
+                r = await client.post("/v1/completions", json={**body, **fields, "prompt": prompt})
+                assert r.status_code == 200, r.text
+                assert r.json()["choices"][0]["token_ids"] == want
+                assert 11 not in want
+            bad = await client.post("/v1/completions", json={**body, "prompt": [1, 2], "logit_bias": {"9999999": 1}})
+            assert bad.status_code == 400 and "vocabulary" in bad.json()["error"]["message"]
+        await cluster.wait_idle()
+    finally:
+        await cluster.stop()

@@ -96,6 +96,11 @@ class DecodeWorker(WorkerBase):
         if rid in self.tickets or rid in self.streams:
             await self._refuse(msg, f"request {rid!r} is already here", 400)
             return
+        try:
+            self.engine.check_params(params)
+        except InvalidRequestError as exc:
+            await self._refuse(msg, str(exc), 400)
+            return
         free = self.engine.block_manager.num_free_blocks - self.reserved_blocks
         if free < blocks:
             await self._refuse(msg, f"KV pool full ({free} free blocks, {blocks} needed)", 503)

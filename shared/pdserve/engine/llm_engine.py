@@ -102,6 +102,14 @@ class LLMEngine:
             )
         return list(ids)
 
+    def check_params(self, params: SamplingParams) -> None:
+        """Validate `params`, and what only this model can tell (logit_bias names real token ids)."""
+        params.validate()
+        vocab = self.loaded.vocab_size
+        for token in params.logit_bias:
+            if token >= vocab:
+                raise InvalidRequestError(f"logit_bias: token id {token} is outside the vocabulary [0, {vocab})")
+
     def add_request(
         self,
         request_id: str,
@@ -117,7 +125,7 @@ class LLMEngine:
         the same per-step seeds it would have had."""
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
-        params.validate()
+        self.check_params(params)
         seq = Sequence(request_id, self.tokenize(prompt), params, hold_kv=hold_kv)
         if resume_token_ids:
             resumed = self.check_resume(seq.num_prompt_tokens, resume_token_ids, params)
@@ -174,7 +182,12 @@ class LLMEngine:
         sampling = step.sampling
         if not sampling:
             return outputs
-        result = self.sampler.sample(step.logits, [s.params for s in sampling], [s.num_output_tokens for s in sampling])
+        params = [s.params for s in sampling]
+        # Penalties and logit bias read each row's tokens; nobody else pays for collecting them.
+        histories = (
+            [(s.token_ids, s.num_prompt_tokens) for s in sampling] if any(p.adjusts_logits for p in params) else None
+        )
+        result = self.sampler.sample(step.logits, params, [s.num_output_tokens for s in sampling], histories)
         for row, seq in enumerate(sampling):
             token = result.token_ids[row]
             seq.token_ids.append(token)
@@ -280,7 +293,7 @@ class LLMEngine:
         request_id = request_id or export.request_id
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
-        params.validate()
+        self.check_params(params)
         export.validate(self.kv_layout)
         prompt = self.tokenize(list(export.prompt_token_ids))
         first = self.tokenize([export.first_token])[0]

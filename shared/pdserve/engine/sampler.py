@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pdserve.engine.logits_adjust import adjust_logits
 from pdserve.kernels import BACKEND_ENV, cpu_layer_ops
 from pdserve.sampling_params import SamplingParams
 
@@ -63,18 +64,33 @@ class Sampler:
         else:
             self.generator.manual_seed(seed)
 
-    def sample(self, logits: torch.Tensor, params: list[SamplingParams], steps: list[int]) -> SampleResult:
+    def sample(
+        self,
+        logits: torch.Tensor,
+        params: list[SamplingParams],
+        steps: list[int],
+        histories: list[tuple[list[int], int]] | None = None,
+    ) -> SampleResult:
         """logits [N, vocab] in the model's dtype; steps[i] is how many tokens row i has generated so far.
+        histories[i] is row i's (prompt then output token ids, prompt length), read only for rows
+        whose params adjust the logits (penalties, logit bias).
 
         Random sampling and logprobs work on a float32 copy, made only when a row needs one: for an
         all-greedy bf16 batch, copying 64 x 32000 logits and taking torch's argmax of them cost about a
         millisecond of each decode step, where greedy_tokens reads the bf16 values in place."""
         tokens = greedy_tokens(logits)
-        needs_float = any(not p.greedy or p.logprobs for p in params)
+        needs_float = any(not p.greedy or p.logprobs or p.adjusts_logits for p in params)
         full = logits.float() if needs_float else logits
         for row, p in enumerate(params):
+            row_logits = full[row]
+            if p.adjusts_logits:
+                if histories is None:
+                    raise ValueError("penalties and logit_bias need the rows' token histories")
+                row_logits = adjust_logits(row_logits, p, *histories[row])
+                if p.greedy:
+                    tokens[row] = int(torch.argmax(row_logits).item())
             if not p.greedy:
-                tokens[row] = self._sample_row(full[row], p, steps[row])
+                tokens[row] = self._sample_row(row_logits, p, steps[row])
         token_list = tokens.tolist()
         logprobs: list[float] | None = None
         top: list[dict[int, float]] | None = None

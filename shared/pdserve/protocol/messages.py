@@ -48,6 +48,8 @@ def params_to_wire(params: SamplingParams) -> dict[str, Any]:
     # deep copy: about 70 Python calls per request on the router's path to the worker.
     wire = {name: getattr(params, name) for name in _PARAM_FIELDS}
     wire["stop"], wire["stop_token_ids"] = list(params.stop), list(params.stop_token_ids)
+    # msgpack maps take string keys only; SamplingParams reads decimal strings back as ids.
+    wire["logit_bias"] = {str(token): bias for token, bias in params.logit_bias.items()}
     return wire
 
 

@@ -14,9 +14,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pdserve.sampling_params import MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_TOP_K, MAX_TOP_LOGPROBS
+from pdserve.sampling_params import (
+    MAX_LOGIT_BIAS_ENTRIES,
+    MAX_PRESENCE_FREQUENCY_PENALTY,
+    MAX_REPETITION_PENALTY,
+    MAX_STOP_STRING_CHARS,
+    MAX_STOP_STRINGS,
+    MAX_TOP_K,
+    MAX_TOP_LOGPROBS,
+)
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
-from pydantic.json_schema import JsonDict
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
@@ -67,10 +74,6 @@ class StreamOptions(StrictModel):
     include_usage: bool | None = Field(False, description="send a last chunk with `choices: []` and `usage`")
 
 
-# Published limits that `sampling.py` checks itself, to name the field in plain words.
-_ZERO: JsonDict = {"minimum": 0, "maximum": 0}
-
-
 class SamplingFields(StrictModel):
     """Fields shared by completions and chat completions."""
 
@@ -95,14 +98,26 @@ class SamplingFields(StrictModel):
     return_token_ids: bool | None = Field(
         False, description="vLLM extension: generated ids as `token_ids`, prompt ids as `prompt_token_ids`"
     )
-    presence_penalty: float | None = Field(0.0, description="only 0 is supported", json_schema_extra=_ZERO)
-    frequency_penalty: float | None = Field(0.0, description="only 0 is supported", json_schema_extra=_ZERO)
-    # vLLM's `bench serve` always sends repetition_penalty 1.0: accepted at that neutral value.
-    repetition_penalty: float | None = Field(
-        1.0, description="vLLM extension; only 1 is supported", json_schema_extra={"minimum": 1, "maximum": 1}
+    presence_penalty: float | None = Field(
+        0.0,
+        ge=-MAX_PRESENCE_FREQUENCY_PENALTY,
+        le=MAX_PRESENCE_FREQUENCY_PENALTY,
+        description="subtracted from the logit of every token generated so far",
     )
-    logit_bias: dict[str, float] | None = Field(
-        None, description="only null or {} is supported", json_schema_extra={"maxProperties": 0}
+    frequency_penalty: float | None = Field(
+        0.0,
+        ge=-MAX_PRESENCE_FREQUENCY_PENALTY,
+        le=MAX_PRESENCE_FREQUENCY_PENALTY,
+        description="subtracted from a token's logit once per time it was generated so far",
+    )
+    repetition_penalty: float | None = Field(
+        1.0,
+        gt=0.0,
+        le=MAX_REPETITION_PENALTY,
+        description="vLLM extension: logits of prompt and generated tokens divided by it (multiplied if negative)",
+    )
+    logit_bias: Annotated[dict[str, float], Field(max_length=MAX_LOGIT_BIAS_ENTRIES)] | None = Field(
+        None, description="token id (as a string) -> bias in [-100, 100], added to that token's logit"
     )
     user: Text | None = Field(None, description="accepted and ignored")
 

@@ -32,14 +32,7 @@ class Limits:
 
 
 def check_unsupported(body: SamplingFields) -> None:
-    """400 for OpenAI fields that are declared (clients send them) but only at their neutral value."""
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(body, name) not in (None, 0.0):
-            raise invalid_request(f"{name}: only 0 is supported", param=name)
-    if body.repetition_penalty not in (None, 1.0):
-        raise invalid_request("repetition_penalty: only 1 is supported", param="repetition_penalty")
-    if body.logit_bias:
-        raise invalid_request("logit_bias: not supported (send null or {})", param="logit_bias")
+    """400 for field combinations the schema cannot express."""
     if body.stream_options is not None and not body.stream:
         raise invalid_request("stream_options: only allowed when stream is true", param="stream_options")
 
@@ -127,10 +120,15 @@ def sampling_params(
             ignore_eos=body.ignore_eos,
             logprobs=logprobs,
             top_logprobs=top_logprobs,
+            presence_penalty=body.presence_penalty or 0.0,
+            frequency_penalty=body.frequency_penalty or 0.0,
+            repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
+            logit_bias=dict(body.logit_bias or {}),  # type: ignore[arg-type]  # ids as strings, read as ids
             include_stop_str_in_output=body.include_stop_str_in_output,
         )
     except InvalidRequestError as exc:
-        raise invalid_request(str(exc)) from None
+        param = next((name for name in ("logit_bias", "repetition_penalty") if str(exc).startswith(name)), None)
+        raise invalid_request(str(exc), param=param) from None
 
 
 def _temperature(requested: float | None) -> float:

@@ -1,0 +1,150 @@
+"""Penalties and logit bias, against Hugging Face's generate() with the same rules as its logits
+processors (its own for repetition_penalty; OpenAI's formula for presence and frequency)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hf_reference import NEAR_TIE, load_hf
+from pdserve import LLM, SamplingParams
+from pdserve.errors import InvalidRequestError
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+PROMPTS = [[10, 20, 30, 40, 50, 60, 70], list(range(100, 160)), [7, 7, 7, 7]]
+MAX_NEW = 24
+
+
+class OpenAIPenalties(LogitsProcessor):
+    """OpenAI's presence and frequency penalties over the generated tokens, as a reference."""
+
+    def __init__(self, prompt_len: int, presence: float, frequency: float) -> None:
+        self.prompt_len, self.presence, self.frequency = prompt_len, presence, frequency
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        counts = torch.bincount(input_ids[0, self.prompt_len :], minlength=scores.shape[-1])[: scores.shape[-1]]
+        return scores - self.frequency * counts - self.presence * (counts > 0).float()  # type: ignore[return-value]
+
+
+@torch.inference_mode()
+def hf_greedy(model: torch.nn.Module, prompt: list[int], **kwargs: object) -> tuple[list[int], list[float]]:
+    """Greedy tokens and, per position, the gap between the best two processed scores."""
+    processors = kwargs.pop("logits_processor", None)
+    config = GenerationConfig(
+        max_new_tokens=MAX_NEW,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+        output_scores=True,
+        return_dict_in_generate=True,
+        **kwargs,
+    )
+    ids = torch.tensor([prompt])
+    out = model.generate(  # type: ignore[operator]
+        ids, attention_mask=torch.ones_like(ids), generation_config=config, logits_processor=processors
+    )
+    gaps = [float(torch.topk(s[0].float(), 2).values.diff().abs()) for s in out.scores]
+    return out.sequences[0, len(prompt) :].tolist(), gaps
+
+
+def assert_same_until_tie(ours: list[int], ref: list[int], gaps: list[float]) -> int:
+    for i, (a, b) in enumerate(zip(ours, ref, strict=True)):
+        if gaps[i] < NEAR_TIE:
+            return i
+        assert a == b, f"token {i}: ours {ours[: i + 1]} reference {ref[: i + 1]}"
+    return len(ours)
+
+
+@pytest.fixture(scope="module")
+def llm(model_dirs: dict[str, Path]) -> LLM:
+    return LLM(model_dirs["llama"], dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def hf(model_dirs: dict[str, Path]) -> torch.nn.Module:
+    return load_hf(model_dirs["llama"])
+
+
+@pytest.mark.parametrize("penalty", [1.3, 0.8])
+def test_repetition_penalty_matches_hf(llm: LLM, hf: torch.nn.Module, penalty: float) -> None:
+    params = SamplingParams(max_tokens=MAX_NEW, temperature=0.0, ignore_eos=True, repetition_penalty=penalty)
+    compared = 0
+    for prompt, out in zip(PROMPTS, llm.generate(PROMPTS, params), strict=True):
+        ref, gaps = hf_greedy(hf, prompt, repetition_penalty=penalty)
+        compared += assert_same_until_tie(out.token_ids, ref, gaps)
+    assert compared >= len(PROMPTS) * MAX_NEW // 2
+    plain = llm.generate(PROMPTS, SamplingParams(max_tokens=MAX_NEW, temperature=0.0, ignore_eos=True))
+    assert [o.token_ids for o in plain] != [o.token_ids for o in llm.generate(PROMPTS, params)]  # it did something
+
+
+@pytest.mark.parametrize(("presence", "frequency"), [(1.5, 0.0), (0.0, 0.7), (0.5, 0.5), (-1.0, 0.0)])
+def test_presence_and_frequency_penalties_match_openais_formula(
+    llm: LLM, hf: torch.nn.Module, presence: float, frequency: float
+) -> None:
+    params = SamplingParams(
+        max_tokens=MAX_NEW, temperature=0.0, ignore_eos=True, presence_penalty=presence, frequency_penalty=frequency
+    )
+    compared = 0
+    for prompt, out in zip(PROMPTS, llm.generate(PROMPTS, params), strict=True):
+        processors = LogitsProcessorList([OpenAIPenalties(len(prompt), presence, frequency)])
+        ref, gaps = hf_greedy(hf, prompt, logits_processor=processors)
+        compared += assert_same_until_tie(out.token_ids, ref, gaps)
+    assert compared >= len(PROMPTS) * MAX_NEW // 2
+
+
+def test_logit_bias_steers_greedy_and_logprobs_stay_raw(llm: LLM) -> None:
+    greedy = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True, logprobs=True)
+    plain = llm.generate([PROMPTS[0]], greedy)[0]
+    forced = llm.generate(
+        [PROMPTS[0]],
+        SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True, logprobs=True, logit_bias={42: 100}),
+    )[0]
+    assert forced.token_ids == [42] * 6
+    assert forced.logprobs is not None and all(lp < -0.01 for lp in forced.logprobs)  # raw, not the biased ~0
+    banned = llm.generate(
+        [PROMPTS[0]],
+        SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True, logit_bias={t: -100 for t in plain.token_ids}),
+    )[0]
+    assert not set(banned.token_ids) & set(plain.token_ids)
+    # Keys as decimal strings (JSON's and the wire's spelling) mean the same ids.
+    assert SamplingParams(logit_bias={"42": 5}).logit_bias == {42: 5.0}
+
+
+def test_sampled_requests_with_penalties_stay_reproducible_in_any_batch(llm: LLM) -> None:
+    params = SamplingParams(
+        max_tokens=16, temperature=1.0, seed=11, ignore_eos=True, presence_penalty=0.8, repetition_penalty=1.2
+    )
+    alone = llm.generate([PROMPTS[1]], params)[0].token_ids
+    mixed = llm.generate(
+        PROMPTS, [SamplingParams(max_tokens=9, temperature=0.0, ignore_eos=True), params, SamplingParams(max_tokens=5)]
+    )
+    assert mixed[1].token_ids == alone
+
+
+def test_unknown_token_in_logit_bias_is_refused(llm: LLM) -> None:
+    vocab = llm.engine.loaded.vocab_size
+    with pytest.raises(InvalidRequestError, match="outside the vocabulary"):
+        llm.generate([PROMPTS[0]], SamplingParams(max_tokens=2, logit_bias={vocab: 1.0}))
+    assert not llm.engine.requests
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"presence_penalty": 2.5},
+        {"frequency_penalty": -3},
+        {"frequency_penalty": "1"},
+        {"repetition_penalty": 0},
+        {"repetition_penalty": 101},
+        {"repetition_penalty": True},
+        {"logit_bias": {1: 101}},
+        {"logit_bias": {-1: 1}},
+        {"logit_bias": {"x": 1}},
+        {"logit_bias": {i: 1 for i in range(1025)}},
+        {"logit_bias": [1, 2]},
+    ],
+)
+def test_bad_adjustments(kwargs: dict[str, object]) -> None:
+    with pytest.raises(InvalidRequestError, match=next(iter(kwargs))):
+        SamplingParams(**kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,64 @@
+"""Penalties and logit_bias over HTTP: passed to the engine as sent, bad values a clear 400."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from pdserve import LLM, SamplingParams
+from router_helpers import MODEL, assert_error
+
+PROMPT = "Once upon a time"
+
+
+async def token_ids(client: httpx.AsyncClient, path: str = "/v1/completions", **body: Any) -> list[int]:
+    request = {"model": MODEL, "max_tokens": 12, "temperature": 0, "ignore_eos": True, "return_token_ids": True}
+    if path == "/v1/completions":
+        request["prompt"] = PROMPT
+    else:
+        request["messages"] = [{"role": "user", "content": PROMPT}]
+    response = await client.post(path, json={**request, **body})
+    assert response.status_code == 200, response.text
+    return list(response.json()["choices"][0]["token_ids"])
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"repetition_penalty": 1.4},
+        {"presence_penalty": 1.5, "frequency_penalty": 0.5},
+        {"logit_bias": {"65": 100}},
+    ],
+)
+async def test_adjustments_reach_the_engine(client: httpx.AsyncClient, reference_llm: LLM, fields: dict) -> None:
+    got = await token_ids(client, **fields)
+    ids = reference_llm.tokenizer(PROMPT)["input_ids"]
+    offline = {**fields, "logit_bias": {int(k): v for k, v in fields.get("logit_bias", {}).items()}}
+    want = reference_llm.generate([ids], SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, **offline))[
+        0
+    ].token_ids
+    assert got == want
+    assert got != await token_ids(client)  # and they changed the output
+    if "logit_bias" in fields:
+        assert got == [65] * 12
+        assert await token_ids(client, "/v1/chat/completions", **fields) == [65] * 12
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"frequency_penalty": -2.01}, "frequency_penalty"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"logit_bias": {"abc": 1}}, "logit_bias"),
+        ({"logit_bias": {"5": 150}}, "logit_bias"),
+        ({"logit_bias": {str(i): 1 for i in range(1025)}}, "logit_bias"),
+        ({"logit_bias": {"99999999": 1}}, None),  # past the vocabulary: the worker says so
+    ],
+)
+async def test_bad_adjustments_are_400(client: httpx.AsyncClient, fields: dict, param: str | None) -> None:
+    response = await client.post("/v1/completions", json={"model": MODEL, "prompt": PROMPT, **fields})
+    error = assert_error(response, 400, param)
+    if param is None:
+        assert "vocabulary" in error["message"]
