@@ -81,16 +81,20 @@ class Sampler:
         tokens = greedy_tokens(logits)
         needs_float = any(not p.greedy or p.logprobs or p.adjusts_logits for p in params)
         full = logits.float() if needs_float else logits
+        adjusted = {}  # row -> its adjusted logits, for rows with penalties or a logit bias
+        adjusting = [row for row, p in enumerate(params) if p.adjusts_logits]
+        if adjusting:
+            if histories is None:
+                raise ValueError("penalties and logit_bias need the rows' token histories")
+            index = torch.tensor(adjusting, device=full.device)
+            rows = adjust_logits(
+                full.index_select(0, index), [params[r] for r in adjusting], [histories[r] for r in adjusting]
+            )
+            tokens[index] = torch.argmax(rows, dim=-1)  # greedy rows keep these; sampled rows sample below
+            adjusted = dict(zip(adjusting, rows, strict=True))
         for row, p in enumerate(params):
-            row_logits = full[row]
-            if p.adjusts_logits:
-                if histories is None:
-                    raise ValueError("penalties and logit_bias need the rows' token histories")
-                row_logits = adjust_logits(row_logits, p, *histories[row])
-                if p.greedy:
-                    tokens[row] = int(torch.argmax(row_logits).item())
             if not p.greedy:
-                tokens[row] = self._sample_row(row_logits, p, steps[row])
+                tokens[row] = self._sample_row(adjusted.get(row, full[row]), p, steps[row])
         token_list = tokens.tolist()
         logprobs: list[float] | None = None
         top: list[dict[int, float]] | None = None

@@ -1,4 +1,5 @@
-"""What asking for logprobs and top alternatives costs: engine throughput and router formatting.
+"""What sampling options cost: logprobs, top alternatives, penalties and logit bias (engine
+throughput), prompt scoring, and putting logprobs into OpenAI's shapes (router).
 
 Also prompt scoring (`prompt_logprobs`, what `echo` with `logprobs` asks for): 32 prompts of 256
 tokens with one output token, plain against scored (lm_head over every prompt position, no prefix
@@ -10,7 +11,7 @@ in a fresh random order each repetition and the medians are compared in the same
 the time to turn one request's 64 tokens (and k alternatives each) into OpenAI's completions and
 chat logprobs shapes, per token.
 
-    python ops/bench_top_logprobs.py [--model DIR] [--reps 5]
+    python ops/bench_sampling_costs.py [--model DIR] [--reps 5]
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ CASES: dict[str, dict[str, object]] = {
     "logprobs": {"logprobs": True},
     "top5": {"top_logprobs": 5},
     "top20": {"top_logprobs": 20},
+    "penalties": {"presence_penalty": 0.5, "frequency_penalty": 0.5, "repetition_penalty": 1.2},
+    "bias": {"logit_bias": {i: -5.0 for i in range(100)}},
 }
 PROMPTS, PROMPT_LEN, OUTPUT_LEN = 32, 64, 64
 

@@ -1,4 +1,4 @@
-"""ops/bench_top_logprobs.py runs end to end and reports every case (docs/benchmarks.md quotes it)."""
+"""ops/bench_sampling_costs.py runs end to end and reports every case (docs/benchmarks.md quotes it)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_short_run_reports_every_case() -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "ops" / "bench_top_logprobs.py"), "--reps", "1"],
+        [sys.executable, str(ROOT / "ops" / "bench_sampling_costs.py"), "--reps", "1"],
         capture_output=True,
         text=True,
         timeout=300,
         check=True,
     )
     engine = dict(re.findall(r"^engine (\w+) .* ([\d.]+)x none$", result.stdout, re.MULTILINE))
-    assert set(engine) == {"none", "logprobs", "top5", "top20"} and engine["none"] == "1.00"
+    assert set(engine) == {"none", "logprobs", "top5", "top20", "penalties", "bias"} and engine["none"] == "1.00"
     prompts = dict(re.findall(r"^prompts (.+?)\s+median .* ([\d.]+)x plain$", result.stdout, re.MULTILINE))
     assert set(prompts) == {"plain", "scored k=1"} and prompts["plain"] == "1.00"
     router = re.findall(
@@ -31,6 +31,6 @@ def test_short_run_reports_every_case() -> None:
 
 def test_bad_reps_is_a_clear_error() -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "ops" / "bench_top_logprobs.py"), "--reps", "0"], capture_output=True, text=True
+        [sys.executable, str(ROOT / "ops" / "bench_sampling_costs.py"), "--reps", "0"], capture_output=True, text=True
     )
     assert result.returncode == 2 and "--reps must be at least 1" in result.stderr
