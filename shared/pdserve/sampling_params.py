@@ -42,10 +42,12 @@ class SamplingParams:
     (vLLM's and Hugging Face's: the logit of any token in the prompt or the output is divided by
     it when positive, multiplied when negative) change the distribution sampled from, and
     `logit_bias` ({token id: bias in [-100, 100]}) is added to it after them; logprobs stay those
-    of the raw distribution. `prompt_logprobs=k` (None: not wanted) scores the prompt as vLLM's does:
-    the logprob of each prompt token after the ones before it, and its k most likely
-    alternatives; a request that asks for them is not served from the prefix cache, since cached
-    tokens are not run through the model. As in vLLM, `max_tokens=None` generates until the
+    of the raw distribution. `min_tokens` (vLLM's) keeps eos and `stop_token_ids` from being
+    sampled, and stop strings from matching, until that many tokens are out.
+    `prompt_logprobs=k` (None: not wanted) scores the prompt as vLLM's does: the logprob of each
+    prompt token after the ones before it, and its k most likely alternatives; a request that
+    asks for them is not served from the prefix cache, since cached tokens are not run through
+    the model. As in vLLM, `max_tokens=None` generates until the
     context ends, and `stop=None` / `stop_token_ids=None` mean none.
     """
 
@@ -65,6 +67,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logit_bias: dict[int, float] = field(default_factory=dict)
+    min_tokens: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -175,6 +178,10 @@ class SamplingParams:
             raise InvalidRequestError("stop_token_ids must be a list of non-negative integers")
         self._validate_logprobs()
         self._validate_adjustments()
+        if isinstance(self.min_tokens, bool) or not isinstance(self.min_tokens, int) or self.min_tokens < 0:
+            raise InvalidRequestError(f"min_tokens must be a non-negative integer, got {self.min_tokens!r}")
+        if self.min_tokens > self.max_tokens:
+            raise InvalidRequestError(f"min_tokens {self.min_tokens} is more than max_tokens {self.max_tokens}")
         for name in ("ignore_eos", "include_stop_str_in_output"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidRequestError(f"{name} must be a boolean")

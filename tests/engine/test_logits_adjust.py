@@ -148,3 +148,40 @@ def test_unknown_token_in_logit_bias_is_refused(llm: LLM) -> None:
 def test_bad_adjustments(kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidRequestError, match=next(iter(kwargs))):
         SamplingParams(**kwargs)  # type: ignore[arg-type]
+
+
+def test_min_tokens_holds_back_eos_stop_tokens_and_stop_strings(llm: LLM) -> None:
+    eos = llm.engine.stop_checker.eos_token_ids
+    assert eos
+    eager = {t: 100.0 for t in eos}  # eos is all but certain at every step
+    quick = llm.generate([PROMPTS[0]], SamplingParams(max_tokens=20, temperature=0.0, logit_bias=eager))[0]
+    assert len(quick.token_ids) == 1 and quick.finish_reason == "stop"
+    held = llm.generate([PROMPTS[0]], SamplingParams(max_tokens=20, temperature=0.0, logit_bias=eager, min_tokens=5))[0]
+    # vLLM's rule: min_tokens tokens that are not stop tokens, then the stop token may come.
+    assert len(held.token_ids) == 6 and held.finish_reason == "stop"
+    assert not set(held.token_ids[:5]) & eos and held.token_ids[5] in eos
+    # A stop token id, sampled: the same rule, whatever the batch.
+    stop_id = 65
+    params = SamplingParams(
+        max_tokens=20, temperature=1.0, seed=3, logit_bias={stop_id: 100.0}, stop_token_ids=[stop_id], min_tokens=3
+    )
+    out = llm.generate([PROMPTS[1], PROMPTS[0]], [SamplingParams(max_tokens=4), params])[1]
+    assert len(out.token_ids) == 4 and out.token_ids[-1] == stop_id and stop_id not in out.token_ids[:3]
+
+
+def test_min_tokens_lets_an_early_stop_string_through(llm: LLM) -> None:
+    greedy = {"max_tokens": 12, "temperature": 0.0, "ignore_eos": True}
+    text = llm.generate([PROMPTS[0]], SamplingParams(**greedy))[0].text
+    stop = text[1:3]  # occurs within the first tokens
+    assert llm.generate([PROMPTS[0]], SamplingParams(**greedy, stop=[stop]))[0].text == text[: text.find(stop)]
+    late = llm.generate([PROMPTS[0]], SamplingParams(**greedy, stop=[stop], min_tokens=8))[0]
+    assert late.text.startswith(text[: text.find(stop) + len(stop)])  # the early match was let through
+    later = text.find(stop, len(llm.tokenizer.decode(late.token_ids[:7])) - len(stop) + 1)
+    assert late.text == (text[:later] if later >= 0 else text)
+
+
+def test_min_tokens_must_not_exceed_max_tokens() -> None:
+    with pytest.raises(InvalidRequestError, match="min_tokens"):
+        SamplingParams(max_tokens=4, min_tokens=5)
+    with pytest.raises(InvalidRequestError, match="min_tokens"):
+        SamplingParams(min_tokens=-1)

@@ -62,3 +62,16 @@ async def test_bad_adjustments_are_400(client: httpx.AsyncClient, fields: dict, 
     error = assert_error(response, 400, param)
     if param is None:
         assert "vocabulary" in error["message"]
+
+
+async def test_min_tokens(client: httpx.AsyncClient, reference_llm: LLM) -> None:
+    eos = sorted(reference_llm.engine.stop_checker.eos_token_ids)
+    eager = {str(t): 100 for t in eos}
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 20, "temperature": 0, "logit_bias": eager}
+    quick = (await client.post("/v1/completions", json={**body, "return_token_ids": True})).json()["choices"][0]
+    assert len(quick["token_ids"]) == 1 and quick["finish_reason"] == "stop"
+    held = (await client.post("/v1/completions", json={**body, "min_tokens": 4, "return_token_ids": True})).json()
+    choice = held["choices"][0]
+    assert len(choice["token_ids"]) == 5 and choice["finish_reason"] == "stop" and choice["token_ids"][-1] in eos
+    too_many = await client.post("/v1/completions", json={**body, "max_tokens": 3, "min_tokens": 4})
+    assert_error(too_many, 400, "min_tokens")

@@ -183,11 +183,15 @@ class LLMEngine:
         if not sampling:
             return outputs
         params = [s.params for s in sampling]
-        # Penalties and logit bias read each row's tokens; nobody else pays for collecting them.
-        histories = (
-            [(s.token_ids, s.num_prompt_tokens) for s in sampling] if any(p.adjusts_logits for p in params) else None
-        )
-        result = self.sampler.sample(step.logits, params, [s.num_output_tokens for s in sampling], histories)
+        # Penalties and logit bias read each row's tokens, min_tokens its stop tokens; nobody
+        # else pays for collecting them.
+        histories = suppressed = None
+        if any(p.adjusts_logits for p in params):
+            histories = [(s.token_ids, s.num_prompt_tokens) for s in sampling]
+        if any(p.min_tokens for p in params):
+            suppressed = [self.stop_checker.suppressed(s) for s in sampling]
+        steps = [s.num_output_tokens for s in sampling]
+        result = self.sampler.sample(step.logits, params, steps, histories, suppressed)
         for row, seq in enumerate(sampling):
             token = result.token_ids[row]
             seq.token_ids.append(token)

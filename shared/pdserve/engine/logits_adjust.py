@@ -4,7 +4,8 @@ Applied to a float32 copy of the logits of the rows that ask (most ask for nothi
 nothing), all such rows of a step at once: a handful of tensor ops per step rather than per row
 (per row, 32 rows cost more than the tiny model's whole decode step). The order is vLLM's:
 repetition penalty over prompt and output tokens, then frequency and presence penalties over
-output tokens, then the logit bias. Logprobs are taken from the raw logits, not from these.
+output tokens, then the logit bias; last, the tokens a row may not sample yet (its stop tokens
+under min_tokens) are ruled out. Logprobs are taken from the raw logits, not from these.
 """
 
 from __future__ import annotations
@@ -27,10 +28,14 @@ def _int64(values: list[int], device: torch.device) -> torch.Tensor:
 
 
 def adjust_logits(
-    logits: torch.Tensor, params: list[SamplingParams], histories: list[tuple[list[int], int]]
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    histories: list[tuple[list[int], int]],
+    suppressed: list[list[int]],
 ) -> torch.Tensor:
-    """`logits` [R, vocab] float32 (not modified) after each row's penalties and bias.
-    histories[r] is row r's prompt then output token ids, and its prompt length."""
+    """`logits` [R, vocab] float32 (not modified) after each row's penalties and bias, with the
+    ids in suppressed[r] ruled out (-inf). histories[r] is row r's prompt then output token ids,
+    and its prompt length."""
     adjusted = logits.clone()
     rows, vocab = adjusted.shape
     device, dtype = adjusted.device, adjusted.dtype
@@ -75,4 +80,9 @@ def adjust_logits(
         where = (_int64(row_index, device), _int64(token_index, device))
         biases = torch.frombuffer(array("f", values), dtype=torch.float32).to(device=device, dtype=dtype)
         adjusted.index_put_(where, biases, accumulate=True)
+    suppressed_rows = [r for r, ids in enumerate(suppressed) if ids]
+    if suppressed_rows:
+        row_index = [r for r in suppressed_rows for _ in suppressed[r]]
+        token_index = [t for r in suppressed_rows for t in suppressed[r]]
+        adjusted[_int64(row_index, device), _int64(token_index, device)] = float("-inf")
     return adjusted

@@ -70,25 +70,32 @@ class Sampler:
         params: list[SamplingParams],
         steps: list[int],
         histories: list[tuple[list[int], int]] | None = None,
+        suppressed: list[list[int]] | None = None,
     ) -> SampleResult:
         """logits [N, vocab] in the model's dtype; steps[i] is how many tokens row i has generated so far.
         histories[i] is row i's (prompt then output token ids, prompt length), read only for rows
-        whose params adjust the logits (penalties, logit bias).
+        whose params adjust the logits (penalties, logit bias); suppressed[i] are token ids row i
+        may not sample (its stop tokens while under min_tokens).
 
         Random sampling and logprobs work on a float32 copy, made only when a row needs one: for an
         all-greedy bf16 batch, copying 64 x 32000 logits and taking torch's argmax of them cost about a
         millisecond of each decode step, where greedy_tokens reads the bf16 values in place."""
         tokens = greedy_tokens(logits)
-        needs_float = any(not p.greedy or p.logprobs or p.adjusts_logits for p in params)
+        adjusting = [
+            row for row, p in enumerate(params) if p.adjusts_logits or (suppressed is not None and suppressed[row])
+        ]
+        needs_float = bool(adjusting) or any(not p.greedy or p.logprobs for p in params)
         full = logits.float() if needs_float else logits
-        adjusted = {}  # row -> its adjusted logits, for rows with penalties or a logit bias
-        adjusting = [row for row, p in enumerate(params) if p.adjusts_logits]
+        adjusted = {}  # row -> its adjusted logits, for rows with penalties, a logit bias or suppressed tokens
         if adjusting:
-            if histories is None:
+            if histories is None and any(params[r].adjusts_logits for r in adjusting):
                 raise ValueError("penalties and logit_bias need the rows' token histories")
             index = torch.tensor(adjusting, device=full.device)
             rows = adjust_logits(
-                full.index_select(0, index), [params[r] for r in adjusting], [histories[r] for r in adjusting]
+                full.index_select(0, index),
+                [params[r] for r in adjusting],
+                [histories[r] if histories is not None else ([], 0) for r in adjusting],
+                [suppressed[r] if suppressed is not None else [] for r in adjusting],
             )
             tokens[index] = torch.argmax(rows, dim=-1)  # greedy rows keep these; sampled rows sample below
             adjusted = dict(zip(adjusting, rows, strict=True))

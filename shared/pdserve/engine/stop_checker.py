@@ -17,6 +17,8 @@ class StopChecker:
         """Finish reason after the sequence's latest token, or None to keep going."""
         p = seq.params
         token = seq.token_ids[-1]
+        if seq.num_output_tokens < p.min_tokens:  # nothing but the context's end stops it yet
+            return "length" if seq.num_tokens >= self.max_model_len else None
         if (not p.ignore_eos and token in self.eos_token_ids) or token in p.stop_token_ids:
             return "stop"
         if p.stop and self._match_stop_string(seq):
@@ -24,6 +26,13 @@ class StopChecker:
         if seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len:
             return "length"
         return None
+
+    def suppressed(self, seq: Sequence) -> list[int]:
+        """Token ids the sequence may not sample next: its stop tokens while under min_tokens."""
+        p = seq.params
+        if seq.num_output_tokens >= p.min_tokens:
+            return []
+        return sorted({*p.stop_token_ids, *(() if p.ignore_eos else self.eos_token_ids)})
 
     def _match_stop_string(self, seq: Sequence) -> bool:
         p = seq.params
@@ -34,7 +43,12 @@ class StopChecker:
         if not any(s in tail for s in p.stop):
             return False
         text = self._decode(seq.output_token_ids)
-        hits = [(text.find(s), s) for s in p.stop if s in text]
+        # Under min_tokens no stop string could match; past it, only a match that ends in the
+        # text after the first min_tokens - 1 tokens counts (an earlier one was let through).
+        shielded = len(self._decode(seq.output_token_ids[: p.min_tokens - 1])) if p.min_tokens > 1 else 0
+        hits = [(position, s) for s in p.stop if (position := text.find(s, max(0, shielded - len(s) + 1))) >= 0]
+        if not hits:
+            return False
         position, stop = min(hits)
         seq.stop_text = text[: position + len(stop)] if p.include_stop_str_in_output else text[:position]
         return True

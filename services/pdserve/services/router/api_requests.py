@@ -94,6 +94,9 @@ class SamplingFields(StrictModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = Field(False, description="vLLM extension")
+    min_tokens: Annotated[int, Field(ge=0), WHOLE] | None = Field(
+        None, description="vLLM extension: no eos, stop token or stop string ends a choice before this many tokens"
+    )
     include_stop_str_in_output: bool = Field(False, description="vLLM extension")
     return_token_ids: bool | None = Field(
         False, description="vLLM extension: generated ids as `token_ids`, prompt ids as `prompt_token_ids`"

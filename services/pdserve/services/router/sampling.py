@@ -124,10 +124,13 @@ def sampling_params(
             frequency_penalty=body.frequency_penalty or 0.0,
             repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
             logit_bias=dict(body.logit_bias or {}),  # type: ignore[arg-type]  # ids as strings, read as ids
+            min_tokens=body.min_tokens or 0,
             include_stop_str_in_output=body.include_stop_str_in_output,
         )
     except InvalidRequestError as exc:
-        param = next((name for name in ("logit_bias", "repetition_penalty") if str(exc).startswith(name)), None)
+        param = next(
+            (name for name in ("logit_bias", "repetition_penalty", "min_tokens") if str(exc).startswith(name)), None
+        )
         raise invalid_request(str(exc), param=param) from None
 
 
