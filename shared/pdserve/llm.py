@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence as Seq
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -12,7 +13,7 @@ from pdserve.engine.config import EngineConfig
 from pdserve.engine.llm_engine import LLMEngine, Prompt
 from pdserve.errors import InvalidRequestError
 from pdserve.outputs import RequestOutput
-from pdserve.sampling_params import SamplingParams
+from pdserve.sampling_params import SamplingParams, choice_seed
 
 
 class LLM:
@@ -64,15 +65,20 @@ class LLM:
         if len(params_list) != len(prompt_list):
             raise InvalidRequestError(f"{len(prompt_list)} prompts but {len(params_list)} sampling params")
         for p in params_list:
-            p.validate()
+            self.engine.check_params(p)
         token_prompts = [self.engine.tokenize(p) for p in prompt_list]
 
-        ids = []
+        ids: list[str] = []
+        groups: list[list[str]] = []  # per prompt, the request ids of its n choices
         for tokens, params in zip(token_prompts, params_list, strict=True):
-            request_id = f"offline-{self._next_id}"
-            self._next_id += 1
-            self.engine.add_request(request_id, tokens, params)
-            ids.append(request_id)
+            group = []
+            for choice in range(params.n):
+                request_id = f"offline-{self._next_id}"
+                self._next_id += 1
+                self.engine.add_request(request_id, tokens, choice_params(params, choice))
+                group.append(request_id)
+            ids += group
+            groups.append(group)
         finished: dict[str, RequestOutput] = {}
         try:
             with tqdm(total=len(ids), disable=not use_tqdm, desc="generate", unit="req") as bar:
@@ -87,4 +93,21 @@ class LLM:
                     self.engine.abort_request(request_id)
             self.engine.step()  # drain the abort outputs
             raise
-        return [finished[i] for i in ids]
+        return [_grouped([finished[i] for i in group]) for group in groups]
+
+
+def choice_params(params: SamplingParams, choice: int) -> SamplingParams:
+    """Choice i of a prompt: seed + i (so choice 0 equals the same request with n=1), one sequence."""
+    if params.n == 1:
+        return params
+    return replace(params, n=1, seed=choice_seed(params.seed, choice))
+
+
+def _grouped(outputs: list[RequestOutput]) -> RequestOutput:
+    if len(outputs) == 1:
+        return outputs[0]
+    for index, out in enumerate(outputs):
+        out.index = index
+    first = replace(outputs[0])
+    first.choices = [first, *outputs[1:]]
+    return first

@@ -32,6 +32,10 @@ class RequestOutput:
     # too; only for k > 0). In the output of the first token and in the final output.
     prompt_logprobs: list[float | None] | None = None
     prompt_top_logprobs: list[dict[int, float] | None] | None = None
+    # SamplingParams.n > 1 (LLM.generate): this is completion 0 of the prompt, and `choices`
+    # holds all n (this one first); `index` is a completion's place among them.
+    index: int = 0
+    choices: list[RequestOutput] | None = field(default=None, repr=False)
 
     @property
     def finished(self) -> bool:
@@ -39,6 +43,6 @@ class RequestOutput:
 
     @property
     def outputs(self) -> list[RequestOutput]:
-        """vLLM's shape, `out.outputs[0].text`: one completion per request, this one, so scripts
-        written for vLLM's offline API read our outputs unchanged."""
-        return [self]
+        """vLLM's shape, `out.outputs[i].text`: the prompt's completions (this one alone unless
+        SamplingParams.n > 1), so scripts written for vLLM's offline API read our outputs unchanged."""
+        return self.choices if self.choices is not None else [self]

@@ -20,6 +20,20 @@ MAX_REPETITION_PENALTY = 100.0
 # logit_bias: OpenAI's value range; entries per request bounded like stop strings are.
 MAX_LOGIT_BIAS = 100.0
 MAX_LOGIT_BIAS_ENTRIES = 1024
+# n, and over HTTP prompts x n per request: each choice holds an engine request (and in a
+# cluster a task and a queue).
+MAX_CHOICES = 256
+INT64_MIN = -(1 << 63)
+
+
+def choice_seed(seed: int | None, choice: int) -> int | None:
+    """Choice i samples with seed + i (wrapped into int64), so choice 0 equals the same request
+    with n=1; the router's choices and LLM.generate's agree."""
+    if seed is None:
+        return None
+    return (seed + choice - INT64_MIN) % (1 << 64) + INT64_MIN
+
+
 GREEDY_BELOW_TEMPERATURE = 1e-5
 # max_tokens=None (vLLM's spelling for "until the context ends"): the engine's stop checker ends
 # every sequence at max_model_len anyway, so any count at least that long means the same.
@@ -43,7 +57,9 @@ class SamplingParams:
     it when positive, multiplied when negative) change the distribution sampled from, and
     `logit_bias` ({token id: bias in [-100, 100]}) is added to it after them; logprobs stay those
     of the raw distribution. `min_tokens` (vLLM's) keeps eos and `stop_token_ids` from being
-    sampled, and stop strings from matching, until that many tokens are out.
+    sampled, and stop strings from matching, until that many tokens are out. `n` completions per
+    prompt (LLM.generate; choice i samples with seed + i when a seed is set, as over HTTP) come
+    back as the prompt's `outputs`; an engine request is always one sequence.
     `prompt_logprobs=k` (None: not wanted) scores the prompt as vLLM's does: the logprob of each
     prompt token after the ones before it, and its k most likely alternatives; a request that
     asks for them is not served from the prefix cache, since cached tokens are not run through
@@ -68,6 +84,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     logit_bias: dict[int, float] = field(default_factory=dict)
     min_tokens: int = 0
+    n: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -178,6 +195,8 @@ class SamplingParams:
             raise InvalidRequestError("stop_token_ids must be a list of non-negative integers")
         self._validate_logprobs()
         self._validate_adjustments()
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or not 1 <= self.n <= MAX_CHOICES:
+            raise InvalidRequestError(f"n must be an integer in [1, {MAX_CHOICES}], got {self.n!r}")
         if isinstance(self.min_tokens, bool) or not isinstance(self.min_tokens, int) or self.min_tokens < 0:
             raise InvalidRequestError(f"min_tokens must be a non-negative integer, got {self.min_tokens!r}")
         if self.min_tokens > self.max_tokens:

@@ -185,3 +185,11 @@ def test_min_tokens_must_not_exceed_max_tokens() -> None:
         SamplingParams(max_tokens=4, min_tokens=5)
     with pytest.raises(InvalidRequestError, match="min_tokens"):
         SamplingParams(min_tokens=-1)
+
+
+def test_a_bad_logit_bias_in_any_prompt_fails_the_call_before_anything_runs(llm: LLM) -> None:
+    vocab = llm.engine.loaded.vocab_size
+    good = SamplingParams(max_tokens=2)
+    with pytest.raises(InvalidRequestError, match="outside the vocabulary"):
+        llm.generate(PROMPTS[:2], [good, SamplingParams(max_tokens=2, logit_bias={vocab + 5: 1.0})])
+    assert not llm.engine.requests  # the first prompt was never queued

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from pdserve import LLM, SamplingParams
+from pdserve.errors import InvalidRequestError
 
 PROMPT = [10, 20, 30, 40, 50, 60, 70]
 
@@ -129,3 +130,20 @@ def test_extreme_sampling_values_pick_the_top_token(params: SamplingParams) -> N
     other = llm.generate([[5, 6, 7], [9, 10]], [params, SamplingParams(max_tokens=4, ignore_eos=True)])
     assert other[0].token_ids == greedy[0].token_ids
     assert other[0].finish_reason == "length" and other[1].finish_reason == "length"
+
+
+def test_n_completions_per_prompt(llm: LLM) -> None:
+    """vLLM's `n`: the prompt's completions in `outputs`, choice i sampled with seed + i."""
+    params = SamplingParams(max_tokens=8, temperature=1.0, seed=40, ignore_eos=True, n=3)
+    out, other = llm.generate([PROMPT, [1, 2, 3]], params)
+    assert [o.index for o in out.outputs] == [0, 1, 2] and len(other.outputs) == 3
+    singles = [
+        llm.generate([PROMPT], SamplingParams(max_tokens=8, temperature=1.0, seed=40 + i, ignore_eos=True))[0]
+        for i in range(3)
+    ]
+    assert [o.token_ids for o in out.outputs] == [s.token_ids for s in singles]
+    assert out.token_ids == out.outputs[0].token_ids and out.text == out.outputs[0].text
+    assert len({tuple(o.token_ids) for o in out.outputs}) > 1  # different seeds, different samples
+    assert llm.engine.kv_blocks_used == 0
+    with pytest.raises(InvalidRequestError, match="n must be"):
+        SamplingParams(n=0)

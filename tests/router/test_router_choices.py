@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from pdserve.sampling_params import choice_seed
 from pdserve.services.router.api_requests import INT64_MAX, INT64_MIN, CompletionRequest
 from pdserve.services.router.error_handlers import describe_validation_errors
-from pdserve.services.router.sampling import choice_seed
 
 
 def test_choice_seeds() -> None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pdserve.sampling_params import (
+    INT64_MIN,
+    MAX_CHOICES,
     MAX_LOGIT_BIAS_ENTRIES,
     MAX_PRESENCE_FREQUENCY_PENALTY,
     MAX_REPETITION_PENALTY,
@@ -25,10 +27,7 @@ from pdserve.sampling_params import (
 )
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
-INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
-# Each choice holds a backend request, a task and a queue; prompts x n per request is capped here.
-MAX_CHOICES = 256
 # OpenAI's default for completions; chat completions default to the end of the context.
 DEFAULT_MAX_TOKENS = 16
 

@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, Request
 from pdserve.protocol.top_logprobs import TopLogprobs
+from pdserve.sampling_params import choice_seed
 from pdserve.services.router.api_requests import ChatCompletionRequest
 from pdserve.services.router.api_responses import (
     ChatChoice,
@@ -31,7 +32,6 @@ from pdserve.services.router.sampling import (
     check_choices,
     check_max_tokens_limit,
     check_unsupported,
-    choice_seed,
     resolve_max_tokens,
     sampling_params,
 )

@@ -11,6 +11,7 @@ import structlog
 from fastapi import APIRouter, Request
 from pdserve.errors import InvalidRequestError
 from pdserve.protocol.top_logprobs import TopLogprobs, check_prompt_logprobs_size
+from pdserve.sampling_params import choice_seed
 from pdserve.services.router.api_requests import DEFAULT_MAX_TOKENS, CompletionRequest, TokenId
 from pdserve.services.router.api_responses import CompletionChoice, CompletionLogprobs, CompletionResponse, Usage
 from pdserve.services.router.choice_format import StreamedChoice, error_event, final_text, token_id_fields
@@ -30,7 +31,6 @@ from pdserve.services.router.openapi_docs import generation_responses
 from pdserve.services.router.sampling import (
     check_choices,
     check_unsupported,
-    choice_seed,
     resolve_max_tokens,
     sampling_params,
 )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pdserve.errors import InvalidRequestError
 from pdserve.sampling_params import SamplingParams
-from pdserve.services.router.api_requests import INT64_MIN, MAX_CHOICES, SamplingFields
+from pdserve.services.router.api_requests import MAX_CHOICES, SamplingFields
 from pdserve.services.router.errors import invalid_request
 
 # The sampler works in float32: logits / 1e-45 overflow to inf and top_p = 5e-324 rounds to 0,
@@ -95,13 +95,6 @@ def resolve_max_tokens(
             param=param,
         )
     return requested
-
-
-def choice_seed(seed: int | None, choice: int) -> int | None:
-    """Choice i samples with seed + i (wrapped into int64), so choice 0 equals the same request with n=1."""
-    if seed is None:
-        return None
-    return (seed + choice - INT64_MIN) % (1 << 64) + INT64_MIN
 
 
 def sampling_params(
