@@ -25,23 +25,33 @@ def load_hf(path: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
 
 
 @torch.inference_mode()
-def hf_greedy(model: torch.nn.Module, prompt: list[int], max_new_tokens: int) -> Reference:
+def hf_greedy(
+    model: torch.nn.Module,
+    prompt: list[int],
+    max_new_tokens: int,
+    logits_processor: object = None,
+    **generation: object,
+) -> Reference:
+    """Greedy tokens; `generation` (repetition_penalty=...) and `logits_processor` change the
+    scores chosen from, and the near-tie gaps are then measured on those scores."""
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=False,
         eos_token_id=None,
         pad_token_id=0,
         output_logits=True,
+        output_scores=True,
         return_dict_in_generate=True,
+        **generation,
     )
     ids = torch.tensor([prompt])
     # An explicit mask: generate() would otherwise mask every prompt token equal to pad_token_id.
     out = model.generate(  # type: ignore[operator]
-        ids, attention_mask=torch.ones_like(ids), generation_config=config
+        ids, attention_mask=torch.ones_like(ids), generation_config=config, logits_processor=logits_processor
     )
     tokens = out.sequences[0, len(prompt) :].tolist()
     gaps = []
-    for logits in out.logits:
+    for logits in out.scores if (generation or logits_processor) else out.logits:
         top2 = torch.topk(logits[0].float(), 2).values
         gaps.append(float(top2[0] - top2[1]))
     return Reference(tokens, gaps)

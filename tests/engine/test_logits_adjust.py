@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_reference import NEAR_TIE, load_hf
+from hf_reference import assert_matches, hf_greedy, load_hf
 from pdserve import LLM, SamplingParams
 from pdserve.errors import InvalidRequestError
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList
 
 PROMPTS = [[10, 20, 30, 40, 50, 60, 70], list(range(100, 160)), [7, 7, 7, 7]]
 MAX_NEW = 24
@@ -25,35 +25,6 @@ class OpenAIPenalties(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         counts = torch.bincount(input_ids[0, self.prompt_len :], minlength=scores.shape[-1])[: scores.shape[-1]]
         return scores - self.frequency * counts - self.presence * (counts > 0).float()  # type: ignore[return-value]
-
-
-@torch.inference_mode()
-def hf_greedy(model: torch.nn.Module, prompt: list[int], **kwargs: object) -> tuple[list[int], list[float]]:
-    """Greedy tokens and, per position, the gap between the best two processed scores."""
-    processors = kwargs.pop("logits_processor", None)
-    config = GenerationConfig(
-        max_new_tokens=MAX_NEW,
-        do_sample=False,
-        eos_token_id=None,
-        pad_token_id=0,
-        output_scores=True,
-        return_dict_in_generate=True,
-        **kwargs,
-    )
-    ids = torch.tensor([prompt])
-    out = model.generate(  # type: ignore[operator]
-        ids, attention_mask=torch.ones_like(ids), generation_config=config, logits_processor=processors
-    )
-    gaps = [float(torch.topk(s[0].float(), 2).values.diff().abs()) for s in out.scores]
-    return out.sequences[0, len(prompt) :].tolist(), gaps
-
-
-def assert_same_until_tie(ours: list[int], ref: list[int], gaps: list[float]) -> int:
-    for i, (a, b) in enumerate(zip(ours, ref, strict=True)):
-        if gaps[i] < NEAR_TIE:
-            return i
-        assert a == b, f"token {i}: ours {ours[: i + 1]} reference {ref[: i + 1]}"
-    return len(ours)
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +42,7 @@ def test_repetition_penalty_matches_hf(llm: LLM, hf: torch.nn.Module, penalty: f
     params = SamplingParams(max_tokens=MAX_NEW, temperature=0.0, ignore_eos=True, repetition_penalty=penalty)
     compared = 0
     for prompt, out in zip(PROMPTS, llm.generate(PROMPTS, params), strict=True):
-        ref, gaps = hf_greedy(hf, prompt, repetition_penalty=penalty)
-        compared += assert_same_until_tie(out.token_ids, ref, gaps)
+        compared += assert_matches(out.token_ids, hf_greedy(hf, prompt, MAX_NEW, repetition_penalty=penalty))
     assert compared >= len(PROMPTS) * MAX_NEW // 2
     plain = llm.generate(PROMPTS, SamplingParams(max_tokens=MAX_NEW, temperature=0.0, ignore_eos=True))
     assert [o.token_ids for o in plain] != [o.token_ids for o in llm.generate(PROMPTS, params)]  # it did something
@@ -88,8 +58,7 @@ def test_presence_and_frequency_penalties_match_openais_formula(
     compared = 0
     for prompt, out in zip(PROMPTS, llm.generate(PROMPTS, params), strict=True):
         processors = LogitsProcessorList([OpenAIPenalties(len(prompt), presence, frequency)])
-        ref, gaps = hf_greedy(hf, prompt, logits_processor=processors)
-        compared += assert_same_until_tie(out.token_ids, ref, gaps)
+        compared += assert_matches(out.token_ids, hf_greedy(hf, prompt, MAX_NEW, logits_processor=processors))
     assert compared >= len(PROMPTS) * MAX_NEW // 2
 
 

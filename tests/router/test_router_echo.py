@@ -20,6 +20,15 @@ async def complete(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
     return dict(response.json())
 
 
+async def stream(client: httpx.AsyncClient, **body: Any) -> list[Any]:
+    """The data events of a streamed completion, `[DONE]` left out."""
+    response = await client.post("/v1/completions", json={"model": MODEL, "temperature": 0, "stream": True, **body})
+    assert response.status_code == 200, response.text
+    events = sse_data(response.text)
+    assert events[-1] == "[DONE]"
+    return events[:-1]
+
+
 async def test_echo_puts_the_prompt_ahead_of_the_text(client: httpx.AsyncClient) -> None:
     plain = await complete(client, prompt=PROMPT, max_tokens=5, ignore_eos=True)
     echoed = await complete(client, prompt=PROMPT, max_tokens=5, ignore_eos=True, echo=True)
@@ -28,19 +37,8 @@ async def test_echo_puts_the_prompt_ahead_of_the_text(client: httpx.AsyncClient)
     assert [echoed["usage"][k] for k in ("prompt_tokens", "completion_tokens")] == [
         plain["usage"][k] for k in ("prompt_tokens", "completion_tokens")
     ]
-    response = await client.post(
-        "/v1/completions",
-        json={
-            "model": MODEL,
-            "prompt": PROMPT,
-            "max_tokens": 5,
-            "ignore_eos": True,
-            "temperature": 0,
-            "echo": True,
-            "stream": True,
-        },
-    )
-    assert streamed_text(sse_data(response.text)) == echoed["choices"][0]["text"]
+    events = await stream(client, prompt=PROMPT, max_tokens=5, ignore_eos=True, echo=True)
+    assert streamed_text(events) == echoed["choices"][0]["text"]
 
 
 async def test_echoed_prompt_is_scored_like_the_engine_scores_it(client: httpx.AsyncClient, reference_llm: LLM) -> None:
@@ -62,20 +60,11 @@ async def test_echoed_prompt_is_scored_like_the_engine_scores_it(client: httpx.A
     assert offsets[0] == 0 and offsets == sorted(offsets) and offsets[-1] <= len(choice["text"])
     assert offsets[n] == len(PROMPT)
 
-    response = await client.post(
-        "/v1/completions",
-        json={
-            "model": MODEL,
-            "prompt": PROMPT,
-            "max_tokens": 3,
-            "ignore_eos": True,
-            "temperature": 0,
-            "echo": True,
-            "logprobs": 2,
-            "stream": True,
-        },
-    )
-    events = [e for e in sse_data(response.text)[:-1] if e["choices"]]
+    events = [
+        e
+        for e in await stream(client, prompt=PROMPT, max_tokens=3, ignore_eos=True, echo=True, logprobs=2)
+        if e["choices"]
+    ]
     streamed: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "text_offset": []}
     for event in events:
         for key in streamed:
@@ -145,11 +134,9 @@ async def test_max_tokens_zero_returns_the_prompt_alone(client: httpx.AsyncClien
     assert body["usage"]["completion_tokens"] == 0
     assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] == len(prompt_ids)
 
-    request = {"model": MODEL, "prompt": PROMPT, "max_tokens": 0, "echo": True, "logprobs": 1, "temperature": 0}
-    response = await client.post(
-        "/v1/completions", json={**request, "stream": True, "stream_options": {"include_usage": True}}
+    events = await stream(
+        client, prompt=PROMPT, max_tokens=0, echo=True, logprobs=1, stream_options={"include_usage": True}
     )
-    events = sse_data(response.text)[:-1]
     assert streamed_text(events) == PROMPT
     finishes = [c["finish_reason"] for e in events for c in e["choices"] if c["finish_reason"]]
     assert finishes == ["length"] and events[-1]["usage"]["completion_tokens"] == 0
