@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 from hf_reference import Reference, assert_matches, hf_greedy, load_hf
 from pdserve import LLM, SamplingParams
 
@@ -49,7 +50,10 @@ def run_and_compare(llm: LLM, model_dir: Path, prompts: list[list[int]], label: 
     llm.engine.check_integrity()
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral"])
+ARCHS = ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma", "granite", "olmo2", "stablelm"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_batch_matches_hf(model_dirs: dict[str, Path], arch: str) -> None:
     llm = LLM(model_dirs[arch], dtype="float32")
     prompts = make_prompts(llm.engine.loaded.vocab_size, PROMPT_LENGTHS)
@@ -81,3 +85,17 @@ def test_preemption_matches_hf(model_dirs: dict[str, Path], arch: str) -> None:
     prompts = make_prompts(llm.engine.loaded.vocab_size, PROMPT_LENGTHS)
     run_and_compare(llm, model_dirs[arch], prompts, f"{arch} preempted")
     assert llm.engine.scheduler.num_preemptions > 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3", "gemma", "granite", "olmo2", "stablelm"])
+def test_logprobs_match_hf_distribution(model_dirs: dict[str, Path], arch: str) -> None:
+    """The distribution sampled from is the model's own, whatever its CausalLM head does to the
+    logits (Granite divides them by logits_scaling): logprobs equal HF's log-softmax."""
+    llm = LLM(model_dirs[arch], dtype="float32")
+    prompt = make_prompts(llm.engine.loaded.vocab_size, [20])[0]
+    out = llm.generate([prompt], SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True, logprobs=True))[0]
+    hf = load_hf(model_dirs[arch])
+    with torch.inference_mode():
+        logits = hf(torch.tensor([prompt + out.token_ids[:-1]])).logits[0, len(prompt) - 1 :].float()
+    expected = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(out.token_ids).unsqueeze(1)).squeeze(1)
+    assert out.logprobs == pytest.approx(expected.tolist(), abs=1e-4)

@@ -1,4 +1,4 @@
-"""Random Qwen2, Qwen3 and Mistral models from create_random_model load, report their shape and run."""
+"""Random models of the supported architectures from create_random_model load, report their shape and run."""
 
 from __future__ import annotations
 
@@ -86,3 +86,32 @@ def test_explicit_eos_is_kept(tmp_path: Path) -> None:
 def test_create_random_model_rejects_bad_configs(tmp_path: Path, config: dict) -> None:
     with pytest.raises(ValueError):
         create_random_model(tmp_path / "m", config)
+
+
+@pytest.mark.parametrize(
+    ("arch", "rope_scaling", "expected"),
+    [
+        # frequencies chosen from the longest position in the pass: capped at the original length
+        ("phi3", {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8}, 1024),
+        # dynamic NTK grows past max_position_embeddings only: the context stays below that
+        ("llama", {"rope_type": "dynamic", "factor": 2.0}, 4096),
+        # static: the whole context
+        ("llama", {"rope_type": "linear", "factor": 2.0}, 4096),
+    ],
+)
+def test_position_dependent_rope_caps_max_model_len(
+    tmp_path: Path, arch: str, rope_scaling: dict, expected: int
+) -> None:
+    config = {
+        "architectures": ["Phi3ForCausalLM" if arch == "phi3" else "LlamaForCausalLM"],
+        "model_type": arch,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 4096,
+        "rope_scaling": rope_scaling,
+        "pad_token_id": 0,
+        **({"original_max_position_embeddings": 1024} if arch == "phi3" else {}),
+    }
+    assert load_model(create_random_model(tmp_path / "m", config)).max_model_len == expected

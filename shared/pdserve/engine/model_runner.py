@@ -37,6 +37,18 @@ class StepResult:
     prompt_hidden: list[PromptHidden] = field(default_factory=list)
 
 
+class ScaledHead(torch.nn.Module):
+    """lm_head, then a constant factor on the logits."""
+
+    def __init__(self, head: torch.nn.Module, factor: float) -> None:
+        super().__init__()
+        self.head = head
+        self.factor = factor
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden) * self.factor
+
+
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, num_blocks: int, block_size: int) -> None:
         self.model = loaded.model
@@ -51,6 +63,10 @@ class ModelRunner:
             # embeddings is still read by them, so it is packed as a copy.
             tied = self.lm_head.weight.data_ptr() == self.decoder.embed_tokens.weight.data_ptr()
             self.lm_head = packed_linear.pack_module(self.lm_head, shared=tied)
+        scaling = float(getattr(loaded.config, "logits_scaling", 1.0) or 1.0)
+        if scaling != 1.0:
+            # Granite divides its logits in its CausalLM forward, which the runner does not call.
+            self.lm_head = ScaledHead(self.lm_head, 1.0 / scaling)
         shape = (num_blocks, block_size, loaded.num_kv_heads, loaded.head_dim)
         self.k_caches = [torch.zeros(shape, dtype=loaded.dtype, device=self.device) for _ in range(loaded.num_layers)]
         self.v_caches = [torch.zeros(shape, dtype=loaded.dtype, device=self.device) for _ in range(loaded.num_layers)]

@@ -109,7 +109,7 @@ def _max_model_len(config: PretrainedConfig) -> int:
     model would attend to tokens it was built never to see, so outputs would silently diverge.
     Capping keeps every served sequence exact.
     """
-    limit = int(config.max_position_embeddings)
+    limit = _rope_limit(config, int(config.max_position_embeddings))
     window = getattr(config, "sliding_window", None)
     if not window:
         return limit
@@ -119,6 +119,24 @@ def _max_model_len(config: PretrainedConfig) -> int:
     else:
         uses_window = bool(getattr(config, "use_sliding_window", True))
     return min(limit, int(window)) if uses_window else limit
+
+
+# RoPE variants whose frequencies transformers picks from the longest position in the forward
+# pass: pdserve packs many sequences into one pass, so past the original length a short sequence
+# would get the long sequences' frequencies. Below it every variant is exact.
+_POSITION_DEPENDENT_ROPE = ("dynamic", "longrope")
+
+
+def _rope_limit(config: PretrainedConfig, limit: int) -> int:
+    # transformers 5 names it rope_parameters (rope_scaling remains as an alias).
+    scaling = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope_type = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else None
+    if rope_type not in _POSITION_DEPENDENT_ROPE:
+        return limit
+    original = scaling.get("original_max_position_embeddings") or getattr(
+        config, "original_max_position_embeddings", None
+    )
+    return min(limit, int(original)) if original else limit
 
 
 def check_device(target: torch.device) -> None:
