@@ -235,7 +235,7 @@ class LLMEngine:
             finish_reason=seq.finish_reason,
             logprobs=list(seq.logprobs) if seq.params.logprobs else None,
             top_logprobs=list(seq.top_logprobs) if seq.params.top_logprobs else None,
-            **self._prompt_scores(seq, new_tokens),
+            **(self._prompt_scores(seq, new_tokens) if seq.params.prompt_logprobs is not None else {}),
             num_cached_tokens=seq.num_cached_tokens,
         )
 

@@ -75,15 +75,18 @@ class Sampler:
         """logits [N, vocab] in the model's dtype; steps[i] is how many tokens row i has generated so far.
         histories[i] is row i's (prompt then output token ids, prompt length), read only for rows
         whose params adjust the logits (penalties, logit bias); suppressed[i] are token ids row i
-        may not sample (its stop tokens while under min_tokens).
+        may not sample (its stop tokens while under min_tokens). With neither given, no row's
+        logits are adjusted.
 
         Random sampling and logprobs work on a float32 copy, made only when a row needs one: for an
         all-greedy bf16 batch, copying 64 x 32000 logits and taking torch's argmax of them cost about a
         millisecond of each decode step, where greedy_tokens reads the bf16 values in place."""
         tokens = greedy_tokens(logits)
-        adjusting = [
-            row for row, p in enumerate(params) if p.adjusts_logits or (suppressed is not None and suppressed[row])
-        ]
+        adjusting = (
+            [row for row, p in enumerate(params) if p.adjusts_logits or (suppressed is not None and suppressed[row])]
+            if histories is not None or suppressed is not None
+            else []  # the caller found no row that adjusts: no per-row scan
+        )
         needs_float = bool(adjusting) or any(not p.greedy or p.logprobs for p in params)
         full = logits.float() if needs_float else logits
         adjusted = {}  # row -> its adjusted logits, for rows with penalties, a logit bias or suppressed tokens

@@ -28,14 +28,27 @@ def encode(message: object) -> bytes:
     names = _field_names.get(type(message))
     if names is None:
         assert dataclasses.is_dataclass(message) and not isinstance(message, type)
-        names = _field_names[type(message)] = tuple(f.name for f in dataclasses.fields(message))
-    body = {name: getattr(message, name) for name in names}
+        fields = dataclasses.fields(message)
+        names = _field_names[type(message)] = (
+            tuple(f.name for f in fields if f.default is not None),
+            tuple(f.name for f in fields if f.default is None),
+        )
+    always, unless_none = names
+    body = {name: getattr(message, name) for name in always}
+    # Optional fields left at their None default are left out: decoding gives them the default
+    # back, and a token's chunk carries a dozen of them (less to pack, send and check per token).
+    for name in unless_none:
+        value = getattr(message, name)
+        if value is not None:
+            body[name] = value
     body["v"] = PROTOCOL_VERSION
     body["type"] = type(message).__name__
     return msgpack.packb(body, use_bin_type=True)
 
 
-_field_names: dict[type, tuple[str, ...]] = {}  # per message class, looked up once (encode runs per token)
+# per message class, looked up once (encode runs per token): the fields always sent, and those
+# sent only when not None (their default)
+_field_names: dict[type, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
 
 def decode(data: bytes, cls: type[M]) -> M:

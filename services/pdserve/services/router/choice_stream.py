@@ -176,7 +176,7 @@ class ChoiceStream:
             self.token_ids.extend(new)
             if logprobs is not None:
                 self.logprobs.extend(logprobs)
-            top = _top_logprobs(chunk, skip)
+            top = _top_logprobs(chunk, skip) if chunk.top_token_ids is not None else None
             if top is not None:
                 self.top_logprobs.extend(top)
             reason = _finish_reason(chunk, self.request.request_id)
