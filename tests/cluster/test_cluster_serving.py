@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from pathlib import Path
 
+import pytest
 from cluster_harness import NatsServer, start_cluster
 from pdserve import LLM, SamplingParams
 from pdserve.protocol import TokenChunk
@@ -131,5 +133,25 @@ async def test_two_by_two_serves_64_concurrent_streams(nats_server: NatsServer) 
         await cluster.wait_idle()
         await asyncio.sleep(0.5)  # a heartbeat later, the router's view agrees
         assert all(info.kv_blocks_used == 0 for info in cluster.backend.workers())
+    finally:
+        await cluster.stop()
+
+
+@pytest.mark.parametrize("arch", ["gemma", "stablelm"])
+async def test_architectures_on_transformers_layers_disaggregate(
+    nats_server: NatsServer, model_dirs: dict[str, Path], arch: str
+) -> None:
+    """The KV hand-off is the same for models on transformers' own layers (Gemma's single KV
+    head and explicit head_dim, StableLM's partial rotary): prefill here, decode there, the
+    offline engine's tokens."""
+    ps = prompts(6, seed=3)
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    expected = [o.token_ids for o in LLM(model_dirs[arch], dtype="float32").generate(ps, params)]
+    cluster = await start_cluster(nats_server.url, model_dirs[arch], prefill=1, decode=1)
+    try:
+        assert await run_all(cluster.backend, ps, params) == expected
+        await cluster.wait_idle()
+        for w in cluster.workers:
+            w.engine.check_integrity()
     finally:
         await cluster.stop()
