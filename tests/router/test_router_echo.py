@@ -145,3 +145,19 @@ async def test_max_tokens_zero_returns_the_prompt_alone(client: httpx.AsyncClien
 
     refused = await client.post("/v1/completions", json={"model": MODEL, "prompt": PROMPT, "max_tokens": 0})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "max_tokens"
+
+
+async def test_streamed_choices_each_echo_their_prompt_once(client: httpx.AsyncClient) -> None:
+    body = {"prompt": ["one", "two three"], "n": 2, "max_tokens": 4, "ignore_eos": True, "echo": True, "logprobs": 1}
+    whole = {c["index"]: c for c in (await complete(client, **body))["choices"]}
+    events = await stream(client, **body)
+    for index in range(4):
+        assert streamed_text(events, index) == whole[index]["text"]
+        tokens = [
+            t
+            for e in events
+            for c in e["choices"]
+            if c["index"] == index and c["logprobs"]
+            for t in c["logprobs"]["tokens"]
+        ]
+        assert tokens == whole[index]["logprobs"]["tokens"]  # the prompt's tokens once, then the completion's

@@ -74,3 +74,15 @@ async def test_top_logprobs_parse_in_the_clients_types(oai: openai.AsyncOpenAI) 
     content = chat.choices[0].logprobs and chat.choices[0].logprobs.content
     assert content and all(len(entry.top_logprobs) == 3 for entry in content)
     assert content[0].top_logprobs[0].token == content[0].token  # greedy: the best one was chosen
+
+
+async def test_echo_scoring_through_the_client(oai: openai.AsyncOpenAI) -> None:
+    """The request lm-eval's and OpenAI-era scoring scripts send: echo, max_tokens 0, logprobs."""
+    result = await oai.completions.create(
+        model=MODEL, prompt="Hello there", max_tokens=0, echo=True, logprobs=1, temperature=0.0
+    )
+    choice = result.choices[0]
+    assert choice.text == "Hello there" and choice.logprobs is not None
+    assert choice.logprobs.token_logprobs is not None and choice.logprobs.token_logprobs[0] is None
+    assert all(lp is not None and lp <= 0 for lp in choice.logprobs.token_logprobs[1:])
+    assert result.usage is not None and result.usage.completion_tokens == 0
