@@ -164,6 +164,11 @@ async def test_api_keys(backend, engine: LLMEngine) -> None:
             ok = await client.post("/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"})
             assert ok.status_code == 200, ok.text
         assert (await client.get("/v1/models")).status_code == 401
+        # The tokenizer endpoints use the model as the API does: guarded alike.
+        assert (await client.post("/tokenize", json={"prompt": "x"})).status_code == 401
+        assert (await client.post("/detokenize", json={"tokens": [1]})).status_code == 401
+        keyed = await client.post("/tokenize", json={"prompt": "x"}, headers={"Authorization": "Bearer key-1"})
+        assert keyed.status_code == 200
         # Operations endpoints stay open (load balancers and Prometheus have no key).
         assert (await client.get("/health")).status_code == 200
         assert (await client.get("/metrics")).status_code == 200

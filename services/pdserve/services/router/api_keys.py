@@ -14,6 +14,8 @@ from pdserve.services.router.errors import ApiError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 PROTECTED_PREFIX = "/v1/"
+# vLLM's tokenizer endpoints sit outside /v1 but use the model as the API does: guarded alike.
+PROTECTED_PATHS = frozenset({"/tokenize", "/detokenize"})
 
 # Declared on the /v1 routes only so that /openapi.json shows the scheme; the middleware enforces it.
 bearer_scheme = HTTPBearer(auto_error=False, description="one of the router's API keys")
@@ -27,7 +29,7 @@ class ApiKeyMiddleware:
         self._keys = [k.encode() for k in api_keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(PROTECTED_PREFIX):
+        if scope["type"] == "http" and (scope["path"].startswith(PROTECTED_PREFIX) or scope["path"] in PROTECTED_PATHS):
             error = self._check(scope)
             if error is not None:
                 await error.response()(scope, receive, send)

@@ -26,6 +26,7 @@ from pdserve.services.router.prompts import PromptTokenizer
 from pdserve.services.router.request_context import RequestContextMiddleware
 from pdserve.services.router.sampling import Limits
 from pdserve.services.router.status_routes import models_router, status_router
+from pdserve.services.router.tokenize_routes import tokenize_router
 from pdserve.serving.backend import Backend
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -91,6 +92,7 @@ def create_app(
     app.include_router(completions_router(ctx), dependencies=v1_dependencies)
     app.include_router(chat_router(ctx), dependencies=v1_dependencies)
     app.include_router(models_router(ctx), dependencies=v1_dependencies)
+    app.include_router(tokenize_router(ctx), dependencies=v1_dependencies)
     app.include_router(status_router(ctx))
     publish_limits(app, ctx.limits)
 

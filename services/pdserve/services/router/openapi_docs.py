@@ -48,6 +48,14 @@ def generation_responses(body: type[BaseModel]) -> dict[int | str, dict[str, Any
     return responses
 
 
+# What /tokenize and /detokenize can answer besides 200 (they reach no worker).
+TOKENIZER_STATUSES = (400, 401, 404, 413, 500)
+
+
+def error_responses(statuses: tuple[int, ...]) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorResponse, "description": ERROR_STATUSES[status]} for status in statuses}
+
+
 def publish_limits(app: FastAPI, limits: Limits) -> None:
     """Write this server's own maxima (`max_n`, `max_tokens_limit`) into the request schemas of
     /openapi.json, so that clients and the schema fuzzer see the limits the router enforces.

@@ -71,6 +71,16 @@ class PromptTokenizer:
             raise invalid_request("messages render to an empty prompt", param="messages")
         return ids
 
+    async def encode_plain(self, text: str) -> list[int]:
+        """Token ids of `text` without the tokenizer's special tokens (no BOS)."""
+        return await self._run(
+            lambda: [int(t) for t in self.tokenizer(text, add_special_tokens=False, verbose=False).input_ids], len(text)
+        )
+
+    async def decode(self, token_ids: list[int]) -> str:
+        """The text of `token_ids`, special tokens included (what /detokenize returns)."""
+        return await self._run(lambda: str(self.tokenizer.decode(token_ids, skip_special_tokens=False)), len(token_ids))
+
     async def _run(self, fn: Any, chars: int) -> Any:
         if chars <= INLINE_MAX_CHARS and self._queued == 0:
             return fn()
