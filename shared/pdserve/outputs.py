@@ -35,7 +35,7 @@ class RequestOutput:
     # SamplingParams.n > 1 (LLM.generate): this is completion 0 of the prompt, and `choices`
     # holds all n (this one first); `index` is a completion's place among them.
     index: int = 0
-    choices: list[RequestOutput] | None = field(default=None, repr=False)
+    choices: list[RequestOutput] | None = field(default=None, repr=False, compare=False)  # holds self
 
     @property
     def finished(self) -> bool:

@@ -147,3 +147,12 @@ def test_n_completions_per_prompt(llm: LLM) -> None:
     assert llm.engine.kv_blocks_used == 0
     with pytest.raises(InvalidRequestError, match="n must be"):
         SamplingParams(n=0)
+
+
+def test_grouped_outputs_compare_and_print(llm: LLM) -> None:
+    """A grouped output holds itself among its choices: comparing or printing it must not recurse."""
+    params = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True, n=2)
+    first, second = llm.generate([PROMPT], params)[0], llm.generate([PROMPT], params)[0]
+    assert first != second  # different request ids; the comparison itself must terminate
+    assert first == first and "choices" not in repr(first)
+    assert [o.token_ids for o in first.outputs] == [o.token_ids for o in second.outputs]
