@@ -6,6 +6,16 @@ from pathlib import Path
 
 import pytest
 
+# The shape the architectures on transformers' own layers share; each adds what sets it apart.
+_SMALL: dict[str, object] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "vocab_size": 320,
+    "max_position_embeddings": 1024,
+}
+
 TINY_CONFIGS: dict[str, dict[str, object]] = {
     # qkv bias, tied embeddings, GQA 4:2
     "qwen2": {
@@ -54,41 +64,26 @@ TINY_CONFIGS: dict[str, dict[str, object]] = {
     # The architectures served through transformers' own layers (pdserve's paged attention).
     # fused qkv and gate/up projections
     "phi3": {
+        **_SMALL,
         "architectures": ["Phi3ForCausalLM"],
         "model_type": "phi3",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
         "num_key_value_heads": 2,
-        "vocab_size": 320,
-        "max_position_embeddings": 1024,
         "pad_token_id": 0,
     },
     # embeddings scaled by sqrt(hidden), (1 + w) norms, gelu, MQA
     "gemma": {
+        **_SMALL,
         "architectures": ["GemmaForCausalLM"],
         "model_type": "gemma",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
         "num_key_value_heads": 1,
         "head_dim": 16,
-        "vocab_size": 320,
-        "max_position_embeddings": 1024,
     },
     # embedding, residual and attention multipliers; logits divided by logits_scaling
     "granite": {
+        **_SMALL,
         "architectures": ["GraniteForCausalLM"],
         "model_type": "granite",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
         "num_key_value_heads": 2,
-        "vocab_size": 320,
-        "max_position_embeddings": 1024,
         "embedding_multiplier": 12.0,
         "logits_scaling": 8.0,
         "residual_multiplier": 0.22,
@@ -96,27 +91,17 @@ TINY_CONFIGS: dict[str, dict[str, object]] = {
     },
     # q/k norms over whole projections, norms after attention and MLP
     "olmo2": {
+        **_SMALL,
         "architectures": ["Olmo2ForCausalLM"],
         "model_type": "olmo2",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
         "num_key_value_heads": 2,
-        "vocab_size": 320,
-        "max_position_embeddings": 1024,
     },
     # LayerNorm, partial rotary (a quarter of each head)
     "stablelm": {
+        **_SMALL,
         "architectures": ["StableLmForCausalLM"],
         "model_type": "stablelm",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
         "num_key_value_heads": 2,
-        "vocab_size": 320,
-        "max_position_embeddings": 1024,
         "partial_rotary_factor": 0.25,
     },
 }

@@ -18,15 +18,10 @@ from pdserve.services.router.choice_format import StreamedChoice, error_event, f
 from pdserve.services.router.choice_group import ChoiceGroup
 from pdserve.services.router.choice_stream import ChoiceStream, TokenDelta
 from pdserve.services.router.context import RouterContext
+from pdserve.services.router.echo import Echo
 from pdserve.services.router.errors import invalid_request
 from pdserve.services.router.generation import answer, usage
-from pdserve.services.router.logprobs import (
-    TokenTexts,
-    completion_logprobs,
-    joined,
-    next_text_offset,
-    prompt_logprobs,
-)
+from pdserve.services.router.logprobs import TokenTexts, completion_logprobs, joined, next_text_offset
 from pdserve.services.router.openapi_docs import generation_responses
 from pdserve.services.router.sampling import (
     check_choices,
@@ -94,7 +89,7 @@ async def complete(ctx: RouterContext, body: CompletionRequest, request: Request
     ctx.metrics.prompt_tokens += sum(len(ids) for ids in prompts)
     log.info("completion", id=response_id, prompts=len(prompts), n=body.n, stream=bool(body.stream))
 
-    fmt = _Format(ctx, body, response_id, _echoed_texts(ctx, body, prompts))
+    fmt = _Format(ctx, body, response_id, prompts)
     group = ChoiceGroup.start(ctx.backend, requests, ctx.metrics)
     return await answer(ctx, request, group, stream=bool(body.stream), events=fmt.events, body=fmt.body)
 
@@ -116,37 +111,25 @@ async def _prompt_ids(
     return prompts
 
 
-def _echoed_texts(ctx: RouterContext, body: CompletionRequest, prompts: list[list[int]]) -> list[str] | None:
-    """With `echo`, each prompt's text as it goes back: as sent, or decoded from its token ids
-    (without special tokens, as completion text is)."""
-    if not body.echo:
-        return None
-    items = [body.prompt] if isinstance(body.prompt, str) or isinstance(body.prompt[0], int) else body.prompt
-    return [
-        item if isinstance(item, str) else str(ctx.tokenizer.decode(ids, skip_special_tokens=True))
-        for item, ids in zip(items, prompts, strict=True)
-    ]
-
-
 class _Format:
     """Turns the choices of one request into the response body or its stream chunks."""
 
-    def __init__(self, ctx: RouterContext, body: CompletionRequest, response_id: str, echoed: list[str] | None) -> None:
+    def __init__(self, ctx: RouterContext, body: CompletionRequest, response_id: str, prompts: list[list[int]]) -> None:
         self.ctx = ctx
-        self.echoed = echoed
         self.request = body
         self.id = response_id
         self.created = int(time.time())
         self.want_logprobs = body.logprobs is not None
         self.want_top = bool(body.logprobs)
         self.texts = TokenTexts(ctx.tokenizer)
+        self.echo = Echo(ctx.tokenizer, body, prompts, self.texts) if body.echo else None
         self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
         self.prompt_only = bool(body.echo) and body.max_tokens == 0
 
     def body(self, group: ChoiceGroup) -> CompletionResponse:
         choices = []
         for c in group.choices:
-            echo = self._echo(c)
+            echo = self._echo_of(c)
             token_ids = [] if self.prompt_only else c.token_ids
             text = "" if self.prompt_only else final_text(self.ctx.tokenizer, c)
             logprobs = self._logprobs(token_ids, c.logprobs, len(echo[0]) if echo else 0, c.top_logprobs)
@@ -181,7 +164,7 @@ class _Format:
                     # time tokens by chunks, as with vLLM.
                     if not text and not delta.token_ids and delta.finish_reason is None and not extras:
                         continue
-                    echo = None if state.sent_echo else self._echo(choice)
+                    echo = None if state.sent_echo else self._echo_of(choice)
                     if echo:
                         state.token_text_offset = len(echo[0])
                     state.sent_echo = True
@@ -236,21 +219,8 @@ class _Format:
             counted.completion_tokens = 0
         return counted
 
-    def _echo(self, choice: ChoiceStream) -> tuple[str, CompletionLogprobs | None] | None:
-        """The echoed prompt of a choice: its text, and its logprobs when logprobs were asked for."""
-        if self.echoed is None:
-            return None
-        if not self.want_logprobs:
-            return self.echoed[choice.prompt_index], None
-        scored = prompt_logprobs(
-            self.ctx.tokenizer,
-            choice.prompt_token_ids,
-            choice.prompt_logprobs,
-            choice.prompt_top_logprobs,
-            self.want_top,
-            self.texts,
-        )
-        return self.echoed[choice.prompt_index], scored
+    def _echo_of(self, choice: ChoiceStream) -> tuple[str, CompletionLogprobs | None] | None:
+        return self.echo.of(choice) if self.echo is not None else None
 
     def _logprobs(
         self, token_ids: list[int], logprobs: list[float] | None, offset: int, top: list[TopLogprobs] | None
