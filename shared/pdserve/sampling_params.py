@@ -59,7 +59,9 @@ class SamplingParams:
     of the raw distribution. `min_tokens` (vLLM's) keeps eos and `stop_token_ids` from being
     sampled, and stop strings from matching, until that many tokens are out. `n` completions per
     prompt (LLM.generate; choice i samples with seed + i when a seed is set, as over HTTP) come
-    back as the prompt's `outputs`; an engine request is always one sequence.
+    back as the prompt's `outputs`; an engine request is always one sequence. `json_object`
+    (OpenAI's JSON mode) only lets tokens through that keep the output one JSON object, and ends
+    the request when the object closes.
     `prompt_logprobs=k` (None: not wanted) scores the prompt as vLLM's does: the logprob of each
     prompt token after the ones before it, and its k most likely alternatives; a request that
     asks for them is not served from the prefix cache, since cached tokens are not run through
@@ -85,6 +87,7 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     min_tokens: int = 0
     n: int = 1
+    json_object: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -201,6 +204,6 @@ class SamplingParams:
             raise InvalidRequestError(f"min_tokens must be a non-negative integer, got {self.min_tokens!r}")
         if self.min_tokens > self.max_tokens:
             raise InvalidRequestError(f"min_tokens {self.min_tokens} is more than max_tokens {self.max_tokens}")
-        for name in ("ignore_eos", "include_stop_str_in_output"):
+        for name in ("ignore_eos", "include_stop_str_in_output", "json_object"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidRequestError(f"{name} must be a boolean")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from pdserve import LLM, SamplingParams
+from pdserve.engine.json_grammar import JsonState
 from router_helpers import sse_data, streamed_text
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
@@ -120,3 +123,16 @@ async def test_top_logprobs(client: httpx.AsyncClient) -> None:
         assert [t["logprob"] for t in got["top_logprobs"]] == pytest.approx(
             [t["logprob"] for t in want["top_logprobs"]]
         )
+
+
+async def test_json_mode(client: httpx.AsyncClient) -> None:
+    request = {"messages": MESSAGES, "max_tokens": 48, "response_format": {"type": "json_object"}, "seed": 2}
+    body = await chat(client, **request, temperature=1.0)
+    choice = body["choices"][0]
+    state = JsonState().feed(choice["message"]["content"])
+    assert state is not None  # an object, or its start when max_tokens ran out
+    assert (choice["finish_reason"] == "stop") == state.complete
+    if state.complete:
+        assert isinstance(json.loads(choice["message"]["content"]), dict)
+    response = await client.post("/v1/chat/completions", json={**request, "temperature": 1.0, "stream": True})
+    assert streamed_text(sse_data(response.text), chat=True) == choice["message"]["content"]

@@ -62,7 +62,7 @@ async def test_completion_validation_errors(client: httpx.AsyncClient, body: dic
         ({"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 2.5}, "top_logprobs"),
         (
-            {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}},
+            {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema"}},
             "response_format",
         ),
     ],

@@ -17,12 +17,14 @@ from pdserve.engine.attention import ATTN_IMPLEMENTATION
 from pdserve.engine.block_manager import BlockManager
 from pdserve.engine.config import EngineConfig
 from pdserve.engine.host_memory import keep_freed_memory
+from pdserve.engine.json_grammar import JsonState
 from pdserve.engine.kv_transfer import DTYPE_NAMES, KvExport, KvLayout
 from pdserve.engine.model_runner import ModelRunner, PromptHidden
-from pdserve.engine.sampler import Sampler, score_prompt
+from pdserve.engine.sampler import Constraint, Sampler, score_prompt
 from pdserve.engine.scheduler import Scheduler
 from pdserve.engine.sequence import Sequence, SequenceStatus
 from pdserve.engine.stop_checker import StopChecker
+from pdserve.engine.token_texts import TokenTexts
 from pdserve.errors import InvalidRequestError, KvCapacityError
 from pdserve.kernels import gather_kv_blocks, scatter_kv_blocks
 from pdserve.models import LoadedModel, load_model
@@ -58,6 +60,7 @@ class LLMEngine:
             keep_freed_memory()
         self.sampler = Sampler(self.runner.device, seed)
         self.stop_checker = StopChecker(self.tokenizer, loaded.eos_token_ids, self.max_model_len)
+        self.token_texts = TokenTexts(self.tokenizer)  # JSON mode checks candidates by their text
         self.requests: dict[str, Sequence] = {}
         self._pending: list[RequestOutput] = []  # outputs produced outside step() (abort, import)
 
@@ -135,6 +138,7 @@ class LLMEngine:
                 seq.logprobs.extend([0.0] * len(resumed))
                 if params.top_logprobs:
                     seq.top_logprobs.extend({} for _ in resumed)
+        self._start_json(seq)
         self.requests[request_id] = seq
         self.scheduler.add(seq)
         return seq
@@ -191,10 +195,16 @@ class LLMEngine:
         if any(p.min_tokens for p in params):
             suppressed = [self.stop_checker.suppressed(s) for s in sampling]
         steps = [s.num_output_tokens for s in sampling]
-        result = self.sampler.sample(step.logits, params, steps, histories, suppressed)
+        constraints = None
+        if any(s.json_state is not None for s in sampling):
+            constraints = [self._json_constraint(s.json_state) if s.json_state is not None else None for s in sampling]
+        result = self.sampler.sample(step.logits, params, steps, histories, suppressed, constraints)
         for row, seq in enumerate(sampling):
             token = result.token_ids[row]
             seq.token_ids.append(token)
+            if seq.json_state is not None:
+                # A token no candidate could replace (none allowed at all) leaves the state as it was.
+                seq.json_state = seq.json_state.feed(self.token_texts(token)) or seq.json_state
             if seq.params.logprobs and result.logprobs is not None:
                 seq.logprobs.append(result.logprobs[row])
                 if seq.params.top_logprobs and result.top_logprobs is not None:
@@ -207,6 +217,25 @@ class LLMEngine:
                 seq.status = SequenceStatus.PARKED
             outputs.append(self._output(seq, [token]))
         return outputs
+
+    def _start_json(self, seq: Sequence) -> None:
+        """JSON mode: the grammar's state after the output tokens the request already has (a
+        migrated or handed-off request continues where its output is)."""
+        if not seq.params.json_object:
+            return
+        state = JsonState().feed(self.token_texts.of(seq.output_token_ids))
+        if state is None:
+            raise InvalidRequestError("json_object: the tokens already generated are not the start of a JSON object")
+        seq.json_state = state
+
+    def _json_constraint(self, state: JsonState) -> Constraint:
+        texts = self.token_texts
+
+        def allowed(token: int) -> bool:
+            text = texts(token)  # special tokens (eos among them) add no text: never allowed
+            return bool(text) and state.feed(text) is not None
+
+        return allowed
 
     def _score_prompt(self, scored: PromptHidden) -> None:
         seq, first = scored.seq, scored.first
@@ -318,6 +347,7 @@ class LLMEngine:
             if params.top_logprobs:
                 seq.top_logprobs.extend({} for _ in range(export.resumed_tokens))
                 seq.top_logprobs.append(dict(export.first_top_logprobs or {}))
+        self._start_json(seq)
         reason = self.stop_checker.check(seq)
         if reason is not None:
             seq.status = SequenceStatus.FINISHED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +11,8 @@ import torch
 from pdserve.engine.logits_adjust import adjust_logits
 from pdserve.kernels import BACKEND_ENV, cpu_layer_ops
 from pdserve.sampling_params import SamplingParams
+
+Constraint = Callable[[int], bool]  # which token ids a row may take next
 
 _SEED_MIX = 0x9E3779B97F4A7C15  # splits one request seed into independent per-step seeds
 
@@ -71,12 +74,14 @@ class Sampler:
         steps: list[int],
         histories: list[tuple[list[int], int]] | None = None,
         suppressed: list[list[int]] | None = None,
+        constraints: list[Constraint | None] | None = None,
     ) -> SampleResult:
         """logits [N, vocab] in the model's dtype; steps[i] is how many tokens row i has generated so far.
         histories[i] is row i's (prompt then output token ids, prompt length), read only for rows
         whose params adjust the logits (penalties, logit bias); suppressed[i] are token ids row i
         may not sample (its stop tokens while under min_tokens). With neither given, no row's
-        logits are adjusted.
+        logits are adjusted. constraints[i], when set, says which tokens row i may take (JSON mode):
+        the row takes the best (greedy) or a sampled allowed token.
 
         Random sampling and logprobs work on a float32 copy, made only when a row needs one: for an
         all-greedy bf16 batch, copying 64 x 32000 logits and taking torch's argmax of them cost about a
@@ -103,8 +108,11 @@ class Sampler:
             tokens[index] = torch.argmax(rows, dim=-1)  # greedy rows keep these; sampled rows sample below
             adjusted = dict(zip(adjusting, rows, strict=True))
         for row, p in enumerate(params):
-            if not p.greedy:
-                tokens[row] = self._sample_row(adjusted.get(row, full[row]), p, steps[row])
+            allowed = constraints[row] if constraints is not None else None
+            if allowed is not None and p.greedy:
+                tokens[row] = best_allowed(adjusted.get(row, full[row]), allowed)
+            elif not p.greedy:
+                tokens[row] = self._sample_row(adjusted.get(row, full[row]), p, steps[row], allowed)
         token_list = tokens.tolist()
         logprobs: list[float] | None = None
         top: list[dict[int, float]] | None = None
@@ -121,7 +129,7 @@ class Sampler:
                 ]
         return SampleResult(token_list, logprobs, top)
 
-    def _sample_row(self, logits: torch.Tensor, p: SamplingParams, step: int) -> int:
+    def _sample_row(self, logits: torch.Tensor, p: SamplingParams, step: int, allowed: Constraint | None = None) -> int:
         scaled = logits / p.temperature
         if 0 < p.top_k < scaled.shape[-1]:
             kth = torch.topk(scaled, p.top_k).values[-1]
@@ -137,12 +145,65 @@ class Sampler:
         if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0.0:
             # Degenerate values (overflow at an extreme temperature): the most likely token,
             # rather than failing the whole batch's step.
-            return int(torch.argmax(logits).item())
+            return best_allowed(logits, allowed) if allowed is not None else int(torch.argmax(logits).item())
         generator = self.generator
         if p.seed is not None:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(step_seed(p.seed, step))
+        if allowed is not None:
+            return _draw_allowed(probs, logits, allowed, generator)
         return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+# Candidates checked against a constraint before sampling among those allowed: the most likely
+# ones carry nearly all the probability, and each check feeds a token's text to the grammar.
+CONSTRAINED_CANDIDATES = 64
+
+
+def best_allowed(logits: torch.Tensor, allowed: Constraint) -> int:
+    """The most likely token (logits [vocab]) that `allowed` accepts; the most likely of all if none is."""
+    # Usually among the first few: sort the whole vocabulary only when they are all refused.
+    first = torch.topk(logits, min(CONSTRAINED_CANDIDATES, logits.shape[-1])).indices.tolist()
+    found = next((t for t in first if allowed(t)), None)
+    if found is not None:
+        return found
+    order = torch.argsort(logits, descending=True).tolist()
+    return next((t for t in order[len(first) :] if allowed(t)), order[0])
+
+
+# Draws tried before a constrained row restricts its distribution to the allowed candidates
+# outright: a model that writes the format anyway needs one draw and one check.
+CONSTRAINED_DRAWS = 4
+
+
+def _draw_allowed(probs: torch.Tensor, logits: torch.Tensor, allowed: Constraint, generator: torch.Generator) -> int:
+    """A token drawn from `probs` restricted to what `allowed` accepts (rejection first: a refused
+    draw is ruled out and the rest renormalized, which is sampling from the restriction)."""
+    probs = probs.clone()
+    for _ in range(CONSTRAINED_DRAWS):
+        token = int(torch.multinomial(probs, 1, generator=generator).item())
+        if allowed(token):
+            return token
+        probs[token] = 0.0
+        if float(probs.sum()) <= 0.0:
+            return best_allowed(logits, allowed)
+    restricted = _restrict(probs, allowed)
+    if restricted is None:  # nothing the filters kept is allowed: the best allowed token
+        return best_allowed(logits, allowed)
+    return int(torch.multinomial(restricted, 1, generator=generator).item())
+
+
+def _restrict(probs: torch.Tensor, allowed: Constraint) -> torch.Tensor | None:
+    """`probs` kept on the allowed ones among its most likely candidates; None if none is allowed."""
+    count = min(CONSTRAINED_CANDIDATES, int((probs > 0).sum()))
+    candidates = torch.topk(probs, count).indices.tolist()
+    keep = [t for t in candidates if allowed(t)]
+    if not keep:
+        return None
+    index = torch.tensor(keep, device=probs.device)
+    restricted = torch.zeros_like(probs)
+    restricted[index] = probs[index]
+    return restricted
 
 
 def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ import enum
 import itertools
 from dataclasses import dataclass, field
 
+from pdserve.engine.json_grammar import JsonState
 from pdserve.sampling_params import SamplingParams
 
 _arrival = itertools.count()
@@ -44,6 +45,7 @@ class Sequence:
     # alternatives), for i = 0, 1, ...: the first prompt token has nothing to be scored after.
     prompt_logprobs: list[float] = field(default_factory=list)
     prompt_top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    json_state: JsonState | None = None  # params.json_object: where the output is in the grammar
     stop_text: str | None = None  # output text cut at a stop string, when one matched
     num_preemptions: int = 0
     arrival: int = field(default_factory=lambda: next(_arrival))

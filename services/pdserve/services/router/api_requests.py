@@ -163,7 +163,7 @@ ChatMessage = Annotated[PromptMessage | AssistantMessage, Field(discriminator="r
 
 
 class ResponseFormat(StrictModel):
-    type: Literal["text"]
+    type: Literal["text", "json_object"] = Field(description="json_object: the reply is one JSON object")
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -174,4 +174,6 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), WHOLE] | None = Field(
         None, description="with logprobs: this many most likely alternatives per token"
     )
-    response_format: ResponseFormat | None = Field(None, description="only {'type': 'text'}")
+    response_format: ResponseFormat | None = Field(
+        None, description="{'type': 'text'} or {'type': 'json_object'} (JSON mode); json_schema is not supported"
+    )

@@ -84,7 +84,12 @@ async def chat_complete(ctx: RouterContext, body: ChatCompletionRequest, request
                 f"{response_id}-{j}",
                 prompt,
                 sampling_params(
-                    body, max_tokens, choice_seed(body.seed, j), bool(body.logprobs), body.top_logprobs or 0
+                    body,
+                    max_tokens,
+                    choice_seed(body.seed, j),
+                    bool(body.logprobs),
+                    body.top_logprobs or 0,
+                    json_object=body.response_format is not None and body.response_format.type == "json_object",
                 ),
                 deadline,
             ),

@@ -98,7 +98,13 @@ def resolve_max_tokens(
 
 
 def sampling_params(
-    body: SamplingFields, max_tokens: int, seed: int | None, logprobs: bool, top_logprobs: int = 0
+    body: SamplingFields,
+    max_tokens: int,
+    seed: int | None,
+    logprobs: bool,
+    top_logprobs: int = 0,
+    *,
+    json_object: bool = False,
 ) -> SamplingParams:
     stop = body.stop if body.stop is not None else []
     try:
@@ -118,6 +124,7 @@ def sampling_params(
             repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
             logit_bias=dict(body.logit_bias or {}),  # type: ignore[arg-type]  # ids as strings, read as ids
             min_tokens=body.min_tokens or 0,
+            json_object=json_object,
             include_stop_str_in_output=body.include_stop_str_in_output,
         )
     except InvalidRequestError as exc:

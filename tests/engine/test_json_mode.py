@@ -1,0 +1,116 @@
+"""JSON mode (SamplingParams.json_object): the grammar, and outputs that are JSON objects."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from pdserve import LLM, SamplingParams
+from pdserve.engine.json_grammar import MAX_BLANK_RUN, JsonState
+
+DOCUMENTS = [
+    "{}",
+    '{"a": 1}',
+    '{"a": [1, 2.5e-3, -0, true, null, {"b": "x\\u00e9\\n"}], "c": false}',
+    ' { "k" : [ ] } ',
+    '{"a":{"b":{"c":[[],[{}]]}}}',
+    '{"é": "ü 🙂"}',
+]
+NOT_OBJECTS = [
+    "[]",
+    '{"a" 1}',
+    '{"a": 01}',
+    '{"a": 1,}',
+    "{a: 1}",
+    '{"a": tru}',
+    '{"a": "x\n"}',
+    '{"a": 1}}',
+    '{"a": -}',
+]
+
+
+def random_value(rng: random.Random, depth: int = 0) -> object:
+    r = rng.random()
+    if depth > 3 or r < 0.3:
+        return rng.choice([1, -2.5, 0, 3e10, 'q"\\x', True, None, "é", 1e-7, ""])
+    if r < 0.6:
+        return [random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    return {f"k{i}\t": random_value(rng, depth + 1) for i in range(rng.randint(0, 3))}
+
+
+def test_grammar_accepts_objects_and_every_prefix() -> None:
+    rng = random.Random(0)
+    texts = list(DOCUMENTS)
+    for _ in range(300):
+        obj = {f"k{i}": random_value(rng) for i in range(rng.randint(0, 4))}
+        texts += [json.dumps(obj), json.dumps(obj, indent=1), json.dumps(obj, ensure_ascii=False)]
+    for text in texts:
+        state: JsonState | None = JsonState()
+        for char in text:  # every prefix is accepted on the way
+            assert state is not None, text
+            state = state.feed(char)
+        assert state is not None and state.complete, text
+
+
+def test_grammar_refuses_what_is_not_an_object() -> None:
+    for text in NOT_OBJECTS:
+        state = JsonState().feed(text)
+        assert state is None or not state.complete, text
+    assert JsonState().feed(" " * (MAX_BLANK_RUN + 1)) is None  # blanks are capped
+    # Whatever the grammar calls complete, Python's parser reads as an object.
+    rng = random.Random(1)
+    alphabet = '{}[]":,0123456789.-eEtrufalsn \\ab'
+    for _ in range(20000):
+        text = "{" + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        state = JsonState().feed(text)
+        if state is not None and state.complete:
+            assert isinstance(json.loads(text), dict), text
+
+
+@pytest.fixture(scope="module")
+def llm(model_dirs: dict[str, Path]) -> LLM:
+    return LLM(model_dirs["llama"])
+
+
+@pytest.mark.parametrize(
+    "sampling", [{"temperature": 0.0}, {"temperature": 1.0, "seed": 2}, {"temperature": 0.7, "top_p": 0.9, "seed": 5}]
+)
+def test_outputs_are_json_objects_or_their_start(llm: LLM, sampling: dict) -> None:
+    prompts = ["Give me JSON", [5, 6, 7], "hello", "a b c d"]
+    outs = llm.generate(prompts, SamplingParams(max_tokens=64, json_object=True, **sampling))
+    for out in outs:
+        state = JsonState().feed(out.text)
+        assert state is not None, out.text  # never a token that breaks the JSON
+        if out.finish_reason == "stop":
+            assert state.complete and isinstance(json.loads(out.text), dict)  # ends when the object closes
+        else:
+            assert out.finish_reason == "length" and not state.complete
+
+
+def test_a_model_that_closes_gets_a_whole_object(llm: LLM) -> None:
+    close = llm.tokenizer.encode("}", add_special_tokens=False)[0]
+    params = SamplingParams(max_tokens=64, json_object=True, temperature=0.0, logit_bias={close: 8.0})
+    out = llm.generate(["x"], params)[0]
+    assert out.finish_reason == "stop" and json.loads(out.text) == {}
+    # Without JSON mode the same request does not write an object.
+    plain = llm.generate(["x"], SamplingParams(max_tokens=64, temperature=0.0, logit_bias={close: 8.0}))[0]
+    assert JsonState().feed(plain.text) is None
+
+
+def test_json_mode_survives_a_hand_off(model_dirs: dict[str, Path]) -> None:
+    """A decode engine continues the grammar from the tokens the prefill engine produced."""
+    params = SamplingParams(max_tokens=40, json_object=True, temperature=1.0, seed=2)
+    alone = LLM(model_dirs["llama"]).generate(["Give me JSON"], params)[0]
+    prefill, decode = LLM(model_dirs["llama"]).engine, LLM(model_dirs["llama"]).engine
+    prefill.add_request("r", "Give me JSON", params, hold_kv=True)
+    while prefill.scheduler.has_work():
+        prefill.step()
+    export = prefill.export_kv("r")
+    prefill.release_kv("r")
+    decode.import_kv(export, params)
+    done = {}
+    while decode.has_unfinished():
+        done.update({o.request_id: o for o in decode.step() if o.finished})
+    assert done["r"].token_ids == alone.token_ids and done["r"].text == alone.text
