@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 from pdserve import LLM, SamplingParams
+from pdserve.engine.json_grammar import JsonState
 from router_helpers import MODEL, sse_data, streamed_text
 
 GREEDY = {"temperature": 0.0}
@@ -213,3 +214,14 @@ async def test_neutral_vllm_sampling_fields_are_accepted(client: httpx.AsyncClie
     """vLLM's `bench serve` sends repetition_penalty 1.0 with every request."""
     body = await complete(client, model=MODEL, prompt="Hello", max_tokens=2, repetition_penalty=1.0, **GREEDY)
     assert body["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+async def test_json_mode_in_completions(client: httpx.AsyncClient) -> None:
+    """vLLM's extension: completions take chat's response_format too."""
+    request = {"prompt": "JSON please:", "max_tokens": 40, "temperature": 1.0, "seed": 2}
+    body = await complete(client, **request, response_format={"type": "json_object"})
+    choice = body["choices"][0]
+    state = JsonState().feed(choice["text"])
+    assert state is not None and (choice["finish_reason"] == "stop") == state.complete
+    plain = await complete(client, **request)
+    assert JsonState().feed(plain["choices"][0]["text"]) is None  # without it, no JSON

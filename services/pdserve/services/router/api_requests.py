@@ -124,6 +124,10 @@ class SamplingFields(StrictModel):
     user: Text | None = Field(None, description="accepted and ignored")
 
 
+class ResponseFormat(StrictModel):
+    type: Literal["text", "json_object"] = Field(description="json_object: the reply is one JSON object")
+
+
 class CompletionRequest(SamplingFields):
     prompt: (
         NonEmptyText
@@ -140,6 +144,9 @@ class CompletionRequest(SamplingFields):
     echo: bool | None = Field(False, description="return the prompt ahead of the completion (with logprobs: scored)")
     best_of: PositiveInt | None = Field(None, description="only null or equal to n is supported")
     suffix: str | None = Field(None, description="only null is supported", json_schema_extra={"enum": [None]})
+    response_format: ResponseFormat | None = Field(
+        None, description="vLLM extension: {'type': 'json_object'} for JSON mode, as in chat completions"
+    )
 
 
 class TextPart(StrictModel):
@@ -160,10 +167,6 @@ class AssistantMessage(StrictModel):
 
 
 ChatMessage = Annotated[PromptMessage | AssistantMessage, Field(discriminator="role")]
-
-
-class ResponseFormat(StrictModel):
-    type: Literal["text", "json_object"] = Field(description="json_object: the reply is one JSON object")
 
 
 class ChatCompletionRequest(SamplingFields):

@@ -63,6 +63,7 @@ async def complete(ctx: RouterContext, body: CompletionRequest, request: Request
     check_choices(len(prompts), body.n, ctx.limits)
 
     response_id = f"cmpl-{uuid.uuid4().hex}"
+    json_object = body.response_format is not None and body.response_format.type == "json_object"
     want_logprobs = body.logprobs is not None
     requests: list[tuple[int, GenerateRequest]] = []
     # Left out, max_tokens is OpenAI's 16, but a server limit or a long prompt may leave less room.
@@ -78,7 +79,9 @@ async def complete(ctx: RouterContext, body: CompletionRequest, request: Request
     for prompt_index, ids in enumerate(prompts):
         max_tokens = resolve_max_tokens(requested, len(ids), ctx.max_model_len(), ctx.limits, default=default)
         for j in range(body.n):
-            params = sampling_params(body, max_tokens, choice_seed(body.seed, j), want_logprobs, body.logprobs or 0)
+            params = sampling_params(
+                body, max_tokens, choice_seed(body.seed, j), want_logprobs, body.logprobs or 0, json_object=json_object
+            )
             if body.echo and want_logprobs:
                 params.prompt_logprobs = body.logprobs  # the echoed prompt comes with its logprobs
                 try:
