@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from pdserve.engine.json_schema import schema_text
 from pdserve.errors import InvalidRequestError
 
 # Limits that keep one request from tying up a worker; the HTTP layer applies its own as well.
@@ -61,7 +63,10 @@ class SamplingParams:
     prompt (LLM.generate; choice i samples with seed + i when a seed is set, as over HTTP) come
     back as the prompt's `outputs`; an engine request is always one sequence. `json_object`
     (OpenAI's JSON mode) only lets tokens through that keep the output one JSON object, and ends
-    the request when the object closes.
+    the request when the object closes. `json_schema` (structured output: a JSON Schema, as a
+    dict or its JSON text; kept as compact JSON text) only lets tokens through that keep the
+    output a value the schema accepts, and ends the request when nothing but the end may follow;
+    docs/engine.md lists the keywords enforced, and the others are refused rather than ignored.
     `prompt_logprobs=k` (None: not wanted) scores the prompt as vLLM's does: the logprob of each
     prompt token after the ones before it, and its k most likely alternatives; a request that
     asks for them is not served from the prefix cache, since cached tokens are not run through
@@ -88,6 +93,7 @@ class SamplingParams:
     min_tokens: int = 0
     n: int = 1
     json_object: bool = False
+    json_schema: str | dict[str, Any] | bool | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -207,3 +213,7 @@ class SamplingParams:
         for name in ("ignore_eos", "include_stop_str_in_output", "json_object"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidRequestError(f"{name} must be a boolean")
+        if self.json_schema is not None:
+            if self.json_object:
+                raise InvalidRequestError("json_object and json_schema exclude each other: pick one")
+            self.json_schema = schema_text(self.json_schema)

@@ -39,6 +39,19 @@ class JsonState(NamedTuple):
     def complete(self) -> bool:
         return self.mode == DONE
 
+    @property
+    def can_end(self) -> bool:
+        """The output may end here (eos may be sampled): for an object, once it is closed."""
+        return self.mode == DONE
+
+    @property
+    def ends_value(self) -> bool:
+        """A standalone value (see `start_value`) is whole here but may go on: a number."""
+        return self.mode == NUMBER and self.aux in _NUMBER_ENDS and not self.stack
+
+    def step(self, char: str) -> JsonState | None:
+        return _step(self, char)
+
     def feed(self, text: str) -> JsonState | None:
         """The state after `text`, or None if `text` cannot continue a JSON object here."""
         state: JsonState | None = self
@@ -47,6 +60,12 @@ class JsonState(NamedTuple):
             if state is None:
                 return None
         return state
+
+
+def start_value(char: str) -> JsonState | None:
+    """A JSON value of any type that starts with `char`, standing alone: the state is DONE once
+    the value is whole (a number, which has no closing character, stays open: see `ends_value`)."""
+    return _value_start("", char)
 
 
 def _step(s: JsonState, c: str) -> JsonState | None:
@@ -126,6 +145,27 @@ def _string_step(s: JsonState, c: str) -> JsonState | None:
     if c < " ":
         return None  # control characters must be escaped
     return s
+
+
+def number_start(char: str) -> int | None:
+    """The number sub-state after a number's first character, None if it cannot start one."""
+    if char == "-":
+        return N_SIGN
+    if char in _DIGITS:
+        return N_ZERO if char == "0" else N_INT
+    return None
+
+
+def number_step(sub: int, char: str, integer: bool = False) -> int | None:
+    """The number sub-state after `char`, None if the number cannot go on with it (an integer
+    takes no fraction or exponent)."""
+    if integer and char in ".eE":
+        return None
+    return _number_step(sub, char)
+
+
+def number_may_end(sub: int) -> bool:
+    return sub in _NUMBER_ENDS
 
 
 def _number_step(sub: int, c: str) -> int | None:

@@ -18,10 +18,12 @@ from pdserve.engine.block_manager import BlockManager
 from pdserve.engine.config import EngineConfig
 from pdserve.engine.host_memory import keep_freed_memory
 from pdserve.engine.json_grammar import JsonState
+from pdserve.engine.json_schema import compiled_schema
 from pdserve.engine.kv_transfer import DTYPE_NAMES, KvExport, KvLayout
 from pdserve.engine.model_runner import ModelRunner, PromptHidden
 from pdserve.engine.sampler import Constraint, Sampler, score_prompt
 from pdserve.engine.scheduler import Scheduler
+from pdserve.engine.schema_grammar import SchemaState
 from pdserve.engine.sequence import Sequence, SequenceStatus
 from pdserve.engine.stop_checker import StopChecker
 from pdserve.engine.token_texts import TokenTexts
@@ -197,7 +199,9 @@ class LLMEngine:
         steps = [s.num_output_tokens for s in sampling]
         constraints = None
         if any(s.json_state is not None for s in sampling):
-            constraints = [self._json_constraint(s.json_state) if s.json_state is not None else None for s in sampling]
+            constraints = [
+                self._json_constraint(s.json_state, s.params) if s.json_state is not None else None for s in sampling
+            ]
         result = self.sampler.sample(step.logits, params, steps, histories, suppressed, constraints)
         for row, seq in enumerate(sampling):
             token = result.token_ids[row]
@@ -219,21 +223,42 @@ class LLMEngine:
         return outputs
 
     def _start_json(self, seq: Sequence) -> None:
-        """JSON mode: the grammar's state after the output tokens the request already has (a
-        migrated or handed-off request continues where its output is)."""
-        if not seq.params.json_object:
+        """JSON mode and structured output: the grammar's state after the output tokens the
+        request already has (a migrated or handed-off request continues where its output is)."""
+        p = seq.params
+        start: JsonState | SchemaState
+        if p.json_schema is not None:
+            start = SchemaState.start(compiled_schema(str(p.json_schema)))  # validated: the schema's JSON text
+        elif p.json_object:
+            start = JsonState()
+        else:
             return
-        state = JsonState().feed(self.token_texts.of(seq.output_token_ids))
+        state = start.feed(self.token_texts.of(seq.output_token_ids))
         if state is None:
-            raise InvalidRequestError("json_object: the tokens already generated are not the start of a JSON object")
+            what = (
+                "json_schema: the tokens already generated do not start a value the schema accepts"
+                if p.json_schema is not None
+                else "json_object: the tokens already generated are not the start of a JSON object"
+            )
+            raise InvalidRequestError(what)
         seq.json_state = state
 
-    def _json_constraint(self, state: JsonState) -> Constraint:
+    def _json_constraint(self, state: JsonState | SchemaState, params: SamplingParams) -> Constraint:
         texts = self.token_texts
+        # Special tokens add no text. eos may end the output where the value may be whole (a
+        # number at the top level has no closing character); a closed object ends it anyway.
+        eos = self.stop_checker.eos_token_ids if state.can_end and not params.ignore_eos else frozenset()
+
+        # The state after each first character, found once: most refused candidates fail at it.
+        after_first: dict[str, JsonState | SchemaState | None] = {}
 
         def allowed(token: int) -> bool:
-            text = texts(token)  # special tokens (eos among them) add no text: never allowed
-            return bool(text) and state.feed(text) is not None
+            text = texts(token)
+            if not text:
+                return token in eos
+            head = text[0]
+            after = after_first[head] if head in after_first else after_first.setdefault(head, state.feed(head))
+            return after is not None and (len(text) == 1 or after.feed(text[1:]) is not None)
 
         return allowed
 

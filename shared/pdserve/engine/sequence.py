@@ -7,6 +7,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from pdserve.engine.json_grammar import JsonState
+from pdserve.engine.schema_grammar import SchemaState
 from pdserve.sampling_params import SamplingParams
 
 _arrival = itertools.count()
@@ -45,7 +46,8 @@ class Sequence:
     # alternatives), for i = 0, 1, ...: the first prompt token has nothing to be scored after.
     prompt_logprobs: list[float] = field(default_factory=list)
     prompt_top_logprobs: list[dict[int, float]] = field(default_factory=list)
-    json_state: JsonState | None = None  # params.json_object: where the output is in the grammar
+    # params.json_object / json_schema: where the output is in the grammar
+    json_state: JsonState | SchemaState | None = None
     stop_text: str | None = None  # output text cut at a stop string, when one matched
     num_preemptions: int = 0
     arrival: int = field(default_factory=lambda: next(_arrival))

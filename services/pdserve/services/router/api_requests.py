@@ -12,7 +12,7 @@ floats (2.0) are integers, as in JSON Schema, and the neutral-value-only fields 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pdserve.sampling_params import (
     INT64_MIN,
@@ -124,8 +124,24 @@ class SamplingFields(StrictModel):
     user: Text | None = Field(None, description="accepted and ignored")
 
 
+class JsonSchemaFormat(StrictModel):
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, populate_by_name=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=256)] = Field(description="the schema's name (not used)")
+    description: Text | None = Field(None, description="accepted and ignored")
+    schema_: dict[str, Any] | None = Field(
+        None,
+        alias="schema",
+        description="the JSON Schema the reply must satisfy (docs/engine.md lists the keywords enforced)",
+    )
+    strict: bool | None = Field(None, description="accepted; the schema is enforced either way")
+
+
 class ResponseFormat(StrictModel):
-    type: Literal["text", "json_object"] = Field(description="json_object: the reply is one JSON object")
+    type: Literal["text", "json_object", "json_schema"] = Field(
+        description="json_object: the reply is one JSON object; json_schema: a value that satisfies json_schema.schema"
+    )
+    json_schema: JsonSchemaFormat | None = Field(None, description="with type json_schema: the schema")
 
 
 class CompletionRequest(SamplingFields):
@@ -145,7 +161,7 @@ class CompletionRequest(SamplingFields):
     best_of: PositiveInt | None = Field(None, description="only null or equal to n is supported")
     suffix: str | None = Field(None, description="only null is supported", json_schema_extra={"enum": [None]})
     response_format: ResponseFormat | None = Field(
-        None, description="vLLM extension: {'type': 'json_object'} for JSON mode, as in chat completions"
+        None, description="vLLM extension: JSON mode or a JSON schema, as in chat completions"
     )
 
 
@@ -178,5 +194,7 @@ class ChatCompletionRequest(SamplingFields):
         None, description="with logprobs: this many most likely alternatives per token"
     )
     response_format: ResponseFormat | None = Field(
-        None, description="{'type': 'text'} or {'type': 'json_object'} (JSON mode); json_schema is not supported"
+        None,
+        description="{'type': 'text'}, {'type': 'json_object'} (JSON mode) or "
+        "{'type': 'json_schema', 'json_schema': {'name': ..., 'schema': {...}}} (structured output)",
     )

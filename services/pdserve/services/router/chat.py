@@ -89,7 +89,7 @@ async def chat_complete(ctx: RouterContext, body: ChatCompletionRequest, request
                     choice_seed(body.seed, j),
                     bool(body.logprobs),
                     body.top_logprobs or 0,
-                    json_object=body.response_format is not None and body.response_format.type == "json_object",
+                    response_format=body.response_format,
                 ),
                 deadline,
             ),

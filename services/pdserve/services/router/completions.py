@@ -63,7 +63,6 @@ async def complete(ctx: RouterContext, body: CompletionRequest, request: Request
     check_choices(len(prompts), body.n, ctx.limits)
 
     response_id = f"cmpl-{uuid.uuid4().hex}"
-    json_object = body.response_format is not None and body.response_format.type == "json_object"
     want_logprobs = body.logprobs is not None
     requests: list[tuple[int, GenerateRequest]] = []
     # Left out, max_tokens is OpenAI's 16, but a server limit or a long prompt may leave less room.
@@ -80,7 +79,12 @@ async def complete(ctx: RouterContext, body: CompletionRequest, request: Request
         max_tokens = resolve_max_tokens(requested, len(ids), ctx.max_model_len(), ctx.limits, default=default)
         for j in range(body.n):
             params = sampling_params(
-                body, max_tokens, choice_seed(body.seed, j), want_logprobs, body.logprobs or 0, json_object=json_object
+                body,
+                max_tokens,
+                choice_seed(body.seed, j),
+                want_logprobs,
+                body.logprobs or 0,
+                response_format=body.response_format,
             )
             if body.echo and want_logprobs:
                 params.prompt_logprobs = body.logprobs  # the echoed prompt comes with its logprobs

@@ -8,10 +8,11 @@ numbers rather than a failure deep in the cluster.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pdserve.errors import InvalidRequestError
 from pdserve.sampling_params import SamplingParams
-from pdserve.services.router.api_requests import MAX_CHOICES, SamplingFields
+from pdserve.services.router.api_requests import MAX_CHOICES, ResponseFormat, SamplingFields
 from pdserve.services.router.errors import invalid_request
 
 # The sampler works in float32: logits / 1e-45 overflow to inf and top_p = 5e-324 rounds to 0,
@@ -104,7 +105,7 @@ def sampling_params(
     logprobs: bool,
     top_logprobs: int = 0,
     *,
-    json_object: bool = False,
+    response_format: ResponseFormat | None = None,
 ) -> SamplingParams:
     stop = body.stop if body.stop is not None else []
     try:
@@ -124,14 +125,30 @@ def sampling_params(
             repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
             logit_bias=dict(body.logit_bias or {}),  # type: ignore[arg-type]  # ids as strings, read as ids
             min_tokens=body.min_tokens or 0,
-            json_object=json_object,
+            json_object=response_format is not None and response_format.type == "json_object",
+            json_schema=_json_schema(response_format),
             include_stop_str_in_output=body.include_stop_str_in_output,
         )
     except InvalidRequestError as exc:
         param = next(
             (name for name in ("logit_bias", "repetition_penalty", "min_tokens") if str(exc).startswith(name)), None
         )
+        if str(exc).startswith("json_schema"):
+            param = "response_format"
         raise invalid_request(str(exc), param=param) from None
+
+
+def _json_schema(response_format: ResponseFormat | None) -> dict[str, Any] | None:
+    if response_format is None or response_format.type != "json_schema":
+        if response_format is not None and response_format.json_schema is not None:
+            raise invalid_request("response_format.json_schema: only with type json_schema", param="response_format")
+        return None
+    if response_format.json_schema is None or response_format.json_schema.schema_ is None:
+        raise invalid_request(
+            "response_format: type json_schema needs json_schema: {'name': ..., 'schema': {...}}",
+            param="response_format",
+        )
+    return response_format.json_schema.schema_
 
 
 def _temperature(requested: float | None) -> float:

@@ -1,0 +1,250 @@
+"""Structured output: which next tokens keep the output a prefix of a JSON value that a schema
+accepts (the schema compiled by `json_schema`).
+
+A character-level pushdown automaton run nondeterministically: the state is a small set of
+configurations, each a stack of immutable frames (innermost last) and a count of blanks, so an
+`anyOf`, two property names sharing a prefix, or a number that may end or go on are all followed
+at once until a character decides between them. A value that may end (a number, a literal that
+is a prefix of another) forks eagerly into "it ended" and "it goes on". Trying a candidate token
+is feeding its text to the state; a token no configuration survives yields None.
+"""
+
+from __future__ import annotations
+
+from pdserve.engine.json_grammar import (
+    MAX_BLANK_RUN,
+    JsonState,
+    number_may_end,
+    number_start,
+    number_step,
+    start_value,
+)
+from pdserve.engine.json_schema import (
+    ANY,
+    ANY_OBJECT,
+    ARRAY,
+    INTEGER,
+    LITERALS,
+    NUMBER,
+    OBJECT,
+    STRING,
+    UNION,
+    CompiledSchema,
+    Node,
+)
+
+MAX_DEPTH = 64  # open containers (a recursive schema would otherwise nest without bound)
+MAX_CONFIGS = 64  # alternatives followed at once; past this the latest are dropped (still sound)
+_BLANK = " \t\n\r"
+_ESCAPES = '"\\/bfnrtu'
+_HEX = "0123456789abcdefABCDEF"
+
+# frame tags, and what follows the tag in the frame tuple
+T_VALUE = 0  # (T_VALUE, node): a value of `node` is due
+T_ANY = 1  # (T_ANY, JsonState): inside a value of any shape
+T_KEY = 2  # (T_KEY, node, seen, first): a key is due; first: right after '{', where '}' may close
+T_LISTED_KEY = 3  # (T_LISTED_KEY, node, seen, typed): inside a listed key, `typed` written so far
+T_OTHER_KEY = 4  # (T_OTHER_KEY, node, seen, typed, escape): inside a key of the object's other properties
+T_COLON = 5  # (T_COLON, node, seen, value): the colon is due, then a value of node `value`
+T_AFTER_PROPERTY = 6  # (T_AFTER_PROPERTY, node, seen): after a property's value: ',' or '}'
+T_ITEMS = 7  # (T_ITEMS, node, count): after '[' (count 0) or after item number `count`
+T_STRING = 8  # (T_STRING, node, length, escape): inside a string, `length` characters in
+T_NUMBER = 9  # (T_NUMBER, integer, sub): inside a number (json_grammar's sub-states)
+T_LITERAL = 10  # (T_LITERAL, suffixes): inside one of some literals (enum values): what each still needs
+_BETWEEN_TOKENS = frozenset({T_VALUE, T_KEY, T_COLON, T_AFTER_PROPERTY, T_ITEMS})
+
+Frames = tuple[tuple, ...]  # tagged tuples, as above
+Config = tuple[Frames, int]  # frames, and blanks in a row
+
+
+class SchemaState:
+    """Where the output is in the schema's grammar; immutable, like JsonState."""
+
+    __slots__ = ("configs", "schema")
+
+    def __init__(self, schema: CompiledSchema, configs: tuple[Config, ...]) -> None:
+        self.schema = schema
+        self.configs = configs
+
+    @classmethod
+    def start(cls, schema: CompiledSchema) -> SchemaState:
+        return cls(schema, ((((T_VALUE, schema.root),), 0),))
+
+    @property
+    def complete(self) -> bool:
+        """The value is whole and nothing but blanks could follow: the request is done."""
+        return all(not frames for frames, _ in self.configs)
+
+    @property
+    def can_end(self) -> bool:
+        """The value may be whole here (a number may also go on): eos may be sampled."""
+        return any(not frames for frames, _ in self.configs)
+
+    def feed(self, text: str) -> SchemaState | None:
+        """The state after `text`, or None if `text` cannot continue a value the schema accepts."""
+        nodes = self.schema.nodes
+        configs = self.configs
+        for char in text:
+            out: list[Config] = []
+            for frames, blanks in configs:
+                _step(nodes, frames, blanks, char, out)
+            if not out:
+                return None
+            configs = tuple(dict.fromkeys(out))[:MAX_CONFIGS] if len(out) > 1 else (out[0],)
+        return SchemaState(self.schema, configs)
+
+
+def _step(nodes: tuple[Node, ...], frames: Frames, blanks: int, c: str, out: list[Config]) -> None:
+    if not frames:
+        if c in _BLANK and blanks < MAX_BLANK_RUN:
+            out.append((frames, blanks + 1))
+        return
+    top = frames[-1]
+    tag = top[0]
+    rest = frames[:-1]
+    if tag not in _BETWEEN_TOKENS:
+        _inside_token(nodes, top, rest, c, out)
+    elif c in _BLANK:
+        if blanks < MAX_BLANK_RUN:
+            out.append((frames, blanks + 1))
+    elif tag == T_VALUE:
+        _start(nodes, top[1], rest, c, out)
+    elif tag == T_KEY:
+        node, seen = nodes[top[1]], top[2]
+        if c == '"':
+            if any(not seen >> i & 1 for i in range(len(node.keys))):
+                out.append(((*rest, (T_LISTED_KEY, top[1], seen, "")), 0))
+            if node.extra >= 0:
+                out.append(((*rest, (T_OTHER_KEY, top[1], seen, "", 0)), 0))
+        elif c == "}" and top[3] and not node.required & ~seen:
+            out.append((rest, 0))
+    elif tag == T_COLON:
+        if c == ":":
+            out.append(((*rest, (T_AFTER_PROPERTY, top[1], top[2]), (T_VALUE, top[3])), 0))
+    elif tag == T_AFTER_PROPERTY:
+        node, seen = nodes[top[1]], top[2]
+        if c == ",":
+            if node.extra >= 0 or any(not seen >> i & 1 for i in range(len(node.keys))):
+                out.append(((*rest, (T_KEY, top[1], seen, False)), 0))
+        elif c == "}" and not node.required & ~seen:
+            out.append((rest, 0))
+    else:  # T_ITEMS
+        node, count = nodes[top[1]], top[2]
+        if c == "]":
+            if count >= node.low:
+                out.append((rest, 0))
+        elif count == 0:
+            if node.high > 0:
+                _start(nodes, node.extra, (*rest, (T_ITEMS, top[1], 1)), c, out)
+        elif c == "," and count < node.high:
+            out.append(((*rest, (T_ITEMS, top[1], count + 1), (T_VALUE, node.extra)), 0))
+
+
+def _inside_token(nodes: tuple[Node, ...], top: tuple, rest: Frames, c: str, out: list[Config]) -> None:
+    tag = top[0]
+    if tag == T_STRING:
+        node, length, escape = nodes[top[1]], top[2], top[3]
+        if escape == 1:
+            if c in _ESCAPES:
+                out.append(((*rest, (T_STRING, top[1], length, 5 if c == "u" else 0)), 0))
+        elif escape >= 2:
+            if c in _HEX:
+                out.append(((*rest, (T_STRING, top[1], length, escape - 1 if escape > 2 else 0)), 0))
+        elif c == '"':
+            if length >= node.low:
+                out.append((rest, 0))
+        elif c >= " " and length < node.high:  # an escape counts as one character, at its backslash
+            out.append(((*rest, (T_STRING, top[1], length + 1, 1 if c == "\\" else 0)), 0))
+    elif tag == T_NUMBER:
+        sub = number_step(top[2], c, top[1])
+        if sub is not None:  # a character that ends the number went to the fork that ended it
+            _push_number(rest, top[1], sub, out)
+    elif tag == T_LITERAL:
+        suffixes = tuple(s[1:] for s in top[1] if s[0] == c)
+        if suffixes:
+            _push_literal(rest, suffixes, out)
+    elif tag == T_ANY:
+        state: JsonState = top[1]
+        nxt = state.step(c)
+        if nxt is not None and not (nxt.complete and state.ends_value):  # likewise for a number
+            if nxt.complete:
+                out.append((rest, 0))
+            else:
+                _push_generic(rest, nxt, out)
+    elif tag == T_LISTED_KEY:
+        node, seen, typed = nodes[top[1]], top[2], top[3] + c
+        more = False
+        for i, key in enumerate(node.keys):
+            if seen >> i & 1 or not key.startswith(typed):
+                continue
+            if key == typed:  # the key's closing quote: this property is the one being written
+                out.append(((*rest, (T_COLON, top[1], seen | 1 << i, node.values[i])), 0))
+            else:
+                more = True
+        if more:
+            out.append(((*rest, (T_LISTED_KEY, top[1], seen, typed)), 0))
+    else:  # T_OTHER_KEY: a key of the other properties, which may not be one of the listed keys
+        node, typed, escape = nodes[top[1]], top[3] + c, top[4]
+        if escape == 1:
+            if c in _ESCAPES:
+                out.append(((*rest, (T_OTHER_KEY, top[1], top[2], typed, 5 if c == "u" else 0)), 0))
+        elif escape >= 2:
+            if c in _HEX:
+                out.append(((*rest, (T_OTHER_KEY, top[1], top[2], typed, escape - 1 if escape > 2 else 0)), 0))
+        elif c == '"':
+            if typed not in node.keys:
+                out.append(((*rest, (T_COLON, top[1], top[2], node.extra)), 0))
+        elif c >= " ":
+            out.append(((*rest, (T_OTHER_KEY, top[1], top[2], typed, 1 if c == "\\" else 0)), 0))
+
+
+def _start(nodes: tuple[Node, ...], index: int, rest: Frames, c: str, out: list[Config]) -> None:
+    """A value of node `index` begins with `c` (not a blank); `rest` is what encloses it."""
+    if len(rest) >= MAX_DEPTH:
+        return
+    node = nodes[index]
+    kind = node.kind
+    if kind == UNION:  # compile refused unions that reach themselves, so this ends
+        for option in node.options:
+            _start(nodes, option, rest, c, out)
+    elif kind == ANY or (kind == ANY_OBJECT and c == "{"):
+        state = start_value(c)
+        if state is not None:
+            _push_generic(rest, state, out)
+    elif kind == OBJECT:
+        if c == "{":
+            out.append(((*rest, (T_KEY, index, 0, True)), 0))
+    elif kind == ARRAY:
+        if c == "[":
+            out.append(((*rest, (T_ITEMS, index, 0)), 0))
+    elif kind == STRING:
+        if c == '"':
+            out.append(((*rest, (T_STRING, index, 0, 0)), 0))
+    elif kind in (NUMBER, INTEGER):
+        sub = number_start(c)
+        if sub is not None:
+            _push_number(rest, kind == INTEGER, sub, out)
+    elif kind == LITERALS:
+        suffixes = tuple(t[1:] for t in node.literals if t[0] == c)
+        if suffixes:
+            _push_literal(rest, suffixes, out)
+
+
+def _push_number(rest: Frames, integer: bool, sub: int, out: list[Config]) -> None:
+    out.append(((*rest, (T_NUMBER, integer, sub)), 0))
+    if number_may_end(sub):
+        out.append((rest, 0))
+
+
+def _push_literal(rest: Frames, suffixes: tuple[str, ...], out: list[Config]) -> None:
+    left = tuple(s for s in suffixes if s)
+    if left:
+        out.append(((*rest, (T_LITERAL, left)), 0))
+    if len(left) < len(suffixes):  # one literal is whole
+        out.append((rest, 0))
+
+
+def _push_generic(rest: Frames, state: JsonState, out: list[Config]) -> None:
+    out.append(((*rest, (T_ANY, state)), 0))
+    if state.ends_value:
+        out.append((rest, 0))
