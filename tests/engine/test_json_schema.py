@@ -75,12 +75,19 @@ REFUSED = {
     "array": ['["a", 1]', "[1]", "[1,2,3,4,5]", '[{"a":1},2]'],
     "nullable": ['{"ab":6}', "[]", '{"c":1}'],
     "map": ['{"id":"1"}', '{"x":1}', '{"id":1,"id":2}'],
-    "oneof": ['"ab"', '[1.5]', "{}"],
+    "oneof": ['"ab"', "[1.5]", "{}"],
 }
 
 # Valid for JSON Schema, refused on purpose: other properties where the schema lists some,
 # duplicate keys, enum values not in compact form, integers written with an exponent.
-STRICTER = {'{"name":"a","age":1,"zz":1}', '{"c":1}', '{"name":"a","name":"b","age":1}', "[1, 2]", '{"id":1,"id":2}', "1e3"}
+STRICTER = {
+    '{"name":"a","age":1,"zz":1}',
+    '{"c":1}',
+    '{"name":"a","name":"b","age":1}',
+    "[1, 2]",
+    '{"id":1,"id":2}',
+    "1e3",
+}
 
 
 def feed(schema: Any, text: str) -> SchemaState | None:
@@ -237,9 +244,14 @@ def test_outputs_satisfy_the_schema_or_are_its_start(llm: LLM, sampling: dict) -
 def test_short_schemas_finish(llm: LLM) -> None:
     """A value with a closing character ends the request as it closes; a number at the top level
     ends when the model samples eos, which the grammar allows once the number is whole."""
-    for schema in ({"enum": ["yes", "no"]}, {"type": "boolean"}, {"const": [1, {"a": None}]}):
+    cases: list[tuple[dict[str, Any], list[Any]]] = [
+        ({"enum": ["yes", "no"]}, ["yes", "no"]),
+        ({"type": "boolean"}, [True, False]),
+        ({"const": [1, {"a": None}]}, [[1, {"a": None}]]),
+    ]
+    for schema, values in cases:
         out = llm.generate(["x"], SamplingParams(max_tokens=64, json_schema=schema, temperature=0.0))[0]
-        assert out.finish_reason == "stop" and json.loads(out.text) in (schema.get("enum") or [True, False, [1, {"a": None}]])
+        assert out.finish_reason == "stop" and json.loads(out.text) in values
     eos = llm.tokenizer.eos_token_id
     params = SamplingParams(max_tokens=64, json_schema={"type": "integer"}, temperature=0.0, logit_bias={eos: 30.0})
     out = llm.generate(["x"], params)[0]
