@@ -250,30 +250,43 @@ async def test_penalties_and_logit_bias_cross_the_cluster(nats_server: NatsServe
 
 
 async def test_json_mode_across_the_cluster(nats_server: NatsServer) -> None:
-    """JSON mode's grammar state follows the request from the prefill worker (first token) to the
-    decode worker (the rest): the offline engine's tokens, disaggregated and colocated."""
+    """JSON mode's and structured output's grammar state follows the request from the prefill
+    worker (first token) to the decode worker (the rest): the offline engine's tokens,
+    disaggregated and colocated."""
     llm = LLM(dtype="float32")
-    params = SamplingParams(max_tokens=24, temperature=1.0, seed=4, json_object=True)
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 5}, "n": {"type": "integer"}},
+        "required": ["name", "n"],
+        "additionalProperties": False,
+    }
+    formats = [
+        ({"type": "json_object"}, {"json_object": True}),
+        ({"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}, {"json_schema": schema}),
+    ]
     conversations = [[{"role": "user", "content": text}] for text in ("x", "Give me JSON", "a b c")]
     prompts = [
         [int(t) for t in llm.tokenizer.apply_chat_template(c, add_generation_prompt=True, return_dict=False)]
         for c in conversations
     ]
-    expected = [o.token_ids for o in llm.generate(prompts, params)]
+    expected = [
+        [o.token_ids for o in llm.generate(prompts, SamplingParams(max_tokens=24, temperature=1.0, seed=4, **kw))]
+        for _, kw in formats
+    ]
     body = {"model": "test", "max_tokens": 24, "temperature": 1.0, "seed": 4, "return_token_ids": True}
     for shape in ({"prefill": 1, "decode": 1}, {"prefill": 0, "decode": 0, "colocated": 1}):
         cluster = await start_cluster(nats_server.url, http=True, **shape)
         try:
             async with httpx.AsyncClient(base_url=cluster.base_url, timeout=60) as client:
-                for messages, prompt, want in zip(conversations, prompts, expected, strict=True):
-                    r = await client.post(
-                        "/v1/chat/completions",
-                        json={**body, "messages": messages, "response_format": {"type": "json_object"}},
-                    )
-                    assert r.status_code == 200, r.text
-                    choice = r.json()["choices"][0]
-                    assert choice["prompt_token_ids"] == prompt
-                    assert choice["token_ids"] == want, shape
+                for (fmt, _), wanted in zip(formats, expected, strict=True):
+                    for messages, prompt, want in zip(conversations, prompts, wanted, strict=True):
+                        r = await client.post(
+                            "/v1/chat/completions", json={**body, "messages": messages, "response_format": fmt}
+                        )
+                        assert r.status_code == 200, r.text
+                        choice = r.json()["choices"][0]
+                        assert choice["prompt_token_ids"] == prompt
+                        assert choice["token_ids"] == want, (shape, fmt["type"])
             await cluster.wait_idle()
         finally:
             await cluster.stop()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from pdserve import LLM, SamplingParams
 from pdserve.engine.json_grammar import JsonState
-from router_helpers import MODEL, sse_data, streamed_text
+from pdserve.engine.json_schema import compiled_schema, schema_text
+from pdserve.engine.schema_grammar import SchemaState
+from router_helpers import MODEL, assert_error, sse_data, streamed_text
 
 GREEDY = {"temperature": 0.0}
 
@@ -225,3 +229,18 @@ async def test_json_mode_in_completions(client: httpx.AsyncClient) -> None:
     assert state is not None and (choice["finish_reason"] == "stop") == state.complete
     plain = await complete(client, **request)
     assert JsonState().feed(plain["choices"][0]["text"]) is None  # without it, no JSON
+
+
+async def test_structured_output_in_completions(client: httpx.AsyncClient) -> None:
+    """vLLM's extension: completions take a json_schema response_format too."""
+    numbers = {"type": "array", "items": {"type": "integer"}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "n", "schema": numbers}}
+    body = await complete(client, prompt="Numbers:", max_tokens=24, temperature=1.0, seed=2, response_format=fmt)
+    choice = body["choices"][0]
+    state = SchemaState.start(compiled_schema(schema_text(numbers))).feed(choice["text"])
+    assert state is not None, choice["text"]
+    if choice["finish_reason"] == "stop":
+        assert all(isinstance(x, int) for x in json.loads(choice["text"]))
+    bad = {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "integer", "maximum": 3}}}
+    response = await client.post("/v1/completions", json={"prompt": "x", "response_format": bad})
+    assert_error(response, 400, "response_format", "maximum")

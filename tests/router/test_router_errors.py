@@ -65,6 +65,17 @@ async def test_completion_validation_errors(client: httpx.AsyncClient, body: dic
             {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema"}},
             "response_format",
         ),
+        *[
+            ({"messages": [{"role": "user", "content": "x"}], "response_format": fmt}, "response_format")
+            for fmt in (
+                {"type": "json_schema", "json_schema": {"name": "s"}},  # no schema
+                {"type": "json_schema", "json_schema": {"schema": {}}},  # no name
+                {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "string", "pattern": "a"}}},
+                {"type": "json_schema", "json_schema": {"name": "s", "schema": {"$ref": "#/nowhere"}}},
+                {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}, "x": 1}},
+                {"type": "json_object", "json_schema": {"name": "s", "schema": {}}},
+            )
+        ],
     ],
 )
 async def test_chat_validation_errors(client: httpx.AsyncClient, body: dict, param: str) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import openai
+import pydantic
 import pytest
 from router_helpers import MODEL
 
@@ -86,3 +87,26 @@ async def test_echo_scoring_through_the_client(oai: openai.AsyncOpenAI) -> None:
     assert choice.logprobs.token_logprobs is not None and choice.logprobs.token_logprobs[0] is None
     assert all(lp is not None and lp <= 0 for lp in choice.logprobs.token_logprobs[1:])
     assert result.usage is not None and result.usage.completion_tokens == 0
+
+
+class Pet(pydantic.BaseModel):
+    kind: Literal["cat", "dog"]
+    age: int | None
+
+
+class Answer(pydantic.BaseModel):
+    verdict: Literal["yes", "no"]
+    ok: bool
+    pet: Pet
+
+
+async def test_structured_output_parses_into_a_pydantic_model(oai: openai.AsyncOpenAI) -> None:
+    """`chat.completions.parse` sends the model's strict JSON schema ($defs, $ref, enums, anyOf
+    with null) and reads the reply back into the model."""
+    for temperature in (0.0, 1.0):
+        result = await oai.chat.completions.parse(
+            model=MODEL, messages=MESSAGES, response_format=Answer, max_tokens=400, temperature=temperature, seed=1
+        )
+        choice = result.choices[0]
+        assert choice.finish_reason == "stop"
+        assert isinstance(choice.message.parsed, Answer), choice.message.content

@@ -220,6 +220,12 @@ class _Compiler:
         values = [schema["const"]] if "const" in schema else schema["enum"]
         if not isinstance(values, list) or not values or len(values) > MAX_LITERALS:
             raise _bad(where, f"enum must be a list of 1 to {MAX_LITERALS} values")
+        kinds = schema.get("type")
+        if kinds is not None:  # pydantic writes {"enum": [...], "type": "string"}: both must hold
+            kinds = kinds if isinstance(kinds, list) else [kinds]
+            values = [v for v in values if any(_is_type(v, k) for k in kinds)]
+            if not values:
+                raise _bad(where, "no enum value has the type given beside it")
         try:
             texts = tuple(
                 dict.fromkeys(json.dumps(v, ensure_ascii=False, separators=(",", ":"), allow_nan=False) for v in values)
@@ -281,3 +287,12 @@ def _check_unions(nodes: tuple[Node, ...]) -> None:
             seen.add(index)
             if nodes[index].kind == UNION:
                 todo.extend(nodes[index].options)
+
+
+def _is_type(value: Any, kind: Any) -> bool:
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    python = {"string": str, "boolean": bool, "object": dict, "array": list, "null": type(None)}.get(kind)
+    return python is not None and isinstance(value, python)
