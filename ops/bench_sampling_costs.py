@@ -1,5 +1,10 @@
 """What sampling options cost: logprobs, top alternatives, penalties and logit bias (engine
-throughput), prompt scoring, and putting logprobs into OpenAI's shapes (router).
+throughput), prompt scoring, JSON mode and structured output, and putting logprobs into OpenAI's
+shapes (router).
+
+JSON mode (`json_object`) and structured output (`json_schema`, a small extraction schema): the
+same 32 prompts, greedy and sampled, in ms per generated token, since a grammar may end a
+request before max_tokens.
 
 Also prompt scoring (`prompt_logprobs`, what `echo` with `logprobs` asks for): 32 prompts of 256
 tokens with one output token, plain against scored (lm_head over every prompt position, no prefix
@@ -82,6 +87,46 @@ def prompt_scoring_costs(llm: LLM, reps: int, rng: random.Random) -> None:
         )
 
 
+# A typical extraction schema: strings with bounds, an integer, an enum, an optional array.
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 20},
+        "age": {"type": "integer"},
+        "color": {"enum": ["red", "green", "blue"]},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 8}, "maxItems": 4},
+    },
+    "required": ["name", "age", "color"],
+    "additionalProperties": False,
+}
+GRAMMARS: dict[str, dict[str, object]] = {
+    "none": {},
+    "json_object": {"json_object": True},
+    "json_schema": {"json_schema": SCHEMA},
+}
+
+
+def grammar_costs(llm: LLM, reps: int, rng: random.Random) -> None:
+    """JSON mode and structured output, per generated token (a grammar may end a request early)."""
+    vocab = llm.engine.loaded.vocab_size
+    prompts = [[rng.randrange(vocab) for _ in range(PROMPT_LEN)] for _ in range(PROMPTS)]
+    for mode, sampling in (("greedy", {"temperature": 0.0}), ("sampled", {"temperature": 1.0, "seed": 1})):
+        per_token: dict[str, list[float]] = {name: [] for name in GRAMMARS}
+        for _ in range(reps):
+            order = list(GRAMMARS)
+            rng.shuffle(order)
+            for name in order:
+                params = SamplingParams(max_tokens=OUTPUT_LEN, ignore_eos=True, **sampling, **GRAMMARS[name])  # type: ignore[arg-type]
+                started = time.perf_counter()
+                outs = llm.generate(prompts, params)
+                tokens = sum(len(o.token_ids) for o in outs)
+                per_token[name].append((time.perf_counter() - started) / tokens)
+        base = statistics.median(per_token["none"])
+        for name, values in per_token.items():
+            median = statistics.median(values)
+            print(f"grammar {name:11s} {mode:7s} {median * 1000:6.3f} ms/token  {median / base:5.2f}x none")
+
+
 def router_costs(llm: LLM) -> None:
     params = SamplingParams(max_tokens=OUTPUT_LEN, temperature=0.0, ignore_eos=True, top_logprobs=20)
     out = llm.generate([list(range(3, 3 + PROMPT_LEN))], params)[0]
@@ -110,6 +155,7 @@ def main() -> None:
     llm = LLM(args.model)
     engine_costs(llm, args.reps, random.Random(0))
     prompt_scoring_costs(llm, args.reps, random.Random(1))
+    grammar_costs(llm, args.reps, random.Random(2))
     router_costs(llm)
 
 

@@ -22,6 +22,10 @@ def test_short_run_reports_every_case() -> None:
     assert set(engine) == {"none", "logprobs", "top5", "top20", "penalties", "bias"} and engine["none"] == "1.00"
     prompts = dict(re.findall(r"^prompts (.+?)\s+median .* ([\d.]+)x plain$", result.stdout, re.MULTILINE))
     assert set(prompts) == {"plain", "scored k=1"} and prompts["plain"] == "1.00"
+    grammars = re.findall(r"^grammar (\w+)\s+(greedy|sampled)\s+[\d.]+ ms/token\s+([\d.]+)x none$", result.stdout, re.M)
+    assert {(name, mode) for name, mode, _ in grammars} == {
+        (name, mode) for name in ("none", "json_object", "json_schema") for mode in ("greedy", "sampled")
+    }
     router = re.findall(
         r"^router k=\s*(\d+): completions ([\d.]+) ms/token, chat ([\d.]+)", result.stdout, re.MULTILINE
     )
