@@ -25,6 +25,9 @@ MAX_LOGIT_BIAS_ENTRIES = 1024
 # n, and over HTTP prompts x n per request: each choice holds an engine request (and in a
 # cluster a task and a queue).
 MAX_CHOICES = 256
+# guided_choice: the texts travel with every task of the request, like a JSON schema.
+MAX_GUIDED_CHOICES = 1024
+MAX_GUIDED_CHOICE_CHARS = 32_768
 INT64_MIN = -(1 << 63)
 
 
@@ -67,6 +70,7 @@ class SamplingParams:
     dict or its JSON text; kept as compact JSON text) only lets tokens through that keep the
     output a value the schema accepts, and ends the request when nothing but the end may follow;
     docs/engine.md lists the keywords enforced, and the others are refused rather than ignored.
+    `guided_choice` (vLLM's `choice`: a list of texts) makes the output exactly one of them.
     `prompt_logprobs=k` (None: not wanted) scores the prompt as vLLM's does: the logprob of each
     prompt token after the ones before it, and its k most likely alternatives; a request that
     asks for them is not served from the prefix cache, since cached tokens are not run through
@@ -94,6 +98,7 @@ class SamplingParams:
     n: int = 1
     json_object: bool = False
     json_schema: str | dict[str, Any] | bool | None = None
+    guided_choice: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -213,7 +218,23 @@ class SamplingParams:
         for name in ("ignore_eos", "include_stop_str_in_output", "json_object"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidRequestError(f"{name} must be a boolean")
+        grammars = [n for n in ("json_object", "json_schema", "guided_choice") if getattr(self, n) not in (None, False)]
+        if len(grammars) > 1:
+            raise InvalidRequestError(f"{' and '.join(grammars)} exclude each other: pick one")
         if self.json_schema is not None:
-            if self.json_object:
-                raise InvalidRequestError("json_object and json_schema exclude each other: pick one")
             self.json_schema = schema_text(self.json_schema)
+        if self.guided_choice is not None:
+            self._validate_choice()
+
+    def _validate_choice(self) -> None:
+        choices = self.guided_choice
+        if (
+            not isinstance(choices, list)
+            or not 1 <= len(choices) <= MAX_GUIDED_CHOICES
+            or not all(isinstance(c, str) and c for c in choices)
+            or sum(len(c) for c in choices) > MAX_GUIDED_CHOICE_CHARS
+        ):
+            raise InvalidRequestError(
+                f"guided_choice must be a list of 1 to {MAX_GUIDED_CHOICES} non-empty strings, "
+                f"{MAX_GUIDED_CHOICE_CHARS} characters in all"
+            )

@@ -136,3 +136,24 @@ async def test_json_mode(client: httpx.AsyncClient) -> None:
         assert isinstance(json.loads(choice["message"]["content"]), dict)
     response = await client.post("/v1/chat/completions", json={**request, "temperature": 1.0, "stream": True})
     assert streamed_text(sse_data(response.text), chat=True) == choice["message"]["content"]
+
+
+async def test_vllm_structured_outputs_fields(client: httpx.AsyncClient) -> None:
+    """vLLM's structured_outputs (json, json_object, choice) and its older guided_json and
+    guided_choice constrain the reply as response_format does."""
+    base = {"messages": MESSAGES, "max_tokens": 40, "temperature": 1.0, "seed": 5}
+    choices = ["alpha", "beta", "be"]
+    for fields in ({"structured_outputs": {"choice": choices}}, {"guided_choice": choices}):
+        body = await chat(client, **base, **fields)
+        assert body["choices"][0]["message"]["content"] in choices and body["choices"][0]["finish_reason"] == "stop"
+    schema = {"enum": ["yes", "no"]}
+    for fields in ({"structured_outputs": {"json": schema}}, {"guided_json": schema}):
+        body = await chat(client, **base, **fields)
+        assert json.loads(body["choices"][0]["message"]["content"]) in ("yes", "no")
+    body = await chat(client, **base, structured_outputs={"json_object": True})
+    assert JsonState().feed(body["choices"][0]["message"]["content"]) is not None
+    # The same constraint as response_format json_schema gives the same reply.
+    fmt = {"type": "json_schema", "json_schema": {"name": "yn", "schema": schema}}
+    assert (await chat(client, **base, response_format=fmt))["choices"] == (
+        await chat(client, **base, guided_json=schema)
+    )["choices"]

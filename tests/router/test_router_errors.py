@@ -76,6 +76,20 @@ async def test_completion_validation_errors(client: httpx.AsyncClient, body: dic
                 {"type": "json_object", "json_schema": {"name": "s", "schema": {}}},
             )
         ],
+        *[
+            ({"messages": [{"role": "user", "content": "x"}], **fields}, param)
+            for fields, param in (
+                ({"structured_outputs": {}}, "structured_outputs"),  # nothing set
+                ({"structured_outputs": {"json_object": False}}, "structured_outputs"),
+                ({"structured_outputs": {"json": {}, "choice": ["a"]}}, "structured_outputs"),  # two set
+                ({"structured_outputs": {"regex": "a+"}}, "structured_outputs"),  # not supported
+                ({"structured_outputs": {"choice": []}}, "structured_outputs"),
+                ({"guided_choice": ["a", ""]}, "guided_choice"),
+                ({"guided_json": {"type": "string", "pattern": "x"}}, "guided_json"),
+                ({"guided_json": {}, "guided_choice": ["a"]}, "guided_choice"),  # both
+                ({"response_format": {"type": "json_object"}, "guided_choice": ["a"]}, "guided_choice"),
+            )
+        ],
     ],
 )
 async def test_chat_validation_errors(client: httpx.AsyncClient, body: dict, param: str) -> None:

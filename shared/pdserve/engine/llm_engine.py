@@ -15,6 +15,7 @@ import torch
 
 from pdserve.engine.attention import ATTN_IMPLEMENTATION
 from pdserve.engine.block_manager import BlockManager
+from pdserve.engine.choice_grammar import ChoiceState
 from pdserve.engine.config import EngineConfig
 from pdserve.engine.host_memory import keep_freed_memory
 from pdserve.engine.json_grammar import JsonState
@@ -24,7 +25,7 @@ from pdserve.engine.model_runner import ModelRunner, PromptHidden
 from pdserve.engine.sampler import Constraint, Sampler, score_prompt
 from pdserve.engine.scheduler import Scheduler
 from pdserve.engine.schema_grammar import SchemaState
-from pdserve.engine.sequence import Sequence, SequenceStatus
+from pdserve.engine.sequence import Grammar, Sequence, SequenceStatus
 from pdserve.engine.stop_checker import StopChecker
 from pdserve.engine.token_texts import TokenTexts
 from pdserve.errors import InvalidRequestError, KvCapacityError
@@ -223,34 +224,32 @@ class LLMEngine:
         return outputs
 
     def _start_json(self, seq: Sequence) -> None:
-        """JSON mode and structured output: the grammar's state after the output tokens the
-        request already has (a migrated or handed-off request continues where its output is)."""
+        """JSON mode, structured output and guided choice: the grammar's state after the output
+        tokens the request already has (a migrated or handed-off request continues where its
+        output is)."""
         p = seq.params
-        start: JsonState | SchemaState
+        start: Grammar
         if p.json_schema is not None:
-            start = SchemaState.start(compiled_schema(str(p.json_schema)))  # validated: the schema's JSON text
+            start, name = SchemaState.start(compiled_schema(str(p.json_schema))), "json_schema"
+        elif p.guided_choice is not None:
+            start, name = ChoiceState(tuple(p.guided_choice)), "guided_choice"
         elif p.json_object:
-            start = JsonState()
+            start, name = JsonState(), "json_object"
         else:
             return
         state = start.feed(self.token_texts.of(seq.output_token_ids))
         if state is None:
-            what = (
-                "json_schema: the tokens already generated do not start a value the schema accepts"
-                if p.json_schema is not None
-                else "json_object: the tokens already generated are not the start of a JSON object"
-            )
-            raise InvalidRequestError(what)
+            raise InvalidRequestError(f"{name}: the tokens already generated do not fit it")
         seq.json_state = state
 
-    def _json_constraint(self, state: JsonState | SchemaState, params: SamplingParams) -> Constraint:
+    def _json_constraint(self, state: Grammar, params: SamplingParams) -> Constraint:
         texts = self.token_texts
         # Special tokens add no text. eos may end the output where the value may be whole (a
         # number at the top level has no closing character); a closed object ends it anyway.
         eos = self.stop_checker.eos_token_ids if state.can_end and not params.ignore_eos else frozenset()
 
         # The state after each first character, found once: most refused candidates fail at it.
-        after_first: dict[str, JsonState | SchemaState | None] = {}
+        after_first: dict[str, Grammar | None] = {}
 
         def allowed(token: int) -> bool:
             text = texts(token)

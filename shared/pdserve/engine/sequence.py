@@ -6,11 +6,14 @@ import enum
 import itertools
 from dataclasses import dataclass, field
 
+from pdserve.engine.choice_grammar import ChoiceState
 from pdserve.engine.json_grammar import JsonState
 from pdserve.engine.schema_grammar import SchemaState
 from pdserve.sampling_params import SamplingParams
 
 _arrival = itertools.count()
+# What constrains a request's output; each has feed(text), can_end and complete.
+Grammar = JsonState | SchemaState | ChoiceState
 
 
 class SequenceStatus(enum.Enum):
@@ -46,8 +49,8 @@ class Sequence:
     # alternatives), for i = 0, 1, ...: the first prompt token has nothing to be scored after.
     prompt_logprobs: list[float] = field(default_factory=list)
     prompt_top_logprobs: list[dict[int, float]] = field(default_factory=list)
-    # params.json_object / json_schema: where the output is in the grammar
-    json_state: JsonState | SchemaState | None = None
+    # params.json_object / json_schema / guided_choice: where the output is in the grammar
+    json_state: Grammar | None = None
     stop_text: str | None = None  # output text cut at a stop string, when one matched
     num_preemptions: int = 0
     arrival: int = field(default_factory=lambda: next(_arrival))

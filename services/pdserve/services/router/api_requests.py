@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pdserve.sampling_params import (
     INT64_MIN,
     MAX_CHOICES,
+    MAX_GUIDED_CHOICES,
     MAX_LOGIT_BIAS_ENTRIES,
     MAX_PRESENCE_FREQUENCY_PENALTY,
     MAX_REPETITION_PENALTY,
@@ -73,6 +74,17 @@ class StreamOptions(StrictModel):
     include_usage: bool | None = Field(False, description="send a last chunk with `choices: []` and `usage`")
 
 
+GuidedChoice = Annotated[list[NonEmptyText], Field(min_length=1, max_length=MAX_GUIDED_CHOICES)]
+
+
+class StructuredOutputs(StrictModel):
+    """vLLM's structured_outputs; set exactly one field (regex and grammars are not supported)."""
+
+    json_: dict[str, Any] | None = Field(None, alias="json", description="a JSON schema the output satisfies")
+    json_object: bool | None = Field(None, description="true: the output is one JSON object")
+    choice: GuidedChoice | None = Field(None, description="the output is exactly one of these texts")
+
+
 class SamplingFields(StrictModel):
     """Fields shared by completions and chat completions."""
 
@@ -122,11 +134,14 @@ class SamplingFields(StrictModel):
         None, description="token id (as a string) -> bias in [-100, 100], added to that token's logit"
     )
     user: Text | None = Field(None, description="accepted and ignored")
+    structured_outputs: StructuredOutputs | None = Field(
+        None, description="vLLM extension: constrain the output to a JSON schema, any JSON object or one of some texts"
+    )
+    guided_json: dict[str, Any] | None = Field(None, description="vLLM's older spelling of structured_outputs.json")
+    guided_choice: GuidedChoice | None = Field(None, description="vLLM's older spelling of structured_outputs.choice")
 
 
 class JsonSchemaFormat(StrictModel):
-    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, populate_by_name=True)
-
     name: Annotated[str, Field(min_length=1, max_length=256)] = Field(description="the schema's name (not used)")
     description: Text | None = Field(None, description="accepted and ignored")
     schema_: dict[str, Any] | None = Field(

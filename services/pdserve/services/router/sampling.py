@@ -108,6 +108,7 @@ def sampling_params(
     response_format: ResponseFormat | None = None,
 ) -> SamplingParams:
     stop = body.stop if body.stop is not None else []
+    source, grammar = _grammar(body, response_format)
     try:
         return SamplingParams(
             max_tokens=max_tokens,
@@ -125,30 +126,53 @@ def sampling_params(
             repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
             logit_bias=dict(body.logit_bias or {}),  # type: ignore[arg-type]  # ids as strings, read as ids
             min_tokens=body.min_tokens or 0,
-            json_object=response_format is not None and response_format.type == "json_object",
-            json_schema=_json_schema(response_format),
+            **grammar,
             include_stop_str_in_output=body.include_stop_str_in_output,
         )
     except InvalidRequestError as exc:
         param = next(
             (name for name in ("logit_bias", "repetition_penalty", "min_tokens") if str(exc).startswith(name)), None
         )
-        if str(exc).startswith("json_schema"):
-            param = "response_format"
+        if str(exc).startswith(("json_schema", "guided_choice")):
+            param = source
         raise invalid_request(str(exc), param=param) from None
 
 
-def _json_schema(response_format: ResponseFormat | None) -> dict[str, Any] | None:
-    if response_format is None or response_format.type != "json_schema":
-        if response_format is not None and response_format.json_schema is not None:
+def _grammar(body: SamplingFields, response_format: ResponseFormat | None) -> tuple[str | None, dict[str, Any]]:
+    """The output constraint, from whichever of response_format, structured_outputs (vLLM's) and
+    guided_json / guided_choice (vLLM's older spelling) the request used: at most one of them.
+    Returns the field it came from and SamplingParams' fields for it."""
+    sources: list[tuple[str, dict[str, Any]]] = []
+    if response_format is not None:
+        if response_format.type != "json_schema" and response_format.json_schema is not None:
             raise invalid_request("response_format.json_schema: only with type json_schema", param="response_format")
-        return None
-    if response_format.json_schema is None or response_format.json_schema.schema_ is None:
-        raise invalid_request(
-            "response_format: type json_schema needs json_schema: {'name': ..., 'schema': {...}}",
-            param="response_format",
-        )
-    return response_format.json_schema.schema_
+        if response_format.type == "json_object":
+            sources.append(("response_format", {"json_object": True}))
+        elif response_format.type == "json_schema":
+            fmt = response_format.json_schema
+            if fmt is None or fmt.schema_ is None:
+                raise invalid_request(
+                    "response_format: type json_schema needs json_schema: {'name': ..., 'schema': {...}}",
+                    param="response_format",
+                )
+            sources.append(("response_format", {"json_schema": fmt.schema_}))
+    wanted = body.structured_outputs
+    if wanted is not None:
+        fields: dict[str, Any] = {"json_schema": wanted.json_, "json_object": wanted.json_object or None}
+        fields["guided_choice"] = wanted.choice
+        chosen = {k: v for k, v in fields.items() if v is not None}
+        if len(chosen) != 1:
+            raise invalid_request(
+                "structured_outputs: set exactly one of json, json_object (true) and choice", param="structured_outputs"
+            )
+        sources.append(("structured_outputs", chosen))
+    if body.guided_json is not None:
+        sources.append(("guided_json", {"json_schema": body.guided_json}))
+    if body.guided_choice is not None:
+        sources.append(("guided_choice", {"guided_choice": list(body.guided_choice)}))
+    if len(sources) > 1:
+        raise invalid_request(f"{sources[0][0]} and {sources[1][0]} exclude each other: use one", param=sources[1][0])
+    return sources[0] if sources else (None, {})
 
 
 def _temperature(requested: float | None) -> float:
