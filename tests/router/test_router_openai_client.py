@@ -110,3 +110,39 @@ async def test_structured_output_parses_into_a_pydantic_model(oai: openai.AsyncO
         choice = result.choices[0]
         assert choice.finish_reason == "stop"
         assert isinstance(choice.message.parsed, Answer), choice.message.content
+
+
+class GetWeather(pydantic.BaseModel):
+    """Current weather in a city."""
+
+    city: Literal["Paris", "Rome"]
+    celsius: bool
+
+
+async def test_forced_tool_calls_parse_into_pydantic_models(oai: openai.AsyncOpenAI) -> None:
+    """A forced call's arguments come back in `tool_calls` and parse into the tool's model, as
+    `parse` with `pydantic_function_tool` expects, streamed or not."""
+    tool = openai.pydantic_function_tool(GetWeather)
+    for choice in ("required", {"type": "function", "function": {"name": "GetWeather"}}):
+        result = await oai.chat.completions.parse(
+            model=MODEL,
+            messages=MESSAGES,
+            tools=[tool],
+            tool_choice=choice,
+            max_tokens=300,
+            seed=2,  # type: ignore[arg-type]
+        )
+        [call, *_] = result.choices[0].message.tool_calls or [None]
+        assert call is not None and call.function.name == "GetWeather"
+        assert isinstance(call.function.parsed_arguments, GetWeather)
+        async with oai.chat.completions.stream(
+            model=MODEL,
+            messages=MESSAGES,
+            tools=[tool],
+            tool_choice=choice,
+            max_tokens=300,
+            seed=2,  # type: ignore[arg-type]
+        ) as stream:
+            final = await stream.get_final_completion()
+        [again, *_] = final.choices[0].message.tool_calls or [None]
+        assert again is not None and again.function.parsed_arguments == call.function.parsed_arguments

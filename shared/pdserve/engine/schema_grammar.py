@@ -68,7 +68,9 @@ class SchemaState:
 
     @classmethod
     def start(cls, schema: CompiledSchema) -> SchemaState:
-        return cls(schema, ((((T_VALUE, schema.root),), 0),))
+        # The value starts at the first character: no blanks ahead of it (as if a full run of
+        # them were behind), so a streamed reply, tool-call arguments included, opens with it.
+        return cls(schema, ((((T_VALUE, schema.root),), MAX_BLANK_RUN),))
 
     @property
     def complete(self) -> bool:

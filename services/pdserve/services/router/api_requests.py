@@ -29,6 +29,7 @@ from pdserve.sampling_params import (
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 INT64_MAX = (1 << 63) - 1
+MAX_TOOLS = 128  # OpenAI's limit on tools per request
 # OpenAI's default for completions; chat completions default to the end of the context.
 DEFAULT_MAX_TOKENS = 16
 
@@ -191,13 +192,60 @@ class PromptMessage(StrictModel):
     name: Text | None = Field(None, description="accepted and ignored")
 
 
+# OpenAI's rule for function names.
+ToolName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")]
+
+
+class CalledFunction(StrictModel):
+    name: ToolName
+    arguments: Text = Field(description="the arguments as JSON text")
+
+
+class ToolCall(StrictModel):
+    id: Text
+    type: Literal["function"]
+    function: CalledFunction
+
+
 class AssistantMessage(StrictModel):
     role: Literal["assistant"]
     content: Text | list[TextPart] | None = None
     name: Text | None = Field(None, description="accepted and ignored")
+    tool_calls: Annotated[list[ToolCall], Field(max_length=MAX_TOOLS)] | None = Field(
+        None, description="the calls this turn made (rendered by the chat template)"
+    )
 
 
-ChatMessage = Annotated[PromptMessage | AssistantMessage, Field(discriminator="role")]
+class ToolMessage(StrictModel):
+    role: Literal["tool"]
+    content: Text | list[TextPart]
+    tool_call_id: Text = Field(description="the call this message answers")
+
+
+ChatMessage = Annotated[PromptMessage | AssistantMessage | ToolMessage, Field(discriminator="role")]
+
+
+class FunctionDef(StrictModel):
+    name: ToolName
+    description: Text | None = None
+    parameters: dict[str, Any] | None = Field(
+        None, description="JSON Schema of the arguments; enforced when the call is forced (tool_choice)"
+    )
+    strict: bool | None = Field(None, description="accepted; a forced call's arguments satisfy the schema either way")
+
+
+class ToolDef(StrictModel):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class FunctionName(StrictModel):
+    name: ToolName
+
+
+class NamedToolChoice(StrictModel):
+    type: Literal["function"]
+    function: FunctionName
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -208,6 +256,15 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), WHOLE] | None = Field(
         None, description="with logprobs: this many most likely alternatives per token"
     )
+    tools: Annotated[list[ToolDef], Field(max_length=MAX_TOOLS)] | None = Field(
+        None, description="functions the model may call; rendered into the prompt by the chat template"
+    )
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None,
+        description="'required' or a named function: the reply is tool calls whose arguments satisfy the "
+        "function's parameters; 'none': plain text; 'auto' (the default with tools) is not supported",
+    )
+    parallel_tool_calls: bool | None = Field(None, description="false: tool_choice 'required' makes one call")
     response_format: ResponseFormat | None = Field(
         None,
         description="{'type': 'text'}, {'type': 'json_object'} (JSON mode) or "

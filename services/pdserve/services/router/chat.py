@@ -13,6 +13,7 @@ from pdserve.protocol.top_logprobs import TopLogprobs
 from pdserve.sampling_params import choice_seed
 from pdserve.services.router.api_requests import ChatCompletionRequest
 from pdserve.services.router.api_responses import (
+    CalledFunctionDelta,
     ChatChoice,
     ChatCompletionChunk,
     ChatCompletionResponse,
@@ -20,6 +21,8 @@ from pdserve.services.router.api_responses import (
     ChatLogprobs,
     ChatMessageOut,
     ChatStreamChoice,
+    ToolCallDelta,
+    ToolCallOut,
 )
 from pdserve.services.router.choice_format import StreamedChoice, error_event, final_text, token_id_fields
 from pdserve.services.router.choice_group import ChoiceGroup
@@ -36,6 +39,7 @@ from pdserve.services.router.sampling import (
     sampling_params,
 )
 from pdserve.services.router.sse import DONE, sse_json
+from pdserve.services.router.tool_calls import ToolPlan
 from pdserve.serving.backend import GenerateRequest
 from starlette.responses import Response
 
@@ -64,7 +68,8 @@ async def chat_complete(ctx: RouterContext, body: ChatCompletionRequest, request
     if body.top_logprobs and not body.logprobs:
         raise invalid_request("top_logprobs needs logprobs: true", param="top_logprobs")
     check_choices(1, body.n, ctx.limits)
-    prompt = await ctx.prompts.encode_chat(body.messages)
+    tools = ToolPlan.of(body)
+    prompt = await ctx.prompts.encode_chat(body.messages, tools.tools)
     requested: int | None = body.max_tokens
     param = "max_tokens"
     if body.max_completion_tokens is not None:
@@ -90,6 +95,7 @@ async def chat_complete(ctx: RouterContext, body: ChatCompletionRequest, request
                     bool(body.logprobs),
                     body.top_logprobs or 0,
                     response_format=body.response_format,
+                    tool_schema=tools.schema,
                 ),
                 deadline,
             ),
@@ -99,7 +105,7 @@ async def chat_complete(ctx: RouterContext, body: ChatCompletionRequest, request
     ctx.metrics.prompt_tokens += len(prompt)
     log.info("chat completion", id=response_id, prompt_tokens=len(prompt), n=body.n, stream=bool(body.stream))
 
-    fmt = _Format(ctx, body, response_id)
+    fmt = _Format(ctx, body, response_id, tools)
     group = ChoiceGroup.start(ctx.backend, requests, ctx.metrics)
     return await answer(ctx, request, group, stream=bool(body.stream), events=fmt.events, body=fmt.body)
 
@@ -107,8 +113,9 @@ async def chat_complete(ctx: RouterContext, body: ChatCompletionRequest, request
 class _Format:
     """Turns the choices of one request into the response body or its stream chunks."""
 
-    def __init__(self, ctx: RouterContext, body: ChatCompletionRequest, response_id: str) -> None:
+    def __init__(self, ctx: RouterContext, body: ChatCompletionRequest, response_id: str, tools: ToolPlan) -> None:
         self.ctx = ctx
+        self.tools = tools
         self.request = body
         self.id = response_id
         self.created = int(time.time())
@@ -121,12 +128,19 @@ class _Format:
         choices = []
         for c in group.choices:
             text = final_text(self.ctx.tokenizer, c)
+            calls = self.tools.calls(text)
+            # Unset fields stay out of the body: tool_calls appears only when there are calls.
+            message = (
+                ChatMessageOut(role="assistant", content=text)
+                if calls is None
+                else ChatMessageOut(role="assistant", content=None, tool_calls=calls)
+            )
             choices.append(
                 ChatChoice(
                     index=c.index,
-                    message=ChatMessageOut(role="assistant", content=text),
+                    message=message,
                     logprobs=self._logprobs(c.token_ids, c.logprobs, c.top_logprobs),
-                    finish_reason=c.finish_reason,
+                    finish_reason=self._finish_reason(c.finish_reason, calls),
                     **token_id_fields(self.request.return_token_ids, c, c.token_ids, with_prompt=True),
                 )
             )
@@ -141,28 +155,30 @@ class _Format:
 
     async def events(self, group: ChoiceGroup) -> AsyncGenerator[bytes, None]:
         streamed = {c.index: StreamedChoice(self.ctx.tokenizer, self.request.stop) for c in group.choices}
+        held: dict[int, str] = {}  # tool_choice "required": each choice's text until it is whole
         extras = self.want_logprobs or bool(self.request.return_token_ids)
         try:
             try:
-                # OpenAI opens every choice with the role and empty content.
+                # OpenAI opens every choice with the role and empty content (or, for a named
+                # tool call, the call's id and name, its arguments to follow).
                 for c in group.choices:
                     yield self._chunk(
-                        ChatStreamChoice(
-                            index=c.index,
-                            delta=ChatDelta(role="assistant", content=""),
-                            logprobs=None,
-                            finish_reason=None,
-                        )
+                        ChatStreamChoice(index=c.index, delta=self._opening_delta(), logprobs=None, finish_reason=None)
                     )
                 while (item := await group.next()) is not None:
                     choice, delta = item
                     state = streamed[choice.index]
                     text = state.text_for(delta)
-                    if text or extras or delta.token_ids:  # one chunk per token batch, even empty text
+                    holding = self.tools.forced == "required"
+                    if holding:  # the calls go out whole, once the array is
+                        held[choice.index] = held.get(choice.index, "") + text
+                        text = ""
+                    # One chunk per token batch, even with empty text (held text: only for extras).
+                    if text or extras or (delta.token_ids and not holding):
                         yield self._chunk(
                             ChatStreamChoice(
                                 index=choice.index,
-                                delta=ChatDelta(content=text),
+                                delta=self._text_delta(text),
                                 logprobs=self._logprobs(delta.token_ids, delta.logprobs, delta.top_logprobs),
                                 finish_reason=None,
                                 **token_id_fields(
@@ -175,12 +191,18 @@ class _Format:
                         )
                         state.sent_prompt_ids = True
                     if delta.finish_reason is not None:
+                        finish: str | None = delta.finish_reason
+                        if choice.index in held:
+                            last, finish = self._held_calls(held.pop(choice.index), delta.finish_reason)
+                            yield self._chunk(
+                                ChatStreamChoice(index=choice.index, delta=last, logprobs=None, finish_reason=None)
+                            )
                         yield self._chunk(
                             ChatStreamChoice(
                                 index=choice.index,
                                 delta=ChatDelta(),
                                 logprobs=None,
-                                finish_reason=delta.finish_reason,
+                                finish_reason=finish,  # type: ignore[arg-type]
                             )
                         )
                 if self.include_usage:
@@ -190,6 +212,46 @@ class _Format:
             yield DONE
         finally:
             await group.aclose()
+
+    def _opening_delta(self) -> ChatDelta:
+        if self.tools.forced == "named":
+            assert self.tools.name is not None
+            call = ToolCallDelta(
+                index=0,
+                id=self.tools.call_id(),
+                type="function",
+                function=CalledFunctionDelta(name=self.tools.name, arguments=""),
+            )
+            return ChatDelta(role="assistant", tool_calls=[call])
+        return ChatDelta(role="assistant", content="")
+
+    def _text_delta(self, text: str) -> ChatDelta:
+        if self.tools.forced == "named":
+            return ChatDelta(tool_calls=[ToolCallDelta(index=0, function=CalledFunctionDelta(arguments=text))])
+        if self.tools.forced == "required":
+            return ChatDelta()
+        return ChatDelta(content=text)
+
+    def _held_calls(self, text: str, finish_reason: str) -> tuple[ChatDelta, str]:
+        calls = self.tools.calls(text)
+        if not calls:  # cut short before the array closed: the text as it is
+            return ChatDelta(content=text), finish_reason
+        deltas = [
+            ToolCallDelta(
+                index=i,
+                id=call.id,
+                type="function",
+                function=CalledFunctionDelta(name=call.function.name, arguments=call.function.arguments),
+            )
+            for i, call in enumerate(calls)
+        ]
+        return ChatDelta(tool_calls=deltas), self._finish_reason(finish_reason, calls)
+
+    def _finish_reason(self, finish_reason: str | None, calls: list[ToolCallOut] | None) -> Any:
+        # OpenAI: "tool_calls" when the model chose to call; a forced named call ends with "stop".
+        if calls and self.tools.forced == "required" and finish_reason == "stop":
+            return "tool_calls"
+        return finish_reason
 
     def _chunk(self, choice: ChatStreamChoice) -> bytes:
         extra: dict[str, Any] = {"usage": None} if self.include_usage else {}

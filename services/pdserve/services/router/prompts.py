@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jinja2
-from pdserve.services.router.api_requests import ChatMessage
+from pdserve.services.router.api_requests import AssistantMessage, ChatMessage, ToolMessage
 from pdserve.services.router.errors import ApiError, invalid_request
 
 # Text parts of one message are joined like vLLM does, so templates that expect string content work.
@@ -48,14 +49,17 @@ class PromptTokenizer:
             raise invalid_request(f"{param} has no tokens", param=param)
         return ids
 
-    async def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
-        """Token ids of the conversation rendered by the chat template, ending with the assistant's turn."""
+    async def encode_chat(
+        self, messages: Sequence[ChatMessage], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        """Token ids of the conversation rendered by the chat template, ending with the assistant's
+        turn; `tools` (OpenAI's tool definitions) go to the template, which decides how to show them."""
         conversation = [_message_dict(m) for m in messages]
 
         def render() -> list[int]:
             try:
                 ids = self.tokenizer.apply_chat_template(
-                    conversation, add_generation_prompt=True, tokenize=True, return_dict=False
+                    conversation, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=False
                 )
             except jinja2.TemplateError as exc:
                 # Templates reject conversations they cannot render (roles out of order, ...).
@@ -139,7 +143,7 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Any) -> None:
         loop.call_soon_threadsafe(fn)
 
 
-def _message_dict(message: ChatMessage) -> dict[str, str]:
+def _message_dict(message: ChatMessage) -> dict[str, Any]:
     content = message.content
     if content is None:
         content = ""  # an assistant turn without content; other roles must have it (api_requests.py)
@@ -147,4 +151,26 @@ def _message_dict(message: ChatMessage) -> dict[str, str]:
         content = PART_SEPARATOR.join(part.text for part in content)
     # OpenAI's newer "developer" role means what "system" means to every open model's template.
     role = "system" if message.role == "developer" else message.role
-    return {"role": role, "content": content}
+    rendered: dict[str, Any] = {"role": role, "content": content}
+    if isinstance(message, ToolMessage):
+        rendered["tool_call_id"] = message.tool_call_id
+    elif isinstance(message, AssistantMessage) and message.tool_calls:
+        rendered["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.function.name, "arguments": _arguments(call.function.arguments)},
+            }
+            for call in message.tool_calls
+        ]
+    return rendered
+
+
+def _arguments(text: str) -> Any:
+    """A call's arguments as the object they encode: templates write them with `tojson`, as vLLM
+    hands them over; text that is not a JSON object stays text."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, dict) else text

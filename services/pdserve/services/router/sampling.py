@@ -106,9 +106,10 @@ def sampling_params(
     top_logprobs: int = 0,
     *,
     response_format: ResponseFormat | None = None,
+    tool_schema: dict[str, Any] | None = None,
 ) -> SamplingParams:
     stop = body.stop if body.stop is not None else []
-    source, grammar = _grammar(body, response_format)
+    source, grammar = _grammar(body, response_format, tool_schema)
     try:
         return SamplingParams(
             max_tokens=max_tokens,
@@ -138,11 +139,15 @@ def sampling_params(
         raise invalid_request(str(exc), param=param) from None
 
 
-def _grammar(body: SamplingFields, response_format: ResponseFormat | None) -> tuple[str | None, dict[str, Any]]:
-    """The output constraint, from whichever of response_format, structured_outputs (vLLM's) and
-    guided_json / guided_choice (vLLM's older spelling) the request used: at most one of them.
-    Returns the field it came from and SamplingParams' fields for it."""
+def _grammar(
+    body: SamplingFields, response_format: ResponseFormat | None, tool_schema: dict[str, Any] | None
+) -> tuple[str | None, dict[str, Any]]:
+    """The output constraint, from whichever of response_format, structured_outputs (vLLM's),
+    guided_json / guided_choice (vLLM's older spelling) and a forced tool call the request used:
+    at most one of them. Returns the field it came from and SamplingParams' fields for it."""
     sources: list[tuple[str, dict[str, Any]]] = []
+    if tool_schema is not None:
+        sources.append(("tool_choice", {"json_schema": tool_schema}))
     if response_format is not None:
         if response_format.type != "json_schema" and response_format.json_schema is not None:
             raise invalid_request("response_format.json_schema: only with type json_schema", param="response_format")
