@@ -31,6 +31,12 @@ async def test_tokenize_messages_like_chat(client: httpx.AsyncClient) -> None:
     assert chat.json()["usage"]["prompt_tokens"] == len(tokens)
     text = (await client.post("/detokenize", json={"tokens": tokens})).json()["prompt"]
     assert "Say hi" in text
+    # With tools, as chat completions render them.
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    body = {"messages": MESSAGES, "tools": [tool]}
+    with_tools = (await client.post("/tokenize", json=body)).json()["tokens"]
+    chat = await client.post("/v1/chat/completions", json={**body, "tool_choice": "none", "max_tokens": 1})
+    assert chat.json()["usage"]["prompt_tokens"] == len(with_tools)
 
 
 async def test_detokenize_round_trip(client: httpx.AsyncClient) -> None:

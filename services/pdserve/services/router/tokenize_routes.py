@@ -7,8 +7,10 @@ on the router's tokenizer thread like prompts do, so a long text does not stall 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter
-from pdserve.services.router.api_requests import ChatMessage, StrictModel, Text, TokenId
+from pdserve.services.router.api_requests import MAX_TOOLS, ChatMessage, StrictModel, Text, TokenId, ToolDef
 from pdserve.services.router.context import RouterContext
 from pdserve.services.router.errors import invalid_request
 from pdserve.services.router.openapi_docs import TOKENIZER_STATUSES, error_responses
@@ -19,6 +21,9 @@ class TokenizeRequest(StrictModel):
     model: Text | None = Field(None, description="must be the served model's id if given")
     prompt: Text | None = Field(None, description="text to tokenize; or `messages`")
     messages: list[ChatMessage] | None = Field(None, description="a conversation, rendered by the chat template")
+    tools: Annotated[list[ToolDef], Field(max_length=MAX_TOOLS)] | None = Field(
+        None, description="with `messages`: tool definitions, rendered as chat completions render them"
+    )
     add_special_tokens: bool = Field(True, description="with `prompt`: add the tokenizer's special tokens (BOS)")
 
 
@@ -53,7 +58,8 @@ def tokenize_router(ctx: RouterContext) -> APIRouter:
         if body.messages is not None:
             if not body.messages:
                 raise invalid_request("messages is empty", param="messages")
-            tokens = await ctx.prompts.encode_chat(body.messages)
+            tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
+            tokens = await ctx.prompts.encode_chat(body.messages, tools)
         elif body.add_special_tokens:
             tokens = await ctx.prompts.encode(body.prompt or "")
         else:
