@@ -99,9 +99,21 @@ def test_a_model_that_closes_gets_a_whole_object(llm: LLM) -> None:
     assert JsonState().feed(plain.text) is None
 
 
-def test_json_mode_survives_a_hand_off(model_dirs: dict[str, Path]) -> None:
-    """A decode engine continues the grammar from the tokens the prefill engine produced."""
-    params = SamplingParams(max_tokens=40, json_object=True, temperature=1.0, seed=2)
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 8}, "tags": {"type": "array", "items": {"type": "integer"}}},
+    "required": ["name", "tags"],
+}
+
+
+@pytest.mark.parametrize(
+    "grammar",
+    [{"json_object": True}, {"json_schema": PERSON}, {"guided_choice": ["a long answer", "a longer answer", "no"]}],
+)
+def test_grammars_survive_a_hand_off(model_dirs: dict[str, Path], grammar: dict) -> None:
+    """A decode engine continues the grammar (JSON mode, a schema, a choice) from the tokens the
+    prefill engine produced: the same output as one engine alone."""
+    params = SamplingParams(max_tokens=40, temperature=1.0, seed=2, **grammar)
     alone = LLM(model_dirs["llama"]).generate(["Give me JSON"], params)[0]
     prefill, decode = LLM(model_dirs["llama"]).engine, LLM(model_dirs["llama"]).engine
     prefill.add_request("r", "Give me JSON", params, hold_kv=True)

@@ -257,20 +257,3 @@ def test_short_schemas_finish(llm: LLM) -> None:
     params = SamplingParams(max_tokens=64, json_schema={"type": "integer"}, temperature=0.0, logit_bias={eos: 30.0})
     out = llm.generate(["x"], params)[0]
     assert out.finish_reason == "stop" and out.token_ids[-1] == eos and isinstance(json.loads(out.text), int)
-
-
-def test_structured_output_survives_a_hand_off(model_dirs: dict[str, Path]) -> None:
-    """A decode engine continues the schema's grammar from the prefill engine's first token."""
-    params = SamplingParams(max_tokens=40, json_schema=PERSON, temperature=1.0, seed=2)
-    alone = LLM(model_dirs["llama"]).generate(["Give me JSON"], params)[0]
-    prefill, decode = LLM(model_dirs["llama"]).engine, LLM(model_dirs["llama"]).engine
-    prefill.add_request("r", "Give me JSON", params, hold_kv=True)
-    while prefill.scheduler.has_work():
-        prefill.step()
-    export = prefill.export_kv("r")
-    prefill.release_kv("r")
-    decode.import_kv(export, params)
-    done = {}
-    while decode.has_unfinished():
-        done.update({o.request_id: o for o in decode.step() if o.finished})
-    assert done["r"].token_ids == alone.token_ids and done["r"].text == alone.text

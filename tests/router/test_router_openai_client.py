@@ -124,25 +124,12 @@ async def test_forced_tool_calls_parse_into_pydantic_models(oai: openai.AsyncOpe
     `parse` with `pydantic_function_tool` expects, streamed or not."""
     tool = openai.pydantic_function_tool(GetWeather)
     for choice in ("required", {"type": "function", "function": {"name": "GetWeather"}}):
-        result = await oai.chat.completions.parse(
-            model=MODEL,
-            messages=MESSAGES,
-            tools=[tool],
-            tool_choice=choice,
-            max_tokens=300,
-            seed=2,  # type: ignore[arg-type]
-        )
+        request: Any = {"model": MODEL, "messages": MESSAGES, "tools": [tool], "tool_choice": choice, "seed": 2}
+        result = await oai.chat.completions.parse(**request, max_tokens=300)
         [call, *_] = result.choices[0].message.tool_calls or [None]
         assert call is not None and call.function.name == "GetWeather"
         assert isinstance(call.function.parsed_arguments, GetWeather)
-        async with oai.chat.completions.stream(
-            model=MODEL,
-            messages=MESSAGES,
-            tools=[tool],
-            tool_choice=choice,
-            max_tokens=300,
-            seed=2,  # type: ignore[arg-type]
-        ) as stream:
+        async with oai.chat.completions.stream(**request, max_tokens=300) as stream:
             final = await stream.get_final_completion()
         [again, *_] = final.choices[0].message.tool_calls or [None]
         assert again is not None and again.function.parsed_arguments == call.function.parsed_arguments
