@@ -166,3 +166,35 @@ async def test_a_conversation_with_calls_and_results(client: httpx.AsyncClient, 
 )
 async def test_refusals(client: httpx.AsyncClient, body: dict[str, Any], param: str | None, words: str) -> None:
     assert_error(await post(client, **body), 400, param, words)
+
+
+def test_every_one_of_many_tools_can_be_called() -> None:
+    """The "required" grammar follows every tool at once until the name decides, with the
+    parameters written first or last."""
+    from pdserve.engine.json_schema import compiled_schema, schema_text
+    from pdserve.engine.schema_grammar import SchemaState
+    from pdserve.services.router.api_requests import MAX_TOOLS, ChatCompletionRequest
+    from pdserve.services.router.tool_calls import ToolPlan
+
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": f"tool_{i}",
+                "parameters": {"type": "object", "properties": {"x": {"const": i}}, "required": ["x"]},
+            },
+        }
+        for i in range(MAX_TOOLS)
+    ]
+    plan = ToolPlan.of(ChatCompletionRequest.model_validate({**BASE, "tools": tools, "tool_choice": "required"}))
+    assert plan.schema is not None
+    start = SchemaState.start(compiled_schema(schema_text(plan.schema)))
+    for i in (0, MAX_TOOLS - 1):
+        for text in (
+            f'[{{"name": "tool_{i}", "parameters": {{"x": {i}}}}}]',
+            f'[{{"parameters": {{"x": {i}}}, "name": "tool_{i}"}}]',
+        ):
+            state = start.feed(text)
+            assert state is not None and state.complete, text
+            assert [c.function.name for c in plan.calls(text) or []] == [f"tool_{i}"]
+        assert start.feed(f'[{{"name": "tool_{i}", "parameters": {{"x": {i + 1}}}}}]') is None

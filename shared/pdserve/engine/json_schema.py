@@ -19,8 +19,8 @@ from typing import Any
 
 from pdserve.errors import InvalidRequestError
 
-MAX_SCHEMA_CHARS = 32_768  # the schema's JSON text; it travels with every task of the request
-MAX_SCHEMA_NODES = 2_000
+MAX_SCHEMA_CHARS = 131_072  # the schema's JSON text (128 tools make large ones); it travels with every task
+MAX_SCHEMA_NODES = 20_000
 MAX_LITERALS = 1_024  # enum values
 MAX_NESTING = 64  # schemas inside schemas (compiling recurses once per level)
 UNBOUNDED = 1 << 62

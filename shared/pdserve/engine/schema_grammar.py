@@ -34,7 +34,7 @@ from pdserve.engine.json_schema import (
 )
 
 MAX_DEPTH = 64  # open containers (a recursive schema would otherwise nest without bound)
-MAX_CONFIGS = 64  # alternatives followed at once; past this the latest are dropped (still sound)
+MAX_CONFIGS = 1024  # alternatives followed at once (128 tools in a "required" call); past it the latest are dropped, which keeps outputs valid
 _BLANK = " \t\n\r"
 _ESCAPES = '"\\/bfnrtu'
 _HEX = "0123456789abcdefABCDEF"
