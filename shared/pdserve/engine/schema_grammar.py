@@ -34,7 +34,9 @@ from pdserve.engine.json_schema import (
 )
 
 MAX_DEPTH = 64  # open containers (a recursive schema would otherwise nest without bound)
-MAX_CONFIGS = 1024  # alternatives followed at once (128 tools in a "required" call); past it the latest are dropped, which keeps outputs valid
+# Alternatives followed at once (a "required" call over 128 tools follows 128 until the name
+# decides); past it the latest are dropped, which keeps outputs valid.
+MAX_CONFIGS = 1024
 _BLANK = " \t\n\r"
 _ESCAPES = '"\\/bfnrtu'
 _HEX = "0123456789abcdefABCDEF"
