@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from pdserve import LLM, SamplingParams
 from pdserve.engine.json_grammar import MAX_BLANK_RUN, JsonState
+from pdserve.engine.token_texts import TokenTexts
+from transformers import AutoTokenizer
 
 DOCUMENTS = [
     "{}",
@@ -126,3 +128,12 @@ def test_grammars_survive_a_hand_off(model_dirs: dict[str, Path], grammar: dict)
     while decode.has_unfinished():
         done.update({o.request_id: o for o in decode.step() if o.finished})
     assert done["r"].token_ids == alone.token_ids and done["r"].text == alone.text
+
+
+def test_warmed_token_texts_equal_the_lazy_ones(model_dirs: dict[str, Path]) -> None:
+    """TokenTexts.warm (one batched decode) gives each token the text the one-token path gives."""
+    for name in sorted(model_dirs):
+        tokenizer = AutoTokenizer.from_pretrained(model_dirs[name])
+        warm, lazy = TokenTexts(tokenizer), TokenTexts(tokenizer)
+        warm.warm(len(tokenizer))
+        assert [warm(t) for t in range(len(tokenizer))] == [lazy(t) for t in range(len(tokenizer))], name

@@ -64,6 +64,7 @@ class LLMEngine:
         self.sampler = Sampler(self.runner.device, seed)
         self.stop_checker = StopChecker(self.tokenizer, loaded.eos_token_ids, self.max_model_len)
         self.token_texts = TokenTexts(self.tokenizer)  # JSON mode checks candidates by their text
+        self._texts_warm = False
         self.requests: dict[str, Sequence] = {}
         self._pending: list[RequestOutput] = []  # outputs produced outside step() (abort, import)
 
@@ -244,6 +245,9 @@ class LLMEngine:
 
     def _json_constraint(self, state: Grammar, params: SamplingParams) -> Constraint:
         texts = self.token_texts
+        if not self._texts_warm:  # once per engine, at its first constrained step
+            texts.warm(min(self.loaded.vocab_size, len(self.tokenizer)))  # past the tokenizer: padding rows
+            self._texts_warm = True
         # Special tokens add no text. eos may end the output where the value may be whole (a
         # number at the top level has no closing character); a closed object ends it anyway.
         eos = self.stop_checker.eos_token_ids if state.can_end and not params.ignore_eos else frozenset()

@@ -22,10 +22,24 @@ class TokenTexts:
     def __call__(self, token: int) -> str:
         text = self._texts.get(token)
         if text is None:
-            joined = self._decode([*self._anchor, token])
-            anchored = joined.startswith(self._anchor_text)
-            text = self._texts[token] = joined[len(self._anchor_text) :] if anchored else self._decode([token])
+            text = self._texts[token] = self._added(token, self._decode([*self._anchor, token]))
         return text
+
+    def warm(self, vocab_size: int) -> None:
+        """Every token's text in one batched decode: a constrained row that finds nothing
+        allowed among its likely candidates checks the whole vocabulary, and one decode call per
+        token of a 128k vocabulary takes seconds where the tokenizer's batch takes a fraction."""
+        todo = [t for t in range(vocab_size) if t not in self._texts]
+        if not todo:
+            return
+        joined = self.tokenizer.batch_decode([[*self._anchor, t] for t in todo], skip_special_tokens=True)
+        for token, text in zip(todo, joined, strict=True):
+            self._texts[token] = self._added(token, str(text))
+
+    def _added(self, token: int, joined: str) -> str:
+        if joined.startswith(self._anchor_text):
+            return joined[len(self._anchor_text) :]
+        return self._decode([token])
 
     def of(self, tokens: list[int]) -> str:
         return "".join(self(t) for t in tokens)
