@@ -167,6 +167,7 @@ async def serve_router(args: argparse.Namespace) -> None:
         max_tokens_limit=args.max_tokens_limit,
         max_n=args.max_n,
         max_inflight=args.max_inflight,
+        tool_call_parser=args.tool_call_parser,
     )
     freeze_startup_heap()  # imports and tokenizer: no full GC pass walks them again (gc_heap.py)
     log.info("router listening", host=args.host, port=args.port, cluster=options.cluster, event_loop=event_loop.name())

@@ -125,6 +125,8 @@ def plan(args: argparse.Namespace, nats_url: str, log_dir: Path) -> list[Child]:
         router += ["--model", args.model]
     if args.api_key:
         router += ["--api-key", args.api_key]
+    if args.tool_call_parser:
+        router += ["--tool-call-parser", args.tool_call_parser]
     children = [Child("router", router, log_dir / "router.log", pins.get("router"), nice.get("router", 0))]
     if args.mode == "colocated":
         roles = [("worker", args.workers)]

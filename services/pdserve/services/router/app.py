@@ -27,6 +27,7 @@ from pdserve.services.router.request_context import RequestContextMiddleware
 from pdserve.services.router.sampling import Limits
 from pdserve.services.router.status_routes import models_router, status_router
 from pdserve.services.router.tokenize_routes import tokenize_router
+from pdserve.services.router.tool_parsers import TOOL_CALL_PARSERS
 from pdserve.serving.backend import Backend
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -47,6 +48,7 @@ def create_app(
     max_tokens_limit: int | None = None,
     max_n: int = 8,
     max_inflight: int = DEFAULT_MAX_INFLIGHT,
+    tool_call_parser: str | None = None,
     fast_routes: bool = True,
 ) -> FastAPI:
     """An app serving `model_name` through `backend`; `tokenizer` is that model's Hugging Face tokenizer.
@@ -56,6 +58,8 @@ def create_app(
     `max_tokens_limit` (tokens) and `max_n` (choices per prompt) bound what one request may ask.
     At most `max_inflight` completion and chat requests are served at once; more get 429.
     The app's state holds the RouterContext as `app.state.router` (tests read its metrics).
+    `tool_call_parser` (one of TOOL_CALL_PARSERS; None: none) reads the tool calls a model
+    writes on its own, which tool_choice "auto" needs.
     `fast_routes` serves the two generation routes past FastAPI's routing layer (fast_routes.py);
     off, FastAPI routes them too (the tests compare both).
     """
@@ -66,6 +70,8 @@ def create_app(
     _check_positive(max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit)
     if not model_name:
         raise ValueError("model_name must be a non-empty string")
+    if tool_call_parser is not None and tool_call_parser not in TOOL_CALL_PARSERS:
+        raise ValueError(f"tool_call_parser must be one of {TOOL_CALL_PARSERS}, got {tool_call_parser!r}")
     ctx = RouterContext(
         backend=backend,
         tokenizer=tokenizer,
@@ -73,6 +79,7 @@ def create_app(
         model_name=model_name,
         limits=Limits(max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit, max_n=max_n),
         request_timeout_s=request_timeout_s,
+        tool_call_parser=tool_call_parser,
     )
 
     @asynccontextmanager

@@ -13,7 +13,6 @@ from pdserve.protocol.top_logprobs import TopLogprobs
 from pdserve.sampling_params import choice_seed
 from pdserve.services.router.api_requests import ChatCompletionRequest
 from pdserve.services.router.api_responses import (
-    CalledFunctionDelta,
     ChatChoice,
     ChatCompletionChunk,
     ChatCompletionResponse,
@@ -21,16 +20,16 @@ from pdserve.services.router.api_responses import (
     ChatLogprobs,
     ChatMessageOut,
     ChatStreamChoice,
-    ToolCallDelta,
-    ToolCallOut,
 )
 from pdserve.services.router.choice_format import StreamedChoice, error_event, final_text, token_id_fields
 from pdserve.services.router.choice_group import ChoiceGroup
+from pdserve.services.router.choice_stream import ChoiceStream, TokenDelta
 from pdserve.services.router.context import RouterContext
 from pdserve.services.router.errors import invalid_request
 from pdserve.services.router.generation import answer, usage
 from pdserve.services.router.logprobs import TokenTexts, chat_logprobs
 from pdserve.services.router.openapi_docs import generation_responses
+from pdserve.services.router.reply_stream import reply_stream
 from pdserve.services.router.sampling import (
     check_choices,
     check_max_tokens_limit,
@@ -68,7 +67,7 @@ async def chat_complete(ctx: RouterContext, body: ChatCompletionRequest, request
     if body.top_logprobs and not body.logprobs:
         raise invalid_request("top_logprobs needs logprobs: true", param="top_logprobs")
     check_choices(1, body.n, ctx.limits)
-    tools = ToolPlan.of(body)
+    tools = ToolPlan.of(body, ctx.tool_call_parser)
     prompt = await ctx.prompts.encode_chat(body.messages, tools.tools)
     requested: int | None = body.max_tokens
     param = "max_tokens"
@@ -127,20 +126,19 @@ class _Format:
     def body(self, group: ChoiceGroup) -> ChatCompletionResponse:
         choices = []
         for c in group.choices:
-            text = final_text(self.ctx.tokenizer, c)
-            calls = self.tools.calls(text)
+            content, calls, finish_reason = self.tools.reply(final_text(self.ctx.tokenizer, c), c.finish_reason)
             # Unset fields stay out of the body: tool_calls appears only when there are calls.
             message = (
-                ChatMessageOut(role="assistant", content=text)
+                ChatMessageOut(role="assistant", content=content)
                 if calls is None
-                else ChatMessageOut(role="assistant", content=None, tool_calls=calls)
+                else ChatMessageOut(role="assistant", content=content, tool_calls=calls)
             )
             choices.append(
                 ChatChoice(
                     index=c.index,
                     message=message,
                     logprobs=self._logprobs(c.token_ids, c.logprobs, c.top_logprobs),
-                    finish_reason=self._finish_reason(c.finish_reason, calls),
+                    finish_reason=finish_reason,  # type: ignore[arg-type]
                     **token_id_fields(self.request.return_token_ids, c, c.token_ids, with_prompt=True),
                 )
             )
@@ -155,48 +153,28 @@ class _Format:
 
     async def events(self, group: ChoiceGroup) -> AsyncGenerator[bytes, None]:
         streamed = {c.index: StreamedChoice(self.ctx.tokenizer, self.request.stop) for c in group.choices}
-        held: dict[int, str] = {}  # tool_choice "required": each choice's text until it is whole
+        replies = {c.index: reply_stream(self.tools) for c in group.choices}
         extras = self.want_logprobs or bool(self.request.return_token_ids)
         try:
             try:
                 # OpenAI opens every choice with the role and empty content (or, for a named
                 # tool call, the call's id and name, its arguments to follow).
                 for c in group.choices:
-                    yield self._chunk(
-                        ChatStreamChoice(index=c.index, delta=self._opening_delta(), logprobs=None, finish_reason=None)
-                    )
+                    opening = replies[c.index].opening()
+                    yield self._chunk(ChatStreamChoice(index=c.index, delta=opening, logprobs=None, finish_reason=None))
                 while (item := await group.next()) is not None:
                     choice, delta = item
-                    state = streamed[choice.index]
-                    text = state.text_for(delta)
-                    holding = self.tools.forced == "required"
-                    if holding:  # the calls go out whole, once the array is
-                        held[choice.index] = held.get(choice.index, "") + text
-                        text = ""
-                    # One chunk per token batch, even with empty text (held text: only for extras).
-                    if text or extras or (delta.token_ids and not holding):
-                        yield self._chunk(
-                            ChatStreamChoice(
-                                index=choice.index,
-                                delta=self._text_delta(text),
-                                logprobs=self._logprobs(delta.token_ids, delta.logprobs, delta.top_logprobs),
-                                finish_reason=None,
-                                **token_id_fields(
-                                    self.request.return_token_ids,
-                                    choice,
-                                    delta.token_ids,
-                                    with_prompt=not state.sent_prompt_ids,
-                                ),
-                            )
-                        )
-                        state.sent_prompt_ids = True
+                    state, reply = streamed[choice.index], replies[choice.index]
+                    deltas = reply.push(state.text_for(delta))
+                    finish: str | None = None
                     if delta.finish_reason is not None:
-                        finish: str | None = delta.finish_reason
-                        if choice.index in held:
-                            last, finish = self._held_calls(held.pop(choice.index), delta.finish_reason)
-                            yield self._chunk(
-                                ChatStreamChoice(index=choice.index, delta=last, logprobs=None, finish_reason=None)
-                            )
+                        tail, finish = reply.finish(delta.finish_reason)
+                        deltas += tail
+                    if not deltas and (extras or (reply.chunk_every_batch and delta.token_ids)):
+                        deltas = [reply.empty()]  # a chunk per token batch: it carries logprobs and ids
+                    for k, out in enumerate(deltas):
+                        yield self._chunk(self._stream_choice(choice, delta, out, state, first=k == 0))
+                    if finish is not None:
                         yield self._chunk(
                             ChatStreamChoice(
                                 index=choice.index,
@@ -213,45 +191,23 @@ class _Format:
         finally:
             await group.aclose()
 
-    def _opening_delta(self) -> ChatDelta:
-        if self.tools.forced == "named":
-            assert self.tools.name is not None
-            call = ToolCallDelta(
-                index=0,
-                id=self.tools.call_id(),
-                type="function",
-                function=CalledFunctionDelta(name=self.tools.name, arguments=""),
-            )
-            return ChatDelta(role="assistant", tool_calls=[call])
-        return ChatDelta(role="assistant", content="")
-
-    def _text_delta(self, text: str) -> ChatDelta:
-        if self.tools.forced == "named":
-            return ChatDelta(tool_calls=[ToolCallDelta(index=0, function=CalledFunctionDelta(arguments=text))])
-        if self.tools.forced == "required":
-            return ChatDelta()
-        return ChatDelta(content=text)
-
-    def _held_calls(self, text: str, finish_reason: str) -> tuple[ChatDelta, str]:
-        calls = self.tools.calls(text)
-        if not calls:  # cut short before the array closed: the text as it is
-            return ChatDelta(content=text), finish_reason
-        deltas = [
-            ToolCallDelta(
-                index=i,
-                id=call.id,
-                type="function",
-                function=CalledFunctionDelta(name=call.function.name, arguments=call.function.arguments),
-            )
-            for i, call in enumerate(calls)
-        ]
-        return ChatDelta(tool_calls=deltas), self._finish_reason(finish_reason, calls)
-
-    def _finish_reason(self, finish_reason: str | None, calls: list[ToolCallOut] | None) -> Any:
-        # OpenAI: "tool_calls" when the model chose to call; a forced named call ends with "stop".
-        if calls and self.tools.forced == "required" and finish_reason == "stop":
-            return "tool_calls"
-        return finish_reason
+    def _stream_choice(
+        self, choice: ChoiceStream, delta: TokenDelta, out: ChatDelta, state: StreamedChoice, *, first: bool
+    ) -> ChatStreamChoice:
+        """One chunk's choice; a token batch's logprobs and ids ride on its first chunk."""
+        if not first:
+            return ChatStreamChoice(index=choice.index, delta=out, logprobs=None, finish_reason=None)
+        fields = token_id_fields(
+            self.request.return_token_ids, choice, delta.token_ids, with_prompt=not state.sent_prompt_ids
+        )
+        state.sent_prompt_ids = True
+        return ChatStreamChoice(
+            index=choice.index,
+            delta=out,
+            logprobs=self._logprobs(delta.token_ids, delta.logprobs, delta.top_logprobs),
+            finish_reason=None,
+            **fields,
+        )
 
     def _chunk(self, choice: ChatStreamChoice) -> bytes:
         extra: dict[str, Any] = {"usage": None} if self.include_usage else {}

@@ -21,6 +21,7 @@ class RouterContext:
     model_name: str
     limits: Limits
     request_timeout_s: float  # seconds from arrival until a request fails with 504
+    tool_call_parser: str | None = None  # tool_choice "auto": the model's tool-call format (tool_parsers.py)
     metrics: RouterMetrics = field(default_factory=RouterMetrics)
     created: int = field(default_factory=lambda: int(time.time()))
 

@@ -18,6 +18,7 @@ from typing import Any
 from pdserve.services.router.api_requests import ChatCompletionRequest, NamedToolChoice, ToolDef
 from pdserve.services.router.api_responses import CalledFunctionOut, ToolCallOut
 from pdserve.services.router.errors import invalid_request
+from pdserve.services.router.tool_parsers import parse_hermes
 
 # Arguments of a function that declares none: any object.
 ANY_ARGUMENTS: dict[str, Any] = {"type": "object"}
@@ -31,9 +32,10 @@ class ToolPlan:
     forced: str | None = None  # "named" or "required"; None: the reply is plain text
     name: str | None = None  # the named function
     schema: dict[str, Any] | None = None  # what the reply must satisfy when a call is forced
+    parser: str | None = None  # tool_choice "auto": the format calls are read in (tool_parsers.py)
 
     @classmethod
-    def of(cls, body: ChatCompletionRequest) -> ToolPlan:
+    def of(cls, body: ChatCompletionRequest, parser: str | None = None) -> ToolPlan:
         tools, choice = body.tools or [], body.tool_choice
         if not tools:
             if choice not in (None, "none"):
@@ -44,9 +46,12 @@ class ToolPlan:
             raise invalid_request("tools: function names must be distinct", param="tools")
         rendered = [t.model_dump(exclude_none=True) for t in tools]
         if choice is None or choice == "auto":
+            if parser is not None:
+                return cls(tools=rendered, parser=parser)
             raise invalid_request(
                 "tool_choice: 'auto' (the default when tools are given) needs a parser for the model's own "
-                "tool-call format, which pdserve does not have; send tool_choice 'required' or "
+                "tool-call format, and this server runs without one (pdserve router --tool-call-parser hermes "
+                "for Hermes-format models such as Qwen); send tool_choice 'required' or "
                 "{'type': 'function', 'function': {'name': ...}} to force a call, or 'none'",
                 param="tool_choice",
             )
@@ -59,12 +64,24 @@ class ToolPlan:
             return cls(rendered, "named", tool.function.name, _arguments_schema(tool))
         return cls(rendered, "required", schema=_calls_schema(tools, one=body.parallel_tool_calls is False))
 
+    def reply(self, text: str, finish_reason: str | None) -> tuple[str | None, list[ToolCallOut] | None, str | None]:
+        """The reply's content, its tool calls and its finish reason."""
+        calls = self.calls(text)
+        if calls is None and self.parser == "hermes":
+            parsed = parse_hermes(text)
+            if parsed is not None:
+                content, found = parsed
+                return content, [call_out(c.name, c.arguments) for c in found], calls_finish(finish_reason)
+        if calls is None:
+            return text, None, finish_reason
+        return None, calls, calls_finish(finish_reason) if self.forced == "required" else finish_reason
+
     def calls(self, text: str) -> list[ToolCallOut] | None:
-        """The reply's tool calls, or None if it holds none (an unforced reply, or a forced one cut
-        short by max_tokens that is not a whole array of calls)."""
+        """A forced reply's tool calls, or None if it holds none (an unforced reply, or a forced
+        one cut short by max_tokens that is not a whole array of calls)."""
         if self.forced == "named":
             assert self.name is not None
-            return [_call(self.name, text)]  # what the model wrote, whole or not, as OpenAI returns it
+            return [call_out(self.name, text)]  # what the model wrote, whole or not, as OpenAI returns it
         if self.forced != "required":
             return None
         try:
@@ -72,13 +89,24 @@ class ToolPlan:
         except ValueError:
             return None
         return [
-            _call(item["name"], json.dumps(item["parameters"], ensure_ascii=False))
+            call_out(item["name"], json.dumps(item["parameters"], ensure_ascii=False))
             for item in written
             if isinstance(item, dict) and isinstance(item.get("name"), str) and "parameters" in item
         ]
 
-    def call_id(self) -> str:
-        return _call_id()
+
+def calls_finish(finish_reason: str | None) -> str | None:
+    # OpenAI: "tool_calls" when the model called on its own accord or had to call some tool; a
+    # call forced by name ends with "stop".
+    return "tool_calls" if finish_reason == "stop" else finish_reason
+
+
+def call_out(name: str, arguments: str) -> ToolCallOut:
+    return ToolCallOut(id=call_id(), type="function", function=CalledFunctionOut(name=name, arguments=arguments))
+
+
+def call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 def _arguments_schema(tool: ToolDef) -> dict[str, Any]:
@@ -115,11 +143,3 @@ def _rebase(schema: Any, root: str) -> Any:
     if isinstance(schema, list):
         return [_rebase(v, root) for v in schema]
     return schema
-
-
-def _call(name: str, arguments: str) -> ToolCallOut:
-    return ToolCallOut(id=_call_id(), type="function", function=CalledFunctionOut(name=name, arguments=arguments))
-
-
-def _call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"

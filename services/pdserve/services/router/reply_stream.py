@@ -1,0 +1,124 @@
+"""How one chat choice's streamed text becomes deltas: plain content, or tool calls.
+
+A plain reply streams its text as content. A call forced by name opens with the call's id and
+name and streams the arguments. A "required" reply is held until the array of calls is whole,
+then goes out as whole calls. An "auto" reply with a tool-call parser streams its text and each
+call once its block closes. `finish` returns what is still held and the finish reason.
+"""
+
+from __future__ import annotations
+
+from pdserve.services.router.api_responses import CalledFunctionDelta, ChatDelta, ToolCallDelta, ToolCallOut
+from pdserve.services.router.tool_calls import ToolPlan, call_id, calls_finish
+from pdserve.services.router.tool_parsers import HermesStream, ParsedCall
+
+
+class PlainReply:
+    # A chunk per token batch even when it adds no text (the tokens may end a stop string).
+    chunk_every_batch = True
+
+    def opening(self) -> ChatDelta:
+        return ChatDelta(role="assistant", content="")
+
+    def empty(self) -> ChatDelta:
+        return ChatDelta(content="")
+
+    def push(self, text: str) -> list[ChatDelta]:
+        return [ChatDelta(content=text)] if text else []
+
+    def finish(self, finish_reason: str) -> tuple[list[ChatDelta], str | None]:
+        return [], finish_reason
+
+
+class NamedCallReply(PlainReply):
+    chunk_every_batch = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def opening(self) -> ChatDelta:
+        call = ToolCallDelta(
+            index=0, id=call_id(), type="function", function=CalledFunctionDelta(name=self.name, arguments="")
+        )
+        return ChatDelta(role="assistant", tool_calls=[call])
+
+    def empty(self) -> ChatDelta:
+        return ChatDelta()
+
+    def push(self, text: str) -> list[ChatDelta]:
+        if not text:
+            return []
+        return [ChatDelta(tool_calls=[ToolCallDelta(index=0, function=CalledFunctionDelta(arguments=text))])]
+
+
+class RequiredCallsReply(NamedCallReply):
+    def __init__(self, plan: ToolPlan) -> None:
+        self.plan = plan
+        self.held = ""
+
+    def opening(self) -> ChatDelta:
+        return ChatDelta(role="assistant", content="")
+
+    def push(self, text: str) -> list[ChatDelta]:
+        self.held += text
+        return []
+
+    def finish(self, finish_reason: str) -> tuple[list[ChatDelta], str | None]:
+        content, calls, finish = self.plan.reply(self.held, finish_reason)
+        if not calls:  # cut short before the array closed: the text as it is
+            return [ChatDelta(content=content)] if content else [], finish
+        return [ChatDelta(tool_calls=[_whole(i, call) for i, call in enumerate(calls)])], finish
+
+
+class ParsedCallsReply(NamedCallReply):
+    """tool_choice "auto" with a parser (Hermes's format)."""
+
+    def __init__(self) -> None:
+        self.parser = HermesStream()
+        self.sent = 0  # calls streamed so far: the next one's index
+
+    def opening(self) -> ChatDelta:
+        return ChatDelta(role="assistant", content="")
+
+    def push(self, text: str) -> list[ChatDelta]:
+        return self._deltas(self.parser.push(text))
+
+    def finish(self, finish_reason: str) -> tuple[list[ChatDelta], str | None]:
+        deltas = self._deltas(self.parser.finish())
+        return deltas, calls_finish(finish_reason) if self.parser.calls else finish_reason
+
+    def _deltas(self, pieces: list[str | ParsedCall]) -> list[ChatDelta]:
+        deltas = []
+        for piece in pieces:
+            if isinstance(piece, str):
+                deltas.append(ChatDelta(content=piece))
+            else:
+                call = ToolCallDelta(
+                    index=self.sent,
+                    id=call_id(),
+                    type="function",
+                    function=CalledFunctionDelta(name=piece.name, arguments=piece.arguments),
+                )
+                deltas.append(ChatDelta(tool_calls=[call]))
+                self.sent += 1
+        return deltas
+
+
+def reply_stream(plan: ToolPlan) -> PlainReply:
+    if plan.forced == "named":
+        assert plan.name is not None
+        return NamedCallReply(plan.name)
+    if plan.forced == "required":
+        return RequiredCallsReply(plan)
+    if plan.parser is not None:
+        return ParsedCallsReply()
+    return PlainReply()
+
+
+def _whole(index: int, call: ToolCallOut) -> ToolCallDelta:
+    return ToolCallDelta(
+        index=index,
+        id=call.id,
+        type="function",
+        function=CalledFunctionDelta(name=call.function.name, arguments=call.function.arguments),
+    )

@@ -1,0 +1,109 @@
+"""Tool calls a model writes on its own (`tool_choice: "auto"`), in the model's own format.
+
+One format so far, Hermes's, which Qwen 2.5 and 3, Hermes 2 Pro and 3 and many fine-tunes use:
+each call is a JSON object `{"name": ..., "arguments": {...}}` between `<tool_call>` and
+`</tool_call>`, after any text the model writes first. Selected with the router's
+`--tool-call-parser hermes`, as vLLM's flag of the same name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+TOOL_CALL_PARSERS = ("hermes",)
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+_BLOCK = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedCall:
+    name: str
+    arguments: str  # JSON text
+
+
+def parse_hermes(text: str) -> tuple[str | None, list[ParsedCall]] | None:
+    """The text ahead of the calls (None if blank) and the calls; None when the text holds no
+    call or a block that is not one (then the reply is plain text, as vLLM answers it)."""
+    start = text.find(OPEN)
+    if start < 0:
+        return None
+    calls = []
+    for block in _BLOCK.finditer(text, start):
+        call = _call(block.group(1))
+        if call is None:
+            return None
+        calls.append(call)
+    if not calls:
+        return None
+    return text[:start].strip() or None, calls
+
+
+def _call(body: str) -> ParsedCall | None:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        return None
+    arguments = value.get("arguments", value.get("parameters", {}))
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments, ensure_ascii=False)
+    return ParsedCall(value["name"], arguments)
+
+
+class HermesStream:
+    """Splits a streamed reply into text pieces and whole calls: text goes out as it comes,
+    except a tail that may be the start of `<tool_call>`; a call goes out once its block closes
+    (a block that is not a call goes out as text)."""
+
+    def __init__(self) -> None:
+        self.buffer = ""
+        self.in_call = False
+        self.calls = 0
+
+    def push(self, text: str) -> list[str | ParsedCall]:
+        self.buffer += text
+        out: list[str | ParsedCall] = []
+        while True:
+            if not self.in_call:
+                start = self.buffer.find(OPEN)
+                if start < 0:
+                    keep = _open_prefix(self.buffer)
+                    self._text(out, self.buffer[: len(self.buffer) - keep])
+                    self.buffer = self.buffer[len(self.buffer) - keep :]
+                    return out
+                self._text(out, self.buffer[:start])
+                self.buffer, self.in_call = self.buffer[start + len(OPEN) :], True
+            end = self.buffer.find(CLOSE)
+            if end < 0:
+                return out
+            call = _call(self.buffer[:end])
+            if call is None:
+                self._text(out, OPEN + self.buffer[: end + len(CLOSE)])
+            else:
+                out.append(call)
+                self.calls += 1
+            self.buffer, self.in_call = self.buffer[end + len(CLOSE) :], False
+
+    def finish(self) -> list[str | ParsedCall]:
+        """What is still held: an unclosed block or a possible tag start, as text."""
+        rest = (OPEN if self.in_call else "") + self.buffer
+        self.buffer, self.in_call = "", False
+        out: list[str | ParsedCall] = []
+        self._text(out, rest)
+        return out
+
+    def _text(self, out: list[str | ParsedCall], text: str) -> None:
+        # Blanks between and after calls are not content (the non-streamed reply strips them too).
+        if text and not (self.calls and text.isspace()):
+            out.append(text)
+
+
+def _open_prefix(text: str) -> int:
+    """Length of the longest tail of `text` that is a proper start of OPEN."""
+    for size in range(min(len(OPEN) - 1, len(text)), 0, -1):
+        if text.endswith(OPEN[:size]):
+            return size
+    return 0

@@ -1,0 +1,117 @@
+"""tool_choice "auto" with `--tool-call-parser hermes`: the calls a model writes on its own, in
+Hermes's `<tool_call>` format, come back as `tool_calls`, streamed or not."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from pdserve.engine.llm_engine import LLMEngine
+from pdserve.services.router import create_app
+from pdserve.services.router.tool_parsers import TOOL_CALL_PARSERS, HermesStream, ParsedCall, parse_hermes
+from pdserve.serving.local_backend import LocalBackend
+from router_helpers import MODEL, assert_error, sse_data
+from test_router_tools import TOOLS, streamed_calls
+
+TWO_CALLS = (
+    "Let me look.\n<tool_call>\n"
+    '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}\n</tool_call>\n'
+    '<tool_call>\n{"name": "get_time", "arguments": {"utc": true}}\n</tool_call>'
+)
+EXPECTED = [
+    ParsedCall("get_weather", '{"city": "Paris", "unit": "c"}'),
+    ParsedCall("get_time", '{"utc": true}'),
+]
+
+
+def test_parse_hermes() -> None:
+    assert parse_hermes(TWO_CALLS) == ("Let me look.", EXPECTED)
+    assert parse_hermes('<tool_call>{"name": "f", "parameters": {"a": 1}}</tool_call>') == (
+        None,
+        [ParsedCall("f", '{"a": 1}')],
+    )
+    assert parse_hermes('<tool_call>{"name": "f", "arguments": "{}"}</tool_call>') == (None, [ParsedCall("f", "{}")])
+    for text in ("no calls here", "<tool_call>{not json}</tool_call>", '<tool_call>{"arguments": {}}</tool_call>',
+                 '<tool_call>{"name": "f"', "<tool_call>[1]</tool_call>"):  # fmt: skip
+        assert parse_hermes(text) is None, text
+
+
+def test_stream_gives_the_same_calls_however_the_text_is_cut() -> None:
+    rng = random.Random(0)
+    for text in (TWO_CALLS, "plain <tool text> < tool_call", "a <tool_call>{bad}</tool_call> b", "x <tool_call>{"):
+        for _ in range(200):
+            cuts = sorted(rng.sample(range(1, len(text)), rng.randint(0, min(12, len(text) - 1))))
+            stream, pieces = HermesStream(), []
+            for start, end in zip([0, *cuts], [*cuts, len(text)], strict=True):
+                pieces += stream.push(text[start:end])
+            pieces += stream.finish()
+            calls = [p for p in pieces if isinstance(p, ParsedCall)]
+            content = "".join(p for p in pieces if isinstance(p, str))
+            parsed = parse_hermes(text)
+            if parsed is None:
+                assert not calls and content == text  # nothing is lost or changed
+            else:
+                assert calls == parsed[1] and content.strip() == (parsed[0] or "")
+
+
+@pytest.fixture
+async def client(engine: LLMEngine) -> AsyncIterator[httpx.AsyncClient]:
+    backend = LocalBackend(engine)
+    await backend.start()
+    app = create_app(backend, engine.tokenizer, model_name=MODEL, tool_call_parser="hermes")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://router") as client:
+        yield client
+    await backend.close()
+
+
+async def chat(client: httpx.AsyncClient, **body: Any) -> httpx.Response:
+    base = {"messages": [{"role": "user", "content": "Weather?"}], "tools": TOOLS, "max_tokens": 200}
+    return await client.post("/v1/chat/completions", json={**base, **body})
+
+
+async def test_auto_reads_the_calls_the_model_writes(client: httpx.AsyncClient) -> None:
+    """The real model writes a Hermes-format reply (held to that text by guided choice, since the
+    tiny model would not write one by itself); the router reads the calls out of it."""
+    written = {"structured_outputs": {"choice": [TWO_CALLS]}, "temperature": 0.0}
+    response = await chat(client, **written)
+    assert response.status_code == 200, response.text
+    [choice] = response.json()["choices"]
+    message = choice["message"]
+    assert choice["finish_reason"] == "tool_calls" and message["content"] == "Let me look."
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in message["tool_calls"]] == [
+        (c.name, json.loads(c.arguments)) for c in EXPECTED
+    ]
+    stream = await chat(client, **written, stream=True)
+    calls, finish = streamed_calls(stream.text)
+    assert finish == "tool_calls"
+    assert [(c["name"], c["arguments"]) for c in calls] == [
+        (c["function"]["name"], c["function"]["arguments"]) for c in message["tool_calls"]
+    ]
+    content = "".join(e["choices"][0]["delta"].get("content") or "" for e in sse_data(stream.text)[:-1] if e["choices"])
+    assert content.strip() == "Let me look." and "<tool" not in content
+    # A reply without calls stays plain text.
+    plain = (await chat(client, tool_choice="auto", structured_outputs={"choice": ["No tools needed."]})).json()
+    assert plain["choices"][0]["message"] == {"role": "assistant", "content": "No tools needed."}
+    assert plain["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_auto_without_a_parser_says_how_to_get_one(engine: LLMEngine) -> None:
+    backend = LocalBackend(engine)
+    await backend.start()
+    app = create_app(backend, engine.tokenizer, model_name=MODEL)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://router") as plain:
+        assert_error(await chat(plain), 400, "tool_choice", "--tool-call-parser hermes")
+    await backend.close()
+
+
+def test_the_cli_offers_every_parser() -> None:
+    from pdserve.cli import build_parser
+
+    args = build_parser().parse_args(["router", "--tool-call-parser", "hermes"])
+    assert args.tool_call_parser == "hermes" and TOOL_CALL_PARSERS == ("hermes",)
+    with pytest.raises(ValueError, match="tool_call_parser"):
+        create_app(None, None, model_name=MODEL, tool_call_parser="nope")  # type: ignore[arg-type]
