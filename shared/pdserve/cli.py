@@ -97,6 +97,11 @@ def add_worker_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# pdserve.services.router.tool_parsers.TOOL_CALL_PARSERS, named here so that reading the
+# command line imports no service code (a test checks the two agree).
+TOOL_CALL_PARSERS = ("hermes", "llama3_json")
+
+
 def add_router_limit_args(parser: argparse.ArgumentParser) -> None:
     """Backpressure and input limits of the gateway (docs/reliability.md)."""
     parser.add_argument(
@@ -115,9 +120,9 @@ def add_router_limit_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-n", type=positive_int, default=8, help="most choices per prompt (n)")
     parser.add_argument(
         "--tool-call-parser",
-        choices=("hermes",),  # pdserve.services.router.tool_parsers.TOOL_CALL_PARSERS (a test checks)
+        choices=TOOL_CALL_PARSERS,
         default=None,
-        help="read the tool calls the model writes itself (tool_choice auto); hermes: Qwen, Hermes",
+        help="read the tool calls the model writes itself (tool_choice auto): hermes (Qwen, Hermes), llama3_json",
     )
     parser.add_argument(
         "--request-timeout-s", type=positive_seconds, default=600.0, help="requests fail with 504 after this"
@@ -227,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1", help="gateway address")
     up.add_argument("--port", type=port, default=8000, help="gateway port")
     up.add_argument("--api-key", default=None, help="require this Bearer key at the gateway")
-    up.add_argument("--tool-call-parser", choices=("hermes",), default=None, help="the gateway's --tool-call-parser")
+    up.add_argument(
+        "--tool-call-parser", choices=TOOL_CALL_PARSERS, default=None, help="the gateway's --tool-call-parser"
+    )
     up.add_argument("--max-inflight", type=positive_int, default=1024, help="the gateway's --max-inflight")
     up.add_argument("--log-dir", default=None, help="where each process writes its log (default: a temp dir)")
     up.add_argument("--pin", default=None, help="CPU cores per process, e.g. 'router=0;prefill=0;decode=1'")

@@ -1,5 +1,6 @@
-"""tool_choice "auto" with `--tool-call-parser hermes`: the calls a model writes on its own, in
-Hermes's `<tool_call>` format, come back as `tool_calls`, streamed or not."""
+"""tool_choice "auto" with `--tool-call-parser`: the calls a model writes on its own, in its
+own format (Hermes's `<tool_call>` blocks, Llama 3's bare JSON), come back as `tool_calls`,
+streamed or not."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ import httpx
 import pytest
 from pdserve.engine.llm_engine import LLMEngine
 from pdserve.services.router import create_app
-from pdserve.services.router.tool_parsers import TOOL_CALL_PARSERS, HermesStream, ParsedCall, parse_hermes
+from pdserve.services.router.tool_parsers import (
+    PARSERS,
+    TOOL_CALL_PARSERS,
+    ParsedCall,
+    parse_hermes,
+    parse_llama3_json,
+)
 from pdserve.serving.local_backend import LocalBackend
 from router_helpers import MODEL, assert_error, sse_data
 from test_router_tools import TOOLS, streamed_calls
@@ -40,32 +47,57 @@ def test_parse_hermes() -> None:
         assert parse_hermes(text) is None, text
 
 
-def test_stream_gives_the_same_calls_however_the_text_is_cut() -> None:
+LLAMA_CALLS = (
+    '{"name": "get_weather", "parameters": {"city": "Paris", "unit": "c"}}; '
+    '{"name": "get_time", "parameters": {"utc": true}}'
+)
+
+
+def test_parse_llama3_json() -> None:
+    assert parse_llama3_json(" " + LLAMA_CALLS) == (None, EXPECTED)
+    assert parse_llama3_json('{"name": "f", "arguments": {}}') == (None, [ParsedCall("f", "{}")])
+    for text in ("Hello {", '{"name": "f"', '{"a": 1}', '{"name": "f", "parameters": {}} trailing', "[]"):
+        assert parse_llama3_json(text) is None, text
+
+
+@pytest.mark.parametrize(
+    ("parser", "texts"),
+    [
+        ("hermes", [TWO_CALLS, "plain <tool text> < tool_call", "a <tool_call>{bad}</tool_call> b", "x <tool_call>{"]),
+        ("llama3_json", [LLAMA_CALLS, "  " + LLAMA_CALLS, "Sure: {}", '{"name": "f"', "  plain text"]),
+    ],
+)
+def test_stream_gives_the_same_calls_however_the_text_is_cut(parser: str, texts: list[str]) -> None:
+    parse, stream_of = PARSERS[parser]
     rng = random.Random(0)
-    for text in (TWO_CALLS, "plain <tool text> < tool_call", "a <tool_call>{bad}</tool_call> b", "x <tool_call>{"):
+    for text in texts:
         for _ in range(200):
             cuts = sorted(rng.sample(range(1, len(text)), rng.randint(0, min(12, len(text) - 1))))
-            stream, pieces = HermesStream(), []
+            stream, pieces = stream_of(), []
             for start, end in zip([0, *cuts], [*cuts, len(text)], strict=True):
                 pieces += stream.push(text[start:end])
             pieces += stream.finish()
             calls = [p for p in pieces if isinstance(p, ParsedCall)]
             content = "".join(p for p in pieces if isinstance(p, str))
-            parsed = parse_hermes(text)
+            parsed = parse(text)
             if parsed is None:
                 assert not calls and content == text  # nothing is lost or changed
             else:
-                assert calls == parsed[1] and content.strip() == (parsed[0] or "")
+                assert calls == parsed[1] and stream.calls == len(calls)
+                assert content.strip() == (parsed[0] or "")
 
 
 @pytest.fixture
-async def client(engine: LLMEngine) -> AsyncIterator[httpx.AsyncClient]:
+async def backend(engine: LLMEngine) -> AsyncIterator[LocalBackend]:
     backend = LocalBackend(engine)
     await backend.start()
-    app = create_app(backend, engine.tokenizer, model_name=MODEL, tool_call_parser="hermes")
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://router") as client:
-        yield client
+    yield backend
     await backend.close()
+
+
+def client_for(backend: LocalBackend, engine: LLMEngine, parser: str | None) -> httpx.AsyncClient:
+    app = create_app(backend, engine.tokenizer, model_name=MODEL, tool_call_parser=parser)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://router")
 
 
 async def chat(client: httpx.AsyncClient, **body: Any) -> httpx.Response:
@@ -73,45 +105,50 @@ async def chat(client: httpx.AsyncClient, **body: Any) -> httpx.Response:
     return await client.post("/v1/chat/completions", json={**base, **body})
 
 
-async def test_auto_reads_the_calls_the_model_writes(client: httpx.AsyncClient) -> None:
-    """The real model writes a Hermes-format reply (held to that text by guided choice, since the
-    tiny model would not write one by itself); the router reads the calls out of it."""
-    written = {"structured_outputs": {"choice": [TWO_CALLS]}, "temperature": 0.0}
-    response = await chat(client, **written)
-    assert response.status_code == 200, response.text
-    [choice] = response.json()["choices"]
-    message = choice["message"]
-    assert choice["finish_reason"] == "tool_calls" and message["content"] == "Let me look."
-    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in message["tool_calls"]] == [
-        (c.name, json.loads(c.arguments)) for c in EXPECTED
-    ]
-    stream = await chat(client, **written, stream=True)
-    calls, finish = streamed_calls(stream.text)
-    assert finish == "tool_calls"
-    assert [(c["name"], c["arguments"]) for c in calls] == [
-        (c["function"]["name"], c["function"]["arguments"]) for c in message["tool_calls"]
-    ]
-    content = "".join(e["choices"][0]["delta"].get("content") or "" for e in sse_data(stream.text)[:-1] if e["choices"])
-    assert content.strip() == "Let me look." and "<tool" not in content
-    # A reply without calls stays plain text.
-    plain = (await chat(client, tool_choice="auto", structured_outputs={"choice": ["No tools needed."]})).json()
-    assert plain["choices"][0]["message"] == {"role": "assistant", "content": "No tools needed."}
-    assert plain["choices"][0]["finish_reason"] == "stop"
+@pytest.mark.parametrize(
+    ("parser", "written", "content"), [("hermes", TWO_CALLS, "Let me look."), ("llama3_json", LLAMA_CALLS, None)]
+)
+async def test_auto_reads_the_calls_the_model_writes(
+    backend: LocalBackend, engine: LLMEngine, parser: str, written: str, content: str | None
+) -> None:
+    """The real model writes a reply in the parser's format (held to that text by guided choice,
+    since the tiny model would not write one by itself); the router reads the calls out of it."""
+    async with client_for(backend, engine, parser) as client:
+        held = {"structured_outputs": {"choice": [written]}, "temperature": 0.0}
+        response = await chat(client, **held)
+        assert response.status_code == 200, response.text
+        [choice] = response.json()["choices"]
+        message = choice["message"]
+        assert choice["finish_reason"] == "tool_calls" and message["content"] == content
+        assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in message["tool_calls"]] == [
+            (c.name, json.loads(c.arguments)) for c in EXPECTED
+        ]
+        stream = await chat(client, **held, stream=True)
+        calls, finish = streamed_calls(stream.text)
+        assert finish == "tool_calls"
+        assert [(c["name"], c["arguments"]) for c in calls] == [
+            (c["function"]["name"], c["function"]["arguments"]) for c in message["tool_calls"]
+        ]
+        events = [e for e in sse_data(stream.text)[:-1] if e["choices"]]
+        streamed = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
+        assert streamed.strip() == (content or "") and "<tool" not in streamed
+        # A reply without calls stays plain text.
+        plain = (await chat(client, tool_choice="auto", structured_outputs={"choice": ["No tools needed."]})).json()
+        assert plain["choices"][0]["message"] == {"role": "assistant", "content": "No tools needed."}
+        assert plain["choices"][0]["finish_reason"] == "stop"
 
 
-async def test_auto_without_a_parser_says_how_to_get_one(engine: LLMEngine) -> None:
-    backend = LocalBackend(engine)
-    await backend.start()
-    app = create_app(backend, engine.tokenizer, model_name=MODEL)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://router") as plain:
+async def test_auto_without_a_parser_says_how_to_get_one(backend: LocalBackend, engine: LLMEngine) -> None:
+    async with client_for(backend, engine, None) as plain:
         assert_error(await chat(plain), 400, "tool_choice", "--tool-call-parser hermes")
-    await backend.close()
 
 
 def test_the_cli_offers_every_parser() -> None:
-    from pdserve.cli import build_parser
+    from pdserve import cli
 
-    args = build_parser().parse_args(["router", "--tool-call-parser", "hermes"])
-    assert args.tool_call_parser == "hermes" and TOOL_CALL_PARSERS == ("hermes",)
+    assert cli.TOOL_CALL_PARSERS == TOOL_CALL_PARSERS
+    for name in TOOL_CALL_PARSERS:
+        assert cli.build_parser().parse_args(["router", "--tool-call-parser", name]).tool_call_parser == name
+        assert cli.build_parser().parse_args(["up", "--tool-call-parser", name]).tool_call_parser == name
     with pytest.raises(ValueError, match="tool_call_parser"):
         create_app(None, None, model_name=MODEL, tool_call_parser="nope")  # type: ignore[arg-type]

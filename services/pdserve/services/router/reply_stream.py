@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pdserve.services.router.api_responses import CalledFunctionDelta, ChatDelta, ToolCallDelta, ToolCallOut
 from pdserve.services.router.tool_calls import ToolPlan, call_id, calls_finish
-from pdserve.services.router.tool_parsers import HermesStream, ParsedCall
+from pdserve.services.router.tool_parsers import PARSERS, ParsedCall
 
 
 class PlainReply:
@@ -71,10 +71,10 @@ class RequiredCallsReply(NamedCallReply):
 
 
 class ParsedCallsReply(NamedCallReply):
-    """tool_choice "auto" with a parser (Hermes's format)."""
+    """tool_choice "auto" with a parser for the model's format (tool_parsers.py)."""
 
-    def __init__(self) -> None:
-        self.parser = HermesStream()
+    def __init__(self, parser: str) -> None:
+        self.parser = PARSERS[parser][1]()
         self.sent = 0  # calls streamed so far: the next one's index
 
     def opening(self) -> ChatDelta:
@@ -111,7 +111,7 @@ def reply_stream(plan: ToolPlan) -> PlainReply:
     if plan.forced == "required":
         return RequiredCallsReply(plan)
     if plan.parser is not None:
-        return ParsedCallsReply()
+        return ParsedCallsReply(plan.parser)
     return PlainReply()
 
 

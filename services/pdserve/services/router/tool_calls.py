@@ -18,7 +18,7 @@ from typing import Any
 from pdserve.services.router.api_requests import ChatCompletionRequest, NamedToolChoice, ToolDef
 from pdserve.services.router.api_responses import CalledFunctionOut, ToolCallOut
 from pdserve.services.router.errors import invalid_request
-from pdserve.services.router.tool_parsers import parse_hermes
+from pdserve.services.router.tool_parsers import PARSERS
 
 # Arguments of a function that declares none: any object.
 ANY_ARGUMENTS: dict[str, Any] = {"type": "object"}
@@ -67,8 +67,8 @@ class ToolPlan:
     def reply(self, text: str, finish_reason: str | None) -> tuple[str | None, list[ToolCallOut] | None, str | None]:
         """The reply's content, its tool calls and its finish reason."""
         calls = self.calls(text)
-        if calls is None and self.parser == "hermes":
-            parsed = parse_hermes(text)
+        if calls is None and self.parser is not None:
+            parsed = PARSERS[self.parser][0](text)
             if parsed is not None:
                 content, found = parsed
                 return content, [call_out(c.name, c.arguments) for c in found], calls_finish(finish_reason)

@@ -1,18 +1,24 @@
-"""Tool calls a model writes on its own (`tool_choice: "auto"`), in the model's own format.
+"""Tool calls a model writes on its own (`tool_choice: "auto"`), in the model's own format,
+selected with the router's `--tool-call-parser NAME` (vLLM's flag and names):
 
-One format so far, Hermes's, which Qwen 2.5 and 3, Hermes 2 Pro and 3 and many fine-tunes use:
-each call is a JSON object `{"name": ..., "arguments": {...}}` between `<tool_call>` and
-`</tool_call>`, after any text the model writes first. Selected with the router's
-`--tool-call-parser hermes`, as vLLM's flag of the same name.
+- `hermes` (Qwen 2.5 and 3, Hermes 2 Pro and 3, many fine-tunes): each call a JSON object
+  `{"name": ..., "arguments": {...}}` between `<tool_call>` and `</tool_call>`, after any text
+  the model writes first.
+- `llama3_json` (Llama 3.1 to 3.3 with JSON tool calling): the whole reply is one or more JSON
+  objects `{"name": ..., "parameters": {...}}`, separated by `;` (after `<|python_tag|>`, a
+  special token the text leaves out).
+
+Each parser reads a whole reply (`parse`) and a streamed one (`stream()`: pieces of text and
+whole calls as they become certain).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
-TOOL_CALL_PARSERS = ("hermes",)
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _BLOCK = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.DOTALL)
 
@@ -45,6 +51,10 @@ def _call(body: str) -> ParsedCall | None:
         value = json.loads(body)
     except ValueError:
         return None
+    return _call_of(value)
+
+
+def _call_of(value: object) -> ParsedCall | None:
     if not isinstance(value, dict) or not isinstance(value.get("name"), str):
         return None
     arguments = value.get("arguments", value.get("parameters", {}))
@@ -107,3 +117,59 @@ def _open_prefix(text: str) -> int:
         if text.endswith(OPEN[:size]):
             return size
     return 0
+
+
+def parse_llama3_json(text: str) -> tuple[str | None, list[ParsedCall]] | None:
+    """The calls when the whole reply is JSON calls separated by ';', else None (plain text)."""
+    body = text.strip()
+    if not body.startswith("{"):
+        return None
+    decoder, calls, position = json.JSONDecoder(), [], 0
+    while position < len(body):
+        try:
+            value, position = decoder.raw_decode(body, position)
+        except ValueError:
+            return None
+        call = _call_of(value)
+        if call is None:
+            return None
+        calls.append(call)
+        while position < len(body) and (body[position].isspace() or body[position] == ";"):
+            position += 1
+    return None, calls
+
+
+class Llama3JsonStream:
+    """A reply that opens with '{' is held whole and read at the end; any other streams as text."""
+
+    def __init__(self) -> None:
+        self.mode = "undecided"  # until the first character that is not a blank: "text" or "calls"
+        self.held = ""
+        self.calls = 0
+
+    def push(self, text: str) -> list[str | ParsedCall]:
+        if self.mode == "text":
+            return [text] if text else []
+        self.held += text
+        if self.mode == "undecided" and self.held.strip():
+            self.mode = "calls" if self.held.lstrip().startswith("{") else "text"
+            if self.mode == "text":
+                out, self.held = self.held, ""
+                return [out]
+        return []
+
+    def finish(self) -> list[str | ParsedCall]:
+        held, self.held = self.held, ""
+        parsed = parse_llama3_json(held) if self.mode == "calls" else None
+        if parsed is None:
+            return [held] if held else []
+        self.calls = len(parsed[1])
+        return list(parsed[1])
+
+
+Parse = Callable[[str], "tuple[str | None, list[ParsedCall]] | None"]
+PARSERS: dict[str, tuple[Parse, Callable[[], HermesStream | Llama3JsonStream]]] = {
+    "hermes": (parse_hermes, HermesStream),
+    "llama3_json": (parse_llama3_json, Llama3JsonStream),
+}
+TOOL_CALL_PARSERS = tuple(PARSERS)
