@@ -155,11 +155,11 @@ async def test_a_conversation_with_calls_and_results(client: httpx.AsyncClient, 
             {
                 "tool_choice": "required",
                 "tools": [
-                    {"type": "function", "function": {"name": "f", "parameters": {"type": "string", "pattern": "x"}}}
+                    {"type": "function", "function": {"name": "f", "parameters": {"type": "integer", "multipleOf": 2}}}
                 ],
             },
             "tool_choice",
-            "pattern",
+            "multipleOf",
         ),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages", ""),  # no tool_call_id
     ],

@@ -5,9 +5,9 @@ What is enforced (and what is refused) is a decision written down in docs/engine
 keyword that constrains values and that the grammar cannot enforce is a clear error, never
 silently ignored, so a client never trusts output that was not checked. Annotations (title,
 description, default, examples, format, ...) are ignored, as JSON Schema's own validators do for
-`format`. Objects generate the properties they list, in any order, each at most once, every
-required one included; other keys only where `additionalProperties` is a schema, or where the
-object lists no properties at all.
+`format`. A string's `pattern` is enforced, in the syntax `regex_nfa` reads. Objects generate
+the properties they list, in any order, each at most once, every required one included; other
+keys only where `additionalProperties` is a schema, or where the object lists no properties.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from pdserve.engine.regex_nfa import Regex, compile_regex
 from pdserve.errors import InvalidRequestError
 
 MAX_SCHEMA_CHARS = 131_072  # the schema's JSON text (128 tools make large ones); it travels with every task
@@ -38,7 +39,7 @@ _ANNOTATIONS = frozenset(
 # Keywords that constrain values in ways the grammar does not follow: refused, by name.
 _UNSUPPORTED = frozenset(
     {
-        "pattern", "patternProperties", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+        "patternProperties", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
         "multipleOf", "prefixItems", "contains", "minContains", "maxContains", "not", "if", "then", "else",
         "dependentRequired", "dependentSchemas", "dependencies", "minProperties", "maxProperties",
         "propertyNames", "unevaluatedProperties", "unevaluatedItems", "$dynamicRef", "additionalItems",
@@ -58,6 +59,7 @@ class Node:
     low: int = 0  # ARRAY: minItems; STRING: minLength
     high: int = UNBOUNDED  # ARRAY: maxItems; STRING: maxLength
     literals: tuple[str, ...] = ()  # LITERALS: the values' compact JSON texts
+    regex: Regex | None = None  # STRING: its `pattern` (a match anywhere in it, as JSON Schema means)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +183,16 @@ class _Compiler:
             return self.add(Node(ARRAY, extra=items, low=low, high=high))
         if kind == "string":
             low, high = self.bounds(schema, "minLength", "maxLength", where)
-            return self.add(Node(STRING, low=low, high=high))
+            pattern = schema.get("pattern")
+            if pattern is None:
+                return self.add(Node(STRING, low=low, high=high))
+            if not isinstance(pattern, str):
+                raise _bad(where, "pattern must be a string")
+            try:
+                regex = compile_regex(pattern, search=True)
+            except InvalidRequestError as exc:
+                raise _bad(where, str(exc)) from None
+            return self.add(Node(STRING, low=low, high=high, regex=regex))
         if kind in ("number", "integer"):
             return self.add(Node(NUMBER if kind == "number" else INTEGER))
         return self.add(Node(LITERALS, literals=("true", "false") if kind == "boolean" else ("null",)))

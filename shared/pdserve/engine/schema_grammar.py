@@ -40,6 +40,7 @@ MAX_CONFIGS = 1024
 _BLANK = " \t\n\r"
 _ESCAPES = '"\\/bfnrtu'
 _HEX = "0123456789abcdefABCDEF"
+_UNESCAPED = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 
 # frame tags, and what follows the tag in the frame tuple
 T_VALUE = 0  # (T_VALUE, node): a value of `node` is due
@@ -50,7 +51,9 @@ T_OTHER_KEY = 4  # (T_OTHER_KEY, node, seen, typed, escape): inside a key of the
 T_COLON = 5  # (T_COLON, node, seen, value): the colon is due, then a value of node `value`
 T_AFTER_PROPERTY = 6  # (T_AFTER_PROPERTY, node, seen): after a property's value: ',' or '}'
 T_ITEMS = 7  # (T_ITEMS, node, count): after '[' (count 0) or after item number `count`
-T_STRING = 8  # (T_STRING, node, length, escape): inside a string, `length` characters in
+# (T_STRING, node, length, escape, regex states, code): inside a string, `length` characters in;
+# with a pattern, the regex's states after the characters so far, and a \u escape's code so far
+T_STRING = 8
 T_NUMBER = 9  # (T_NUMBER, integer, sub): inside a number (json_grammar's sub-states)
 T_LITERAL = 10  # (T_LITERAL, suffixes): inside one of some literals (enum values): what each still needs
 _BETWEEN_TOKENS = frozenset({T_VALUE, T_KEY, T_COLON, T_AFTER_PROPERTY, T_ITEMS})
@@ -147,18 +150,7 @@ def _step(nodes: tuple[Node, ...], frames: Frames, blanks: int, c: str, out: lis
 def _inside_token(nodes: tuple[Node, ...], top: tuple, rest: Frames, c: str, out: list[Config]) -> None:
     tag = top[0]
     if tag == T_STRING:
-        node, length, escape = nodes[top[1]], top[2], top[3]
-        if escape == 1:
-            if c in _ESCAPES:
-                out.append(((*rest, (T_STRING, top[1], length, 5 if c == "u" else 0)), 0))
-        elif escape >= 2:
-            if c in _HEX:
-                out.append(((*rest, (T_STRING, top[1], length, escape - 1 if escape > 2 else 0)), 0))
-        elif c == '"':
-            if length >= node.low:
-                out.append((rest, 0))
-        elif c >= " " and length < node.high:  # an escape counts as one character, at its backslash
-            out.append(((*rest, (T_STRING, top[1], length + 1, 1 if c == "\\" else 0)), 0))
+        _string_step(nodes[top[1]], top, rest, c, out)
     elif tag == T_NUMBER:
         sub = number_step(top[2], c, top[1])
         if sub is not None:  # a character that ends the number went to the fork that ended it
@@ -202,6 +194,52 @@ def _inside_token(nodes: tuple[Node, ...], top: tuple, rest: Frames, c: str, out
             out.append(((*rest, (T_OTHER_KEY, top[1], top[2], typed, 1 if c == "\\" else 0)), 0))
 
 
+def _string_step(node: Node, top: tuple, rest: Frames, c: str, out: list[Config]) -> None:
+    """A character inside a string: JSON's escapes, the length bounds, and the pattern, which
+    reads the string's characters (an escape's, once it is whole)."""
+    _, index, length, escape, states, code = top
+    regex = node.regex
+    char = None  # the string character `c` completes, if any
+    if escape == 1:
+        if c not in _ESCAPES:
+            return
+        if c == "u":
+            out.append(((*rest, (T_STRING, index, length, 5, states, 0)), 0))
+            return
+        char, escape = _UNESCAPED[c], 0
+    elif escape >= 2:
+        if c not in _HEX:
+            return
+        code = code * 16 + int(c, 16)
+        if escape > 2:
+            # The code's leading digits so far: its character lies in a range the pattern must allow.
+            span = 16 ** (escape - 2)
+            low, budget = code * span, node.high - length + 1
+            if regex is not None and not regex.can_read_between(states, low, low + span - 1, budget):
+                return
+            out.append(((*rest, (T_STRING, index, length, escape - 1, states, code)), 0))
+            return
+        char, escape = chr(code), 0
+    elif c == '"':
+        if length >= node.low and (regex is None or regex.accepts(states)):
+            out.append((rest, 0))
+        return
+    elif c < " " or length >= node.high:  # control characters must be escaped
+        return
+    elif c == "\\":  # an escape counts as one character, at its backslash
+        if regex is None or regex.can_read_between(states, 0, 0xFFFF, node.high - length):
+            out.append(((*rest, (T_STRING, index, length + 1, 1, states, 0)), 0))
+        return
+    else:
+        char, length = c, length + 1
+    if regex is not None:
+        states = regex.step(states, char)
+        # A match must still fit in maxLength, or the string could neither go on nor close.
+        if not states or length + regex.shortest_rest(states) > node.high:
+            return
+    out.append(((*rest, (T_STRING, index, length, escape, states, 0)), 0))
+
+
 def _start(nodes: tuple[Node, ...], index: int, rest: Frames, c: str, out: list[Config]) -> None:
     """A value of node `index` begins with `c` (not a blank); `rest` is what encloses it."""
     if len(rest) >= MAX_DEPTH:
@@ -223,7 +261,8 @@ def _start(nodes: tuple[Node, ...], index: int, rest: Frames, c: str, out: list[
             out.append(((*rest, (T_ITEMS, index, 0)), 0))
     elif kind == STRING:
         if c == '"':
-            out.append(((*rest, (T_STRING, index, 0, 0)), 0))
+            regex = node.regex
+            out.append(((*rest, (T_STRING, index, 0, 0, None if regex is None else regex.start, 0)), 0))
     elif kind in (NUMBER, INTEGER):
         sub = number_start(c)
         if sub is not None:
