@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pdserve.engine.json_schema import schema_text
+from pdserve.engine.regex_nfa import compile_regex
 from pdserve.errors import InvalidRequestError
 
 # Limits that keep one request from tying up a worker; the HTTP layer applies its own as well.
@@ -28,6 +29,8 @@ MAX_CHOICES = 256
 # guided_choice: the texts travel with every task of the request, like a JSON schema.
 MAX_GUIDED_CHOICES = 1024
 MAX_GUIDED_CHOICE_CHARS = 32_768
+# What constrains the output; a request takes at most one.
+GRAMMAR_FIELDS = ("json_object", "json_schema", "guided_choice", "guided_regex")
 INT64_MIN = -(1 << 63)
 
 
@@ -70,7 +73,8 @@ class SamplingParams:
     dict or its JSON text; kept as compact JSON text) only lets tokens through that keep the
     output a value the schema accepts, and ends the request when nothing but the end may follow;
     docs/engine.md lists the keywords enforced, and the others are refused rather than ignored.
-    `guided_choice` (vLLM's `choice`: a list of texts) makes the output exactly one of them.
+    `guided_choice` (vLLM's `choice`: a list of texts) makes the output exactly one of them, and
+    `guided_regex` (vLLM's `regex`) a whole match of the pattern (syntax: engine/regex_nfa.py).
     `prompt_logprobs=k` (None: not wanted) scores the prompt as vLLM's does: the logprob of each
     prompt token after the ones before it, and its k most likely alternatives; a request that
     asks for them is not served from the prefix cache, since cached tokens are not run through
@@ -99,6 +103,7 @@ class SamplingParams:
     json_object: bool = False
     json_schema: str | dict[str, Any] | bool | None = None
     guided_choice: list[str] | None = None
+    guided_regex: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -218,13 +223,17 @@ class SamplingParams:
         for name in ("ignore_eos", "include_stop_str_in_output", "json_object"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidRequestError(f"{name} must be a boolean")
-        grammars = [n for n in ("json_object", "json_schema", "guided_choice") if getattr(self, n) not in (None, False)]
+        grammars = [n for n in GRAMMAR_FIELDS if getattr(self, n) not in (None, False)]
         if len(grammars) > 1:
             raise InvalidRequestError(f"{' and '.join(grammars)} exclude each other: pick one")
         if self.json_schema is not None:
             self.json_schema = schema_text(self.json_schema)
         if self.guided_choice is not None:
             self._validate_choice()
+        if self.guided_regex is not None:
+            if not isinstance(self.guided_regex, str):
+                raise InvalidRequestError("guided_regex must be a string")
+            compile_regex(self.guided_regex)  # refuses what it cannot enforce, naming it
 
     def _validate_choice(self) -> None:
         choices = self.guided_choice

@@ -110,10 +110,15 @@ PERSON = {
 
 @pytest.mark.parametrize(
     "grammar",
-    [{"json_object": True}, {"json_schema": PERSON}, {"guided_choice": ["a long answer", "a longer answer", "no"]}],
+    [
+        {"json_object": True},
+        {"json_schema": PERSON},
+        {"guided_choice": ["a long answer", "a longer answer", "no"]},
+        {"guided_regex": r"[a-z]{3,12}( [a-z]{1,12}){2,6}\."},
+    ],
 )
 def test_grammars_survive_a_hand_off(model_dirs: dict[str, Path], grammar: dict) -> None:
-    """A decode engine continues the grammar (JSON mode, a schema, a choice) from the tokens the
+    """A decode engine continues the grammar (JSON mode, a schema, a choice, a regex) from the tokens the
     prefill engine produced: the same output as one engine alone."""
     params = SamplingParams(max_tokens=40, temperature=1.0, seed=2, **grammar)
     alone = LLM(model_dirs["llama"]).generate(["Give me JSON"], params)[0]

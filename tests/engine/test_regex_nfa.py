@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 import re
+from pathlib import Path
 
 import pytest
+from pdserve import LLM, SamplingParams
 from pdserve.engine.regex_nfa import RegexState, compile_regex
 from pdserve.errors import InvalidRequestError
 
@@ -71,3 +73,26 @@ def test_unsupported_patterns_are_refused(pattern: str, words: str) -> None:
     with pytest.raises(InvalidRequestError, match="regex") as info:
         compile_regex(pattern)
     assert words in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def llm(model_dirs: dict[str, Path]) -> LLM:
+    return LLM(model_dirs["llama"])
+
+
+@pytest.mark.parametrize("sampling", [{"temperature": 0.0}, {"temperature": 1.0, "seed": 3}, {"top_p": 0.9, "seed": 1}])
+def test_guided_regex_outputs_match(llm: LLM, sampling: dict) -> None:
+    """SamplingParams.guided_regex: every output is a whole match, or the start of one when
+    max_tokens runs out; a match that cannot go on ends the request."""
+    for pattern in (r"(yes|no)", r"\d{3}-\d{4}", r"[a-z]{2,6}( [a-z]{2,6}){0,3}\.", r"\{\"k\": (true|false)\}"):
+        params = SamplingParams(max_tokens=40, guided_regex=pattern, **sampling)
+        for out in llm.generate(["Answer:", [5, 6, 7], "hi"], params):
+            if out.finish_reason == "stop":
+                assert re.fullmatch(pattern, out.text), (pattern, out.text)
+            else:
+                state = RegexState.start(pattern).feed(out.text)
+                assert out.finish_reason == "length" and state is not None, (pattern, out.text)
+    with pytest.raises(InvalidRequestError, match="exclude each other"):
+        SamplingParams(guided_regex="a", guided_choice=["a"])
+    with pytest.raises(InvalidRequestError, match="lookaround"):
+        SamplingParams(guided_regex="(?!a)b")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import pytest
@@ -150,6 +151,9 @@ async def test_vllm_structured_outputs_fields(client: httpx.AsyncClient) -> None
     for fields in ({"structured_outputs": {"json": schema}}, {"guided_json": schema}):
         body = await chat(client, **base, **fields)
         assert json.loads(body["choices"][0]["message"]["content"]) in ("yes", "no")
+    for fields in ({"structured_outputs": {"regex": r"\d{3}-\d{2}"}}, {"guided_regex": r"\d{3}-\d{2}"}):
+        body = await chat(client, **base, **fields)
+        assert re.fullmatch(r"\d{3}-\d{2}", body["choices"][0]["message"]["content"])
     body = await chat(client, **base, structured_outputs={"json_object": True})
     assert JsonState().feed(body["choices"][0]["message"]["content"]) is not None
     # The same constraint as response_format json_schema gives the same reply.

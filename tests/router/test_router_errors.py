@@ -85,7 +85,9 @@ async def test_completion_validation_errors(client: httpx.AsyncClient, body: dic
                 ({"structured_outputs": {}}, "structured_outputs"),  # nothing set
                 ({"structured_outputs": {"json_object": False}}, "structured_outputs"),
                 ({"structured_outputs": {"json": {}, "choice": ["a"]}}, "structured_outputs"),  # two set
-                ({"structured_outputs": {"regex": "a+"}}, "structured_outputs"),  # not supported
+                ({"structured_outputs": {"grammar": "root ::= x"}}, "structured_outputs"),  # not supported
+                ({"structured_outputs": {"regex": "(?=a)"}}, "structured_outputs"),
+                ({"guided_regex": "a{2,1}"}, "guided_regex"),
                 ({"structured_outputs": {"choice": []}}, "structured_outputs"),
                 ({"guided_choice": ["a", ""]}, "guided_choice"),
                 ({"guided_json": {"type": "number", "multipleOf": 3}}, "guided_json"),

@@ -22,6 +22,7 @@ from pdserve.engine.json_grammar import JsonState
 from pdserve.engine.json_schema import compiled_schema
 from pdserve.engine.kv_transfer import DTYPE_NAMES, KvExport, KvLayout
 from pdserve.engine.model_runner import ModelRunner, PromptHidden
+from pdserve.engine.regex_nfa import RegexState
 from pdserve.engine.sampler import Constraint, Sampler, score_prompt
 from pdserve.engine.scheduler import Scheduler
 from pdserve.engine.schema_grammar import SchemaState
@@ -234,6 +235,8 @@ class LLMEngine:
             start, name = SchemaState.start(compiled_schema(str(p.json_schema))), "json_schema"
         elif p.guided_choice is not None:
             start, name = ChoiceState(tuple(p.guided_choice)), "guided_choice"
+        elif p.guided_regex is not None:
+            start, name = RegexState.start(p.guided_regex), "guided_regex"
         elif p.json_object:
             start, name = JsonState(), "json_object"
         else:

@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 
 from pdserve.engine.choice_grammar import ChoiceState
 from pdserve.engine.json_grammar import JsonState
+from pdserve.engine.regex_nfa import RegexState
 from pdserve.engine.schema_grammar import SchemaState
 from pdserve.sampling_params import SamplingParams
 
 _arrival = itertools.count()
 # What constrains a request's output; each has feed(text), can_end and complete.
-Grammar = JsonState | SchemaState | ChoiceState
+Grammar = JsonState | SchemaState | ChoiceState | RegexState
 
 
 class SequenceStatus(enum.Enum):
@@ -49,7 +50,7 @@ class Sequence:
     # alternatives), for i = 0, 1, ...: the first prompt token has nothing to be scored after.
     prompt_logprobs: list[float] = field(default_factory=list)
     prompt_top_logprobs: list[dict[int, float]] = field(default_factory=list)
-    # params.json_object / json_schema / guided_choice: where the output is in the grammar
+    # params.json_object / json_schema / guided_choice / guided_regex: where the output is in the grammar
     json_state: Grammar | None = None
     stop_text: str | None = None  # output text cut at a stop string, when one matched
     num_preemptions: int = 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from pdserve.engine.regex_nfa import MAX_PATTERN_CHARS
 from pdserve.sampling_params import (
     INT64_MIN,
     MAX_CHOICES,
@@ -79,11 +80,14 @@ GuidedChoice = Annotated[list[NonEmptyText], Field(min_length=1, max_length=MAX_
 
 
 class StructuredOutputs(StrictModel):
-    """vLLM's structured_outputs; set exactly one field (regex and grammars are not supported)."""
+    """vLLM's structured_outputs; set exactly one field (grammars are not supported)."""
 
     json_: dict[str, Any] | None = Field(None, alias="json", description="a JSON schema the output satisfies")
     json_object: bool | None = Field(None, description="true: the output is one JSON object")
     choice: GuidedChoice | None = Field(None, description="the output is exactly one of these texts")
+    regex: Annotated[str, StringConstraints(max_length=MAX_PATTERN_CHARS)] | None = Field(
+        None, description="the output is a whole match of this regular expression"
+    )
 
 
 class SamplingFields(StrictModel):
@@ -140,6 +144,9 @@ class SamplingFields(StrictModel):
     )
     guided_json: dict[str, Any] | None = Field(None, description="vLLM's older spelling of structured_outputs.json")
     guided_choice: GuidedChoice | None = Field(None, description="vLLM's older spelling of structured_outputs.choice")
+    guided_regex: Annotated[str, StringConstraints(max_length=MAX_PATTERN_CHARS)] | None = Field(
+        None, description="vLLM's older spelling of structured_outputs.regex"
+    )
 
 
 class JsonSchemaFormat(StrictModel):

@@ -134,7 +134,7 @@ def sampling_params(
         param = next(
             (name for name in ("logit_bias", "repetition_penalty", "min_tokens") if str(exc).startswith(name)), None
         )
-        if str(exc).startswith(("json_schema", "guided_choice")):
+        if str(exc).startswith(("json_schema", "guided_choice", "regex")):
             param = source
         raise invalid_request(str(exc), param=param) from None
 
@@ -165,16 +165,20 @@ def _grammar(
     if wanted is not None:
         fields: dict[str, Any] = {"json_schema": wanted.json_, "json_object": wanted.json_object or None}
         fields["guided_choice"] = wanted.choice
+        fields["guided_regex"] = wanted.regex
         chosen = {k: v for k, v in fields.items() if v is not None}
         if len(chosen) != 1:
             raise invalid_request(
-                "structured_outputs: set exactly one of json, json_object (true) and choice", param="structured_outputs"
+                "structured_outputs: set exactly one of json, json_object (true), choice and regex",
+                param="structured_outputs",
             )
         sources.append(("structured_outputs", chosen))
     if body.guided_json is not None:
         sources.append(("guided_json", {"json_schema": body.guided_json}))
     if body.guided_choice is not None:
         sources.append(("guided_choice", {"guided_choice": list(body.guided_choice)}))
+    if body.guided_regex is not None:
+        sources.append(("guided_regex", {"guided_regex": body.guided_regex}))
     if len(sources) > 1:
         raise invalid_request(f"{sources[0][0]} and {sources[1][0]} exclude each other: use one", param=sources[1][0])
     return sources[0] if sources else (None, {})
