@@ -143,7 +143,7 @@ class LLMEngine:
                 seq.logprobs.extend([0.0] * len(resumed))
                 if params.top_logprobs:
                     seq.top_logprobs.extend({} for _ in resumed)
-        self._start_json(seq)
+        self._start_grammar(seq)
         self.requests[request_id] = seq
         self.scheduler.add(seq)
         return seq
@@ -201,17 +201,17 @@ class LLMEngine:
             suppressed = [self.stop_checker.suppressed(s) for s in sampling]
         steps = [s.num_output_tokens for s in sampling]
         constraints = None
-        if any(s.json_state is not None for s in sampling):
+        if any(s.grammar is not None for s in sampling):
             constraints = [
-                self._json_constraint(s.json_state, s.params) if s.json_state is not None else None for s in sampling
+                self._grammar_constraint(s.grammar, s.params) if s.grammar is not None else None for s in sampling
             ]
         result = self.sampler.sample(step.logits, params, steps, histories, suppressed, constraints)
         for row, seq in enumerate(sampling):
             token = result.token_ids[row]
             seq.token_ids.append(token)
-            if seq.json_state is not None:
+            if seq.grammar is not None:
                 # A token no candidate could replace (none allowed at all) leaves the state as it was.
-                seq.json_state = seq.json_state.feed(self.token_texts(token)) or seq.json_state
+                seq.grammar = seq.grammar.feed(self.token_texts(token)) or seq.grammar
             if seq.params.logprobs and result.logprobs is not None:
                 seq.logprobs.append(result.logprobs[row])
                 if seq.params.top_logprobs and result.top_logprobs is not None:
@@ -225,7 +225,7 @@ class LLMEngine:
             outputs.append(self._output(seq, [token]))
         return outputs
 
-    def _start_json(self, seq: Sequence) -> None:
+    def _start_grammar(self, seq: Sequence) -> None:
         """JSON mode, structured output and guided choice: the grammar's state after the output
         tokens the request already has (a migrated or handed-off request continues where its
         output is)."""
@@ -244,9 +244,9 @@ class LLMEngine:
         state = start.feed(self.token_texts.of(seq.output_token_ids))
         if state is None:
             raise InvalidRequestError(f"{name}: the tokens already generated do not fit it")
-        seq.json_state = state
+        seq.grammar = state
 
-    def _json_constraint(self, state: Grammar, params: SamplingParams) -> Constraint:
+    def _grammar_constraint(self, state: Grammar, params: SamplingParams) -> Constraint:
         texts = self.token_texts
         if not self._texts_warm:  # once per engine, at its first constrained step
             texts.warm(min(self.loaded.vocab_size, len(self.tokenizer)))  # past the tokenizer: padding rows
@@ -378,7 +378,7 @@ class LLMEngine:
             if params.top_logprobs:
                 seq.top_logprobs.extend({} for _ in range(export.resumed_tokens))
                 seq.top_logprobs.append(dict(export.first_top_logprobs or {}))
-        self._start_json(seq)
+        self._start_grammar(seq)
         reason = self.stop_checker.check(seq)
         if reason is not None:
             seq.status = SequenceStatus.FINISHED

@@ -51,7 +51,7 @@ class Sequence:
     prompt_logprobs: list[float] = field(default_factory=list)
     prompt_top_logprobs: list[dict[int, float]] = field(default_factory=list)
     # params.json_object / json_schema / guided_choice / guided_regex: where the output is in the grammar
-    json_state: Grammar | None = None
+    grammar: Grammar | None = None
     stop_text: str | None = None  # output text cut at a stop string, when one matched
     num_preemptions: int = 0
     arrival: int = field(default_factory=lambda: next(_arrival))

@@ -17,8 +17,8 @@ class StopChecker:
         """Finish reason after the sequence's latest token, or None to keep going."""
         p = seq.params
         token = seq.token_ids[-1]
-        if seq.json_state is not None and seq.json_state.complete:
-            return "stop"  # JSON mode: the object is closed, nothing may follow
+        if seq.grammar is not None and seq.grammar.complete:
+            return "stop"  # the grammar (JSON mode, a schema, a choice, a regex) allows nothing more
         if seq.num_output_tokens < p.min_tokens:  # nothing but the context's end stops it yet
             return "length" if seq.num_tokens >= self.max_model_len else None
         if (not p.ignore_eos and token in self.eos_token_ids) or token in p.stop_token_ids:

@@ -30,9 +30,16 @@ class PlainReply:
         return [], finish_reason
 
 
-class NamedCallReply(PlainReply):
+class _CallsReply(PlainReply):
+    """A reply that may hold tool calls: chunks only for what it adds (or for logprobs)."""
+
     chunk_every_batch = False
 
+    def empty(self) -> ChatDelta:
+        return ChatDelta()
+
+
+class NamedCallReply(_CallsReply):
     def __init__(self, name: str) -> None:
         self.name = name
 
@@ -42,22 +49,16 @@ class NamedCallReply(PlainReply):
         )
         return ChatDelta(role="assistant", tool_calls=[call])
 
-    def empty(self) -> ChatDelta:
-        return ChatDelta()
-
     def push(self, text: str) -> list[ChatDelta]:
         if not text:
             return []
         return [ChatDelta(tool_calls=[ToolCallDelta(index=0, function=CalledFunctionDelta(arguments=text))])]
 
 
-class RequiredCallsReply(NamedCallReply):
+class RequiredCallsReply(_CallsReply):
     def __init__(self, plan: ToolPlan) -> None:
         self.plan = plan
         self.held = ""
-
-    def opening(self) -> ChatDelta:
-        return ChatDelta(role="assistant", content="")
 
     def push(self, text: str) -> list[ChatDelta]:
         self.held += text
@@ -70,15 +71,12 @@ class RequiredCallsReply(NamedCallReply):
         return [ChatDelta(tool_calls=[_whole(i, call) for i, call in enumerate(calls)])], finish
 
 
-class ParsedCallsReply(NamedCallReply):
+class ParsedCallsReply(_CallsReply):
     """tool_choice "auto" with a parser for the model's format (tool_parsers.py)."""
 
     def __init__(self, parser: str) -> None:
         self.parser = PARSERS[parser][1]()
         self.sent = 0  # calls streamed so far: the next one's index
-
-    def opening(self) -> ChatDelta:
-        return ChatDelta(role="assistant", content="")
 
     def push(self, text: str) -> list[ChatDelta]:
         return self._deltas(self.parser.push(text))
