@@ -250,9 +250,9 @@ async def test_penalties_and_logit_bias_cross_the_cluster(nats_server: NatsServe
 
 
 async def test_json_mode_across_the_cluster(nats_server: NatsServer) -> None:
-    """JSON mode's and structured output's grammar state follows the request from the prefill
-    worker (first token) to the decode worker (the rest): the offline engine's tokens,
-    disaggregated and colocated."""
+    """JSON mode's, structured output's and a forced tool call's grammar state follows the
+    request from the prefill worker (first token) to the decode worker (the rest): the offline
+    engine's tokens, disaggregated and colocated."""
     llm = LLM(dtype="float32")
     schema = {
         "type": "object",
@@ -273,6 +273,15 @@ async def test_json_mode_across_the_cluster(nats_server: NatsServer) -> None:
         [o.token_ids for o in llm.generate(prompts, SamplingParams(max_tokens=24, temperature=1.0, seed=4, **kw))]
         for _, kw in formats
     ]
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": schema}}]
+    tool_prompt = [
+        int(t)
+        for t in llm.tokenizer.apply_chat_template(
+            conversations[0], tools=tools, add_generation_prompt=True, return_dict=False
+        )
+    ]
+    [tool_out] = llm.generate([tool_prompt], SamplingParams(max_tokens=24, temperature=1.0, seed=4, json_schema=schema))
+    tool_expected, tool_text = tool_out.token_ids, tool_out.text
     body = {"model": "test", "max_tokens": 24, "temperature": 1.0, "seed": 4, "return_token_ids": True}
     for shape in ({"prefill": 1, "decode": 1}, {"prefill": 0, "decode": 0, "colocated": 1}):
         cluster = await start_cluster(nats_server.url, http=True, **shape)
@@ -287,6 +296,17 @@ async def test_json_mode_across_the_cluster(nats_server: NatsServer) -> None:
                         choice = r.json()["choices"][0]
                         assert choice["prompt_token_ids"] == prompt
                         assert choice["token_ids"] == want, (shape, fmt["type"])
+                # A forced tool call: the router renders the tools and turns the schema-held
+                # reply into tool_calls; the workers enforce the function's parameters.
+                forced = {"type": "function", "function": {"name": "lookup"}}
+                r = await client.post(
+                    "/v1/chat/completions",
+                    json={**body, "messages": conversations[0], "tools": tools, "tool_choice": forced},
+                )
+                assert r.status_code == 200, r.text
+                [call] = r.json()["choices"][0]["message"]["tool_calls"]
+                assert r.json()["choices"][0]["token_ids"] == tool_expected, shape
+                assert call["function"]["name"] == "lookup" and call["function"]["arguments"] == tool_text
             await cluster.wait_idle()
         finally:
             await cluster.stop()
