@@ -269,7 +269,8 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
         None,
         description="'required' or a named function: the reply is tool calls whose arguments satisfy the "
-        "function's parameters; 'none': plain text; 'auto' (the default with tools) is not supported",
+        "function's parameters; 'none': plain text; 'auto' (the default with tools): needs the router's "
+        "--tool-call-parser",
     )
     parallel_tool_calls: bool | None = Field(None, description="false: tool_choice 'required' makes one call")
     response_format: ResponseFormat | None = Field(
