@@ -179,7 +179,7 @@ CONSTRAINED_DRAWS = 4
 def _draw_allowed(probs: torch.Tensor, logits: torch.Tensor, allowed: Constraint, generator: torch.Generator) -> int:
     """A token drawn from `probs` restricted to what `allowed` accepts (rejection first: a refused
     draw is ruled out and the rest renormalized, which is sampling from the restriction)."""
-    probs = probs.clone()
+    # `probs` is the caller's own (made for this row and dropped after), so it is zeroed in place.
     for _ in range(CONSTRAINED_DRAWS):
         token = int(torch.multinomial(probs, 1, generator=generator).item())
         if allowed(token):
