@@ -1,11 +1,13 @@
-"""The offline API: `LLM(model=DIR).generate(prompts, SamplingParams(...))`."""
+"""The offline API: `LLM(model=DIR).generate(prompts, SamplingParams(...))`, and `chat(messages)`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence as Seq
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import jinja2
 import torch
 from tqdm import tqdm
 
@@ -14,6 +16,8 @@ from pdserve.engine.llm_engine import LLMEngine, Prompt
 from pdserve.errors import InvalidRequestError
 from pdserve.outputs import RequestOutput
 from pdserve.sampling_params import SamplingParams, choice_seed
+
+Conversation = Seq[dict[str, Any]]  # chat messages, as OpenAI's API and chat templates take them
 
 
 class LLM:
@@ -94,6 +98,41 @@ class LLM:
             self.engine.step()  # drain the abort outputs
             raise
         return [_grouped([finished[i] for i in group]) for group in groups]
+
+    def chat(
+        self,
+        messages: Conversation | Seq[Conversation],
+        sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        use_tqdm: bool = False,
+    ) -> list[RequestOutput]:
+        """Generate a reply to each conversation (a list of {"role", "content", ...} messages,
+        or a list of such lists), rendered by the model's chat template with the assistant's turn
+        opened, as vLLM's `LLM.chat` does; `tools` (OpenAI's tool definitions) go to the template."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        if not conversations or not all(
+            isinstance(c, list) and c and all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in c)
+            for c in conversations
+        ):
+            raise InvalidRequestError(
+                "messages must be a conversation (a non-empty list of messages, each a dict with a 'role') "
+                "or a list of them"
+            )
+        prompts: list[Prompt] = [self._render(conversation, tools) for conversation in conversations]  # type: ignore[arg-type]
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    def _render(self, conversation: Conversation, tools: list[dict[str, Any]] | None) -> list[int]:
+        tokenizer: Any = self.tokenizer  # transformers' stubs do not cover the template's arguments
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise InvalidRequestError("this model has no chat template; use generate() with a prompt")
+        try:
+            ids = tokenizer.apply_chat_template(
+                list(conversation), tools=tools, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        except (jinja2.TemplateError, ValueError, TypeError) as exc:
+            raise InvalidRequestError(f"the chat template refused the conversation: {exc}") from None
+        return [int(t) for t in ids]
 
 
 def choice_params(params: SamplingParams, choice: int) -> SamplingParams:

@@ -1,0 +1,40 @@
+"""LLM.chat: conversations through the chat template, as vLLM's offline `LLM.chat`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pdserve import LLM, SamplingParams
+from pdserve.errors import InvalidRequestError
+
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+
+
+@pytest.fixture(scope="module")
+def llm(model_dirs: dict[str, Path]) -> LLM:
+    return LLM(model_dirs["llama"])
+
+
+def test_chat_is_generate_on_the_rendered_conversation(llm: LLM) -> None:
+    params = SamplingParams(max_tokens=8, temperature=0.0)
+    rendered = llm.tokenizer.apply_chat_template(CONVERSATION, add_generation_prompt=True, return_dict=False)
+    [out] = llm.chat(CONVERSATION, params)
+    assert out.prompt_token_ids == list(rendered)
+    assert out.token_ids == llm.generate([list(rendered)], params)[0].token_ids
+    # Several conversations, tools for the template, and a grammar, as over HTTP.
+    other = [{"role": "user", "content": "Give me JSON"}]
+    params = SamplingParams(max_tokens=64, temperature=0.0, json_object=True)
+    outs = llm.chat([CONVERSATION, other], params, tools=TOOLS)
+    with_tools = llm.tokenizer.apply_chat_template(other, tools=TOOLS, add_generation_prompt=True, return_dict=False)
+    assert len(outs) == 2 and outs[1].prompt_token_ids == list(with_tools)
+    for out in outs:
+        assert out.finish_reason == "length" or isinstance(json.loads(out.text), dict)
+
+
+@pytest.mark.parametrize("messages", [[], [[]], "hello", [{"content": "no role"}], [["not a message"]]])
+def test_bad_conversations_are_clear_errors(llm: LLM, messages: object) -> None:
+    with pytest.raises(InvalidRequestError):
+        llm.chat(messages)  # type: ignore[arg-type]
