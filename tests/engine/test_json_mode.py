@@ -7,8 +7,13 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 from pdserve import LLM, SamplingParams
+from pdserve.engine.grammar_constraint import GrammarConstraint
 from pdserve.engine.json_grammar import MAX_BLANK_RUN, JsonState
+from pdserve.engine.json_schema import compiled_schema, schema_text
+from pdserve.engine.sampler import best_allowed
+from pdserve.engine.schema_grammar import SchemaState
 from pdserve.engine.token_texts import TokenTexts
 from transformers import AutoTokenizer
 
@@ -135,10 +140,23 @@ def test_grammars_survive_a_hand_off(model_dirs: dict[str, Path], grammar: dict)
     assert done["r"].token_ids == alone.token_ids and done["r"].text == alone.text
 
 
-def test_warmed_token_texts_equal_the_lazy_ones(model_dirs: dict[str, Path]) -> None:
-    """TokenTexts.warm (one batched decode) gives each token the text the one-token path gives."""
-    for name in sorted(model_dirs):
-        tokenizer = AutoTokenizer.from_pretrained(model_dirs[name])
-        warm, lazy = TokenTexts(tokenizer), TokenTexts(tokenizer)
-        warm.warm(len(tokenizer))
-        assert [warm(t) for t in range(len(tokenizer))] == [lazy(t) for t in range(len(tokenizer))], name
+def test_candidates_hold_every_allowed_token_and_best_allowed_agrees(model_dirs: dict[str, Path]) -> None:
+    """GrammarConstraint.candidates (the tokens whose first character the grammar takes) holds
+    every allowed token, and best_allowed through it picks what a check of every token picks."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dirs["llama"])
+    texts, vocab = TokenTexts(tokenizer), len(tokenizer) + 7  # ids past the tokenizer: padding rows
+    schema = SchemaState.start(compiled_schema(schema_text(PERSON)))
+    states = [JsonState(), JsonState().feed('{"a": '), schema.feed('{"name": "x'), schema.feed('{"tags": [')]
+    generator = torch.Generator().manual_seed(0)
+    for state in states:
+        assert state is not None
+        constraint = GrammarConstraint(state, texts, frozenset({tokenizer.eos_token_id}), vocab)
+        allowed = [t for t in range(vocab) if constraint(t)]
+        mask = constraint.candidates()
+        assert mask.shape == (vocab,) and all(mask[t] for t in allowed) and int(mask.sum()) < vocab
+        for _ in range(20):
+            logits = torch.randn(vocab, generator=generator)
+            logits[allowed] -= 10.0  # the likely tokens are refused: the scan goes past them
+            expected = max(allowed, key=lambda t: float(logits[t]))
+            assert best_allowed(logits, constraint) == expected
+            assert best_allowed(logits, lambda t, c=constraint: c(t)) == expected

@@ -17,6 +17,7 @@ from pdserve.engine.attention import ATTN_IMPLEMENTATION
 from pdserve.engine.block_manager import BlockManager
 from pdserve.engine.choice_grammar import ChoiceState
 from pdserve.engine.config import EngineConfig
+from pdserve.engine.grammar_constraint import GrammarConstraint
 from pdserve.engine.host_memory import keep_freed_memory
 from pdserve.engine.json_grammar import JsonState
 from pdserve.engine.json_schema import compiled_schema
@@ -65,7 +66,6 @@ class LLMEngine:
         self.sampler = Sampler(self.runner.device, seed)
         self.stop_checker = StopChecker(self.tokenizer, loaded.eos_token_ids, self.max_model_len)
         self.token_texts = TokenTexts(self.tokenizer)  # JSON mode checks candidates by their text
-        self._texts_warm = False
         self.requests: dict[str, Sequence] = {}
         self._pending: list[RequestOutput] = []  # outputs produced outside step() (abort, import)
 
@@ -247,26 +247,10 @@ class LLMEngine:
         seq.grammar = state
 
     def _grammar_constraint(self, state: Grammar, params: SamplingParams) -> Constraint:
-        texts = self.token_texts
-        if not self._texts_warm:  # once per engine, at its first constrained step
-            texts.warm(min(self.loaded.vocab_size, len(self.tokenizer)))  # past the tokenizer: padding rows
-            self._texts_warm = True
-        # Special tokens add no text. eos may end the output where the value may be whole (a
-        # number at the top level has no closing character); a closed object ends it anyway.
+        # eos may end the output where the value may be whole (a number at the top level has no
+        # closing character); a closed object ends it anyway.
         eos = self.stop_checker.eos_token_ids if state.can_end and not params.ignore_eos else frozenset()
-
-        # The state after each first character, found once: most refused candidates fail at it.
-        after_first: dict[str, Grammar | None] = {}
-
-        def allowed(token: int) -> bool:
-            text = texts(token)
-            if not text:
-                return token in eos
-            head = text[0]
-            after = after_first[head] if head in after_first else after_first.setdefault(head, state.feed(head))
-            return after is not None and (len(text) == 1 or after.feed(text[1:]) is not None)
-
-        return allowed
+        return GrammarConstraint(state, self.token_texts, eos, self.loaded.vocab_size)
 
     def _score_prompt(self, scored: PromptHidden) -> None:
         seq, first = scored.seq, scored.first

@@ -20,7 +20,7 @@ from functools import lru_cache
 from pdserve.errors import InvalidRequestError
 
 MAX_PATTERN_CHARS = 1_000
-MAX_STATES = 5_000  # a pattern's NFA, counted after {n,m} copies
+MAX_STATES = 2_000  # a pattern's NFA, counted after {n,m} copies (each checked character walks them)
 MAX_REPEAT = 1_000
 UNREACHABLE = 1 << 30
 

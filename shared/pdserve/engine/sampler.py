@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pdserve.engine.grammar_constraint import GrammarConstraint
 from pdserve.engine.logits_adjust import adjust_logits
 from pdserve.kernels import BACKEND_ENV, cpu_layer_ops
 from pdserve.sampling_params import SamplingParams
@@ -167,6 +168,11 @@ def best_allowed(logits: torch.Tensor, allowed: Constraint) -> int:
     found = next((t for t in first if allowed(t)), None)
     if found is not None:
         return found
+    if isinstance(allowed, GrammarConstraint):  # only tokens whose first character the grammar takes
+        mask = allowed.candidates().to(logits.device)
+        count = int(mask.sum())
+        order = torch.topk(logits.masked_fill(~mask, float("-inf")), count).indices.tolist() if count else []
+        return next((t for t in order if allowed(t)), int(torch.argmax(logits).item()))
     order = torch.argsort(logits, descending=True).tolist()
     return next((t for t in order[len(first) :] if allowed(t)), order[0])
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 
 class TokenTexts:
     def __init__(self, tokenizer: Any) -> None:
@@ -18,6 +20,7 @@ class TokenTexts:
         self._anchor = ids[-1:]
         self._anchor_text = self._decode(self._anchor)
         self._texts: dict[int, str] = {}
+        self._first: tuple[list[str], torch.Tensor] | None = None
 
     def __call__(self, token: int) -> str:
         text = self._texts.get(token)
@@ -25,16 +28,20 @@ class TokenTexts:
             text = self._texts[token] = self._added(token, self._decode([*self._anchor, token]))
         return text
 
-    def warm(self, vocab_size: int) -> None:
-        """Every token's text in one batched decode: a constrained row that finds nothing
-        allowed among its likely candidates checks the whole vocabulary, and one decode call per
-        token of a 128k vocabulary takes seconds where the tokenizer's batch takes a fraction."""
-        todo = [t for t in range(vocab_size) if t not in self._texts]
-        if not todo:
-            return
-        joined = self.tokenizer.batch_decode([[*self._anchor, t] for t in todo], skip_special_tokens=True)
-        for token, text in zip(todo, joined, strict=True):
-            self._texts[token] = self._added(token, str(text))
+    def first_chars(self, vocab_size: int) -> tuple[list[str], torch.Tensor]:
+        """The distinct first characters of the vocabulary's token texts, and per token id the
+        index of its own (-1: no text, or an id past the tokenizer). Found once, on the first
+        grammar-bound row that looks past its likely tokens."""
+        if self._first is None or len(self._first[1]) != vocab_size:
+            chars: dict[str, int] = {}
+            index = torch.full((vocab_size,), -1, dtype=torch.long)
+            known = min(vocab_size, len(self.tokenizer))
+            for token in range(known):
+                text = self(token)
+                if text:
+                    index[token] = chars.setdefault(text[0], len(chars))
+            self._first = (list(chars), index)
+        return self._first
 
     def _added(self, token: int, joined: str) -> str:
         if joined.startswith(self._anchor_text):
