@@ -140,9 +140,9 @@ def test_grammars_survive_a_hand_off(model_dirs: dict[str, Path], grammar: dict)
     assert done["r"].token_ids == alone.token_ids and done["r"].text == alone.text
 
 
-def test_candidates_hold_every_allowed_token_and_best_allowed_agrees(model_dirs: dict[str, Path]) -> None:
-    """GrammarConstraint.candidates (the tokens whose first character the grammar takes) holds
-    every allowed token, and best_allowed through it picks what a check of every token picks."""
+def test_allowed_mask_and_best_allowed_agree_with_checking_every_token(model_dirs: dict[str, Path]) -> None:
+    """GrammarConstraint.allowed_mask (found once per state, then cached) is exactly the tokens
+    the grammar takes, and best_allowed through it picks what a check of every token picks."""
     tokenizer = AutoTokenizer.from_pretrained(model_dirs["llama"])
     texts, vocab = TokenTexts(tokenizer), len(tokenizer) + 7  # ids past the tokenizer: padding rows
     schema = SchemaState.start(compiled_schema(schema_text(PERSON)))
@@ -152,8 +152,10 @@ def test_candidates_hold_every_allowed_token_and_best_allowed_agrees(model_dirs:
         assert state is not None
         constraint = GrammarConstraint(state, texts, frozenset({tokenizer.eos_token_id}), vocab)
         allowed = [t for t in range(vocab) if constraint(t)]
-        mask = constraint.candidates()
-        assert mask.shape == (vocab,) and all(mask[t] for t in allowed) and int(mask.sum()) < vocab
+        mask = constraint.allowed_mask()
+        assert mask.shape == (vocab,) and mask.nonzero().flatten().tolist() == allowed
+        hits = constraint.cache.hits
+        assert constraint.allowed_mask().equal(mask) and constraint.cache.hits == hits + 1
         for _ in range(20):
             logits = torch.randn(vocab, generator=generator)
             logits[allowed] -= 10.0  # the likely tokens are refused: the scan goes past them

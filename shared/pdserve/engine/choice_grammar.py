@@ -16,6 +16,10 @@ class ChoiceState(NamedTuple):
     written: str = ""
 
     @property
+    def mask_key(self) -> tuple[object, object]:
+        return None, self
+
+    @property
     def can_end(self) -> bool:
         return self.written in self.choices
 

@@ -52,6 +52,12 @@ class JsonState(NamedTuple):
     def step(self, char: str) -> JsonState | None:
         return _step(self, char)
 
+    @property
+    def mask_key(self) -> tuple[object, object]:
+        """What decides the tokens allowed here (for caching them), and an object to keep alive
+        while the key is in use (see GrammarConstraint)."""
+        return None, self
+
     def feed(self, text: str) -> JsonState | None:
         """The state after `text`, or None if `text` cannot continue a JSON object here."""
         state: JsonState | None = self

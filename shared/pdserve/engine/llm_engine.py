@@ -17,7 +17,7 @@ from pdserve.engine.attention import ATTN_IMPLEMENTATION
 from pdserve.engine.block_manager import BlockManager
 from pdserve.engine.choice_grammar import ChoiceState
 from pdserve.engine.config import EngineConfig
-from pdserve.engine.grammar_constraint import GrammarConstraint
+from pdserve.engine.grammar_constraint import GrammarConstraint, MaskCache
 from pdserve.engine.host_memory import keep_freed_memory
 from pdserve.engine.json_grammar import JsonState
 from pdserve.engine.json_schema import compiled_schema
@@ -65,7 +65,8 @@ class LLMEngine:
             keep_freed_memory()
         self.sampler = Sampler(self.runner.device, seed)
         self.stop_checker = StopChecker(self.tokenizer, loaded.eos_token_ids, self.max_model_len)
-        self.token_texts = TokenTexts(self.tokenizer)  # JSON mode checks candidates by their text
+        self.token_texts = TokenTexts(self.tokenizer)  # grammars check candidates by their text
+        self.grammar_masks = MaskCache(self.loaded.vocab_size)  # allowed tokens of grammar states seen
         self.requests: dict[str, Sequence] = {}
         self._pending: list[RequestOutput] = []  # outputs produced outside step() (abort, import)
 
@@ -250,7 +251,7 @@ class LLMEngine:
         # eos may end the output where the value may be whole (a number at the top level has no
         # closing character); a closed object ends it anyway.
         eos = self.stop_checker.eos_token_ids if state.can_end and not params.ignore_eos else frozenset()
-        return GrammarConstraint(state, self.token_texts, eos, self.loaded.vocab_size)
+        return GrammarConstraint(state, self.token_texts, eos, self.loaded.vocab_size, self.grammar_masks)
 
     def _score_prompt(self, scored: PromptHidden) -> None:
         seq, first = scored.seq, scored.first

@@ -417,6 +417,10 @@ class RegexState:
         return cls(regex, regex.start)
 
     @property
+    def mask_key(self) -> tuple[object, object]:
+        return self.regex, (id(self.regex), self.states)
+
+    @property
     def can_end(self) -> bool:
         return self.regex.accepts(self.states)
 

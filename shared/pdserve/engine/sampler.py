@@ -168,11 +168,11 @@ def best_allowed(logits: torch.Tensor, allowed: Constraint) -> int:
     found = next((t for t in first if allowed(t)), None)
     if found is not None:
         return found
-    if isinstance(allowed, GrammarConstraint):  # only tokens whose first character the grammar takes
-        mask = allowed.candidates().to(logits.device)
-        count = int(mask.sum())
-        order = torch.topk(logits.masked_fill(~mask, float("-inf")), count).indices.tolist() if count else []
-        return next((t for t in order if allowed(t)), int(torch.argmax(logits).item()))
+    if isinstance(allowed, GrammarConstraint):  # the state's mask: found once, then cached
+        mask = allowed.allowed_mask().to(logits.device)
+        if not bool(mask.any()):  # a dead end: nothing is allowed (docs/engine.md)
+            return int(torch.argmax(logits).item())
+        return int(torch.argmax(logits.masked_fill(~mask, float("-inf"))).item())
     order = torch.argsort(logits, descending=True).tolist()
     return next((t for t in order[len(first) :] if allowed(t)), order[0])
 
@@ -194,6 +194,11 @@ def _draw_allowed(probs: torch.Tensor, logits: torch.Tensor, allowed: Constraint
         if float(probs.sum()) <= 0.0:
             return best_allowed(logits, allowed)
     restricted = _restrict(probs, allowed)
+    if restricted is None and isinstance(allowed, GrammarConstraint):
+        # None of the likely candidates is allowed: the distribution on the whole allowed set.
+        restricted = probs.masked_fill(~allowed.allowed_mask().to(probs.device), 0.0)
+        if not float(restricted.sum()) > 0.0:  # what top-k / top-p kept is all refused
+            return best_allowed(logits, allowed)
     if restricted is None:  # nothing the filters kept is allowed: the best allowed token
         return best_allowed(logits, allowed)
     return int(torch.multinomial(restricted, 1, generator=generator).item())

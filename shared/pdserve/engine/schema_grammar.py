@@ -28,6 +28,7 @@ from pdserve.engine.json_schema import (
     NUMBER,
     OBJECT,
     STRING,
+    UNBOUNDED,
     UNION,
     CompiledSchema,
     Node,
@@ -76,6 +77,11 @@ class SchemaState:
         # The value starts at the first character: no blanks ahead of it (as if a full run of
         # them were behind), so a streamed reply, tool-call arguments included, opens with it.
         return cls(schema, ((((T_VALUE, schema.root),), MAX_BLANK_RUN),))
+
+    @property
+    def mask_key(self) -> tuple[object, object]:
+        # The schema by identity: the key holds the schema, so no other takes its id meanwhile.
+        return self.schema, (id(self.schema), self.configs)
 
     @property
     def complete(self) -> bool:
@@ -144,7 +150,10 @@ def _step(nodes: tuple[Node, ...], frames: Frames, blanks: int, c: str, out: lis
             if node.high > 0:
                 _start(nodes, node.extra, (*rest, (T_ITEMS, top[1], 1)), c, out)
         elif c == "," and count < node.high:
-            out.append(((*rest, (T_ITEMS, top[1], count + 1), (T_VALUE, node.extra)), 0))
+            # Without maxItems the count matters only up to minItems (and "not the first item"):
+            # counting no further lets states repeat, so their allowed tokens are cached.
+            count = count + 1 if node.high < UNBOUNDED else min(count + 1, max(node.low, 1))
+            out.append(((*rest, (T_ITEMS, top[1], count), (T_VALUE, node.extra)), 0))
 
 
 def _inside_token(nodes: tuple[Node, ...], top: tuple, rest: Frames, c: str, out: list[Config]) -> None:
@@ -231,7 +240,8 @@ def _string_step(node: Node, top: tuple, rest: Frames, c: str, out: list[Config]
             out.append(((*rest, (T_STRING, index, length + 1, 1, states, 0)), 0))
         return
     else:
-        char, length = c, length + 1
+        # Without bounds or a pattern the length does not matter: not counting it lets states repeat.
+        char, length = c, length + 1 if (node.high < UNBOUNDED or node.low or regex is not None) else 0
     if regex is not None:
         states = regex.step(states, char)
         # A match must still fit in maxLength, or the string could neither go on nor close.
