@@ -1,11 +1,12 @@
-"""Tool calls in chat completions: forced calls written under the function's own schema.
+"""Tool calls in chat completions: what the request's tools and tool_choice ask of the reply.
 
-pdserve has no parser for the many formats in which models write tool calls on their own, so
-`tool_choice: "auto"` (OpenAI's default once tools are given) is refused, with what to send
-instead. A forced call needs no parser, as in vLLM: a named function makes the reply its
-arguments, constrained by the function's `parameters` schema; `"required"` makes the reply a JSON
-array of `{"name": ..., "parameters": {...}}`, one schema per tool (vLLM's shape), read back into
-`tool_calls`. `"none"` leaves the reply plain text; the tools are still shown to the template.
+A forced call needs no parser, as in vLLM: a named function makes the reply its arguments,
+constrained by the function's `parameters` schema; `"required"` makes the reply a JSON array of
+`{"name": ..., "parameters": {...}}`, one schema per tool (vLLM's shape), read back into
+`tool_calls`. `"auto"` (OpenAI's default once tools are given) lets the model decide, and reads
+the calls it writes with the router's `--tool-call-parser` (tool_parsers.py); without one it is
+refused, with what to send instead. `"none"` leaves the reply plain text; the tools are still
+shown to the template.
 """
 
 from __future__ import annotations
