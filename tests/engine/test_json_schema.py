@@ -41,6 +41,16 @@ SCHEMAS: dict[str, Any] = {
     "any": {},
     "map": {"type": "object", "properties": {"id": {"type": "integer"}}, "additionalProperties": {"type": "string"}},
     "oneof": {"oneOf": [{"type": "string", "maxLength": 1}, {"type": "array", "items": {"type": "integer"}}]},
+    "bounds": {
+        "type": "object",
+        "properties": {
+            "n": {"type": "integer", "minimum": 3, "maximum": 17},
+            "x": {"type": "number", "exclusiveMinimum": -2.5, "exclusiveMaximum": 0.25},
+            "big": {"type": "integer", "minimum": 100},
+        },
+        "required": ["n", "x"],
+        "additionalProperties": False,
+    },
     "pattern": {
         "type": "object",
         "properties": {
@@ -66,6 +76,7 @@ ACCEPTED = {
     "any": ["1", '"s"', '{"a":[]}', "[]", "null", "-0.5e-3"],
     "map": ['{"id":1,"x":"y"}', '{"x":"y","id":2,"z":""}', "{}"],
     "oneof": ['"a"', '""', "[1,-2]", "[]"],
+    "bounds": ['{"n":3,"x":-2.49}', '{"x":0.2499,"n":17,"big":100}', '{"n":10,"x":-0,"big":123456789012}'],
     "pattern": [
         '{"code":"AB-123","tag":"zaby"}',
         '{"tag":"xx","code":"\\u0041B-123"}',
@@ -90,6 +101,7 @@ REFUSED = {
     "nullable": ['{"ab":6}', "[]", '{"c":1}'],
     "map": ['{"id":"1"}', '{"x":1}', '{"id":1,"id":2}'],
     "oneof": ['"ab"', "[1.5]", "{}"],
+    "bounds": ['{"n":2,"x":0}', '{"n":18,"x":0}', '{"n":3,"x":-2.5}', '{"n":3,"x":0.25}', '{"n":3,"x":0,"big":99}'],
 }
 
 # Valid for JSON Schema, refused on purpose: other properties where the schema lists some,
@@ -149,7 +161,7 @@ def test_whatever_the_grammar_completes_the_validator_accepts(name: str) -> None
     validator = jsonschema_rs.validator_for(schema)
     rng = random.Random(name)
     pieces = [*'{}[]":,0123456789.-eEtrufalsn xyzk\\', '"name"', '"age"', '"id"', '"ab"', '"a"', '"k"', "u00e9"]
-    pieces += ['"code"', '"tag"', "AB", "Q"]
+    pieces += ['"code"', '"tag"', "AB", "Q", '"n"', '"x"', '"big"']
     finished = 0
     for _ in range(400):
         state, text = start, ""
@@ -173,7 +185,7 @@ def test_whatever_the_grammar_completes_the_validator_accepts(name: str) -> None
             forms += [json.dumps(document), json.dumps(document, indent=1, ensure_ascii=False)]
         for form in forms:
             assert (again := start.feed(form)) is not None and again.can_end, form
-    assert finished >= (10 if name == "pattern" else 50), finished  # a pattern is rarely hit at random
+    assert finished >= (10 if name in ("pattern", "bounds") else 50), finished  # rarely hit at random
 
 
 def test_blanks_are_capped() -> None:
@@ -192,7 +204,9 @@ def test_blanks_are_capped() -> None:
         ({"type": "string", "pattern": "(?=a)"}, "lookaround"),
         ({"type": "string", "pattern": "a{,2}"}, "{0,n}"),
         ({"type": "string", "pattern": 5}, "pattern must be a string"),
-        ({"type": "integer", "minimum": 0}, "'minimum' is not supported"),
+        ({"type": "integer", "minimum": 5, "maximum": 4}, "no integer satisfies"),
+        ({"type": "integer", "exclusiveMinimum": 1, "exclusiveMaximum": 2}, "no integer satisfies"),
+        ({"type": "number", "minimum": True}, "minimum must be a number"),
         ({"type": "what"}, "unknown type"),
         ({"type": []}, "type must name"),
         ({"$ref": "https://example.com/s.json"}, "only local $ref"),
@@ -242,7 +256,7 @@ def llm(model_dirs: dict[str, Path]) -> LLM:
     return LLM(model_dirs["llama"])
 
 
-OUTPUT_SCHEMAS = ["person", "enum", "array", "nullable", "oneof", "pattern"]
+OUTPUT_SCHEMAS = ["person", "enum", "array", "nullable", "oneof", "pattern", "bounds"]
 
 
 @pytest.mark.parametrize("sampling", [{"temperature": 0.0}, {"temperature": 1.0, "seed": 2}, {"top_p": 0.8, "seed": 5}])
@@ -275,3 +289,44 @@ def test_short_schemas_finish(llm: LLM) -> None:
     params = SamplingParams(max_tokens=64, json_schema={"type": "integer"}, temperature=0.0, logit_bias={eos: 30.0})
     out = llm.generate(["x"], params)[0]
     assert out.finish_reason == "stop" and out.token_ids[-1] == eos and isinstance(json.loads(out.text), int)
+
+
+BOUNDED = [
+    {"type": "integer", "minimum": 3, "maximum": 17},
+    {"type": "integer", "exclusiveMinimum": -5, "maximum": 250},
+    {"type": "number", "minimum": 0, "maximum": 1},
+    {"type": "number", "exclusiveMinimum": -2.5, "exclusiveMaximum": 0.25},
+    {"type": "integer", "minimum": 100},
+    {"type": "number", "maximum": -0.001},
+    {"type": "integer", "minimum": -10, "maximum": -10},
+    {"type": "number", "minimum": 1e3, "maximum": 1.5e3},
+]
+
+
+@pytest.mark.parametrize("schema", BOUNDED, ids=[json.dumps(s) for s in BOUNDED])
+def test_numbers_stay_in_bounds_without_dead_ends(schema: dict[str, Any]) -> None:
+    """Random walks over the digits the grammar allows never get stuck and end in range (checked
+    by jsonschema_rs); numbers in range are accepted and numbers out of it are not."""
+    start = SchemaState.start(compiled_schema(schema_text(schema)))
+    validator = jsonschema_rs.validator_for(schema)
+    rng = random.Random(json.dumps(schema))
+    for _ in range(1500):
+        state, text = start, ""
+        for _ in range(12):
+            options = [c for c in "-0123456789.eE" if state.feed(c) is not None]
+            if not options:
+                assert state.can_end, ("a dead end", text)
+                break
+            char = rng.choice(options)
+            state, text = state.feed(char), text + char  # type: ignore[assignment]
+            if state.can_end and rng.random() < 0.3:
+                break
+        if state.can_end:
+            assert validator.is_valid(json.loads(text)), text
+    for _ in range(1500):
+        value: float | int = rng.choice([rng.randint(-300, 3000), round(rng.uniform(-3, 3), rng.randint(0, 4))])
+        text = json.dumps(value)
+        if "e" in text or (schema["type"] == "integer" and not isinstance(value, int)):
+            continue  # bounded numbers are written without an exponent; integers without a fraction
+        state = start.feed(text)
+        assert (state is not None and state.can_end) == validator.is_valid(value), text

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
+from pdserve.engine.number_bounds import Bounds
 from pdserve.engine.regex_nfa import Regex, compile_regex
 from pdserve.errors import InvalidRequestError
 
@@ -39,8 +41,8 @@ _ANNOTATIONS = frozenset(
 # Keywords that constrain values in ways the grammar does not follow: refused, by name.
 _UNSUPPORTED = frozenset(
     {
-        "patternProperties", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-        "multipleOf", "prefixItems", "contains", "minContains", "maxContains", "not", "if", "then", "else",
+        "patternProperties", "multipleOf", "prefixItems", "contains", "minContains", "maxContains", "not",
+        "if", "then", "else",
         "dependentRequired", "dependentSchemas", "dependencies", "minProperties", "maxProperties",
         "propertyNames", "unevaluatedProperties", "unevaluatedItems", "$dynamicRef", "additionalItems",
     }
@@ -60,6 +62,7 @@ class Node:
     high: int = UNBOUNDED  # ARRAY: maxItems; STRING: maxLength
     literals: tuple[str, ...] = ()  # LITERALS: the values' compact JSON texts
     regex: Regex | None = None  # STRING: its `pattern` (a match anywhere in it, as JSON Schema means)
+    bounds: Bounds | None = None  # NUMBER, INTEGER: minimum, maximum and their exclusive forms
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +197,8 @@ class _Compiler:
                 raise _bad(where, str(exc)) from None
             return self.add(Node(STRING, low=low, high=high, regex=regex))
         if kind in ("number", "integer"):
-            return self.add(Node(NUMBER if kind == "number" else INTEGER))
+            bounds = _bounds(schema, kind == "integer", where)
+            return self.add(Node(NUMBER if kind == "number" else INTEGER, bounds=bounds))
         return self.add(Node(LITERALS, literals=("true", "false") if kind == "boolean" else ("null",)))
 
     def ref(self, ref: Any, where: str) -> int:
@@ -307,3 +311,30 @@ def _is_type(value: Any, kind: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     python = {"string": str, "boolean": bool, "object": dict, "array": list, "null": type(None)}.get(kind)
     return python is not None and isinstance(value, python)
+
+
+def _bounds(schema: dict[str, Any], integer: bool, where: str) -> Bounds | None:
+    values: dict[str, Decimal] = {}
+    for word in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        if word not in schema:
+            continue
+        value = schema[word]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _bad(where, f"{word} must be a number (draft 4's boolean exclusive bounds are not supported)")
+        values[word] = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    if not values:
+        return None
+    low = max(
+        ((values[w], w == "exclusiveMinimum") for w in ("minimum", "exclusiveMinimum") if w in values),
+        key=lambda b: (b[0], b[1]),
+        default=(None, False),
+    )
+    high = min(
+        ((values[w], w == "exclusiveMaximum") for w in ("maximum", "exclusiveMaximum") if w in values),
+        key=lambda b: (b[0], not b[1]),
+        default=(None, False),
+    )
+    bounds = Bounds(low[0], low[1], high[0], high[1])
+    if not bounds.reachable("", integer) and not bounds.reachable("-", integer):
+        raise _bad(where, f"no {'integer' if integer else 'number'} satisfies the bounds")
+    return bounds

@@ -33,6 +33,7 @@ from pdserve.engine.json_schema import (
     CompiledSchema,
     Node,
 )
+from pdserve.engine.number_bounds import Bounds
 
 MAX_DEPTH = 64  # open containers (a recursive schema would otherwise nest without bound)
 # Alternatives followed at once (a "required" call over 128 tools follows 128 until the name
@@ -55,7 +56,9 @@ T_ITEMS = 7  # (T_ITEMS, node, count): after '[' (count 0) or after item number 
 # (T_STRING, node, length, escape, regex states, code): inside a string, `length` characters in;
 # with a pattern, the regex's states after the characters so far, and a \u escape's code so far
 T_STRING = 8
-T_NUMBER = 9  # (T_NUMBER, integer, sub): inside a number (json_grammar's sub-states)
+# (T_NUMBER, integer, sub, node, text): inside a number (json_grammar's sub-states); with bounds,
+# the node (else -1) and the number's text so far (else "", so that states repeat)
+T_NUMBER = 9
 T_LITERAL = 10  # (T_LITERAL, suffixes): inside one of some literals (enum values): what each still needs
 _BETWEEN_TOKENS = frozenset({T_VALUE, T_KEY, T_COLON, T_AFTER_PROPERTY, T_ITEMS})
 
@@ -162,8 +165,13 @@ def _inside_token(nodes: tuple[Node, ...], top: tuple, rest: Frames, c: str, out
         _string_step(nodes[top[1]], top, rest, c, out)
     elif tag == T_NUMBER:
         sub = number_step(top[2], c, top[1])
-        if sub is not None:  # a character that ends the number went to the fork that ended it
-            _push_number(rest, top[1], sub, out)
+        if sub is None:  # a character that ends the number went to the fork that ended it
+            return
+        bounds = nodes[top[3]].bounds if top[3] >= 0 else None
+        text = top[4] + c if bounds is not None else ""
+        if bounds is not None and (c in "eE" or not bounds.reachable(text, top[1])):
+            return  # bounded numbers have no exponent, and stay where a number in bounds can follow
+        _push_number(rest, top[1], sub, out, top[3], text, bounds)
     elif tag == T_LITERAL:
         suffixes = tuple(s[1:] for s in top[1] if s[0] == c)
         if suffixes:
@@ -275,17 +283,27 @@ def _start(nodes: tuple[Node, ...], index: int, rest: Frames, c: str, out: list[
             out.append(((*rest, (T_STRING, index, 0, 0, None if regex is None else regex.start, 0)), 0))
     elif kind in (NUMBER, INTEGER):
         sub = number_start(c)
-        if sub is not None:
-            _push_number(rest, kind == INTEGER, sub, out)
+        bounds = node.bounds
+        if sub is not None and (bounds is None or bounds.reachable(c, kind == INTEGER)):
+            bounded = bounds is not None
+            _push_number(rest, kind == INTEGER, sub, out, index if bounded else -1, c if bounded else "", bounds)
     elif kind == LITERALS:
         suffixes = tuple(t[1:] for t in node.literals if t[0] == c)
         if suffixes:
             _push_literal(rest, suffixes, out)
 
 
-def _push_number(rest: Frames, integer: bool, sub: int, out: list[Config]) -> None:
-    out.append(((*rest, (T_NUMBER, integer, sub)), 0))
-    if number_may_end(sub):
+def _push_number(
+    rest: Frames,
+    integer: bool,
+    sub: int,
+    out: list[Config],
+    index: int = -1,
+    text: str = "",
+    bounds: Bounds | None = None,
+) -> None:
+    out.append(((*rest, (T_NUMBER, integer, sub, index, text)), 0))
+    if number_may_end(sub) and (bounds is None or bounds.allows_end(text)):
         out.append((rest, 0))
 
 
