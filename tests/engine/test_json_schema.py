@@ -41,6 +41,13 @@ SCHEMAS: dict[str, Any] = {
     "any": {},
     "map": {"type": "object", "properties": {"id": {"type": "integer"}}, "additionalProperties": {"type": "string"}},
     "oneof": {"oneOf": [{"type": "string", "maxLength": 1}, {"type": "array", "items": {"type": "integer"}}]},
+    "tuple": {
+        "type": "array",
+        "prefixItems": [{"type": "integer"}, {"enum": ["a", "b"]}],
+        "items": False,
+        "minItems": 2,
+    },
+    "tuple_open": {"type": "array", "prefixItems": [{"type": "string", "maxLength": 2}], "items": {"type": "boolean"}},
     "bounds": {
         "type": "object",
         "properties": {
@@ -76,6 +83,8 @@ ACCEPTED = {
     "any": ["1", '"s"', '{"a":[]}', "[]", "null", "-0.5e-3"],
     "map": ['{"id":1,"x":"y"}', '{"x":"y","id":2,"z":""}', "{}"],
     "oneof": ['"a"', '""', "[1,-2]", "[]"],
+    "tuple": ['[1,"a"]', '[ -3 , "b" ]'],
+    "tuple_open": ['["xy"]', '["", true, false]', "[]"],
     "bounds": ['{"n":3,"x":-2.49}', '{"x":0.2499,"n":17,"big":100}', '{"n":10,"x":-0,"big":123456789012}'],
     "pattern": [
         '{"code":"AB-123","tag":"zaby"}',
@@ -101,6 +110,8 @@ REFUSED = {
     "nullable": ['{"ab":6}', "[]", '{"c":1}'],
     "map": ['{"id":"1"}', '{"x":1}', '{"id":1,"id":2}'],
     "oneof": ['"ab"', "[1.5]", "{}"],
+    "tuple": ["[1]", '[1,"a",2]', '["a",1]', '[1,"c"]'],
+    "tuple_open": ["[true]", '["abc"]', '["a", 1]'],
     "bounds": ['{"n":2,"x":0}', '{"n":18,"x":0}', '{"n":3,"x":-2.5}', '{"n":3,"x":0.25}', '{"n":3,"x":0,"big":99}'],
 }
 
@@ -205,6 +216,8 @@ def test_blanks_are_capped() -> None:
         ({"type": "string", "pattern": "a{,2}"}, "{0,n}"),
         ({"type": "string", "pattern": 5}, "pattern must be a string"),
         ({"type": "integer", "minimum": 5, "maximum": 4}, "no integer satisfies"),
+        ({"type": "array", "prefixItems": [{}], "items": False, "minItems": 2}, "more than the 1 prefixItems"),
+        ({"type": "array", "prefixItems": {}}, "prefixItems must be a list"),
         ({"type": "integer", "exclusiveMinimum": 1, "exclusiveMaximum": 2}, "no integer satisfies"),
         ({"type": "number", "minimum": True}, "minimum must be a number"),
         ({"type": "what"}, "unknown type"),
@@ -256,7 +269,7 @@ def llm(model_dirs: dict[str, Path]) -> LLM:
     return LLM(model_dirs["llama"])
 
 
-OUTPUT_SCHEMAS = ["person", "enum", "array", "nullable", "oneof", "pattern", "bounds"]
+OUTPUT_SCHEMAS = ["person", "enum", "array", "nullable", "oneof", "pattern", "bounds", "tuple"]
 
 
 @pytest.mark.parametrize("sampling", [{"temperature": 0.0}, {"temperature": 1.0, "seed": 2}, {"top_p": 0.8, "seed": 5}])

@@ -41,7 +41,7 @@ _ANNOTATIONS = frozenset(
 # Keywords that constrain values in ways the grammar does not follow: refused, by name.
 _UNSUPPORTED = frozenset(
     {
-        "patternProperties", "multipleOf", "prefixItems", "contains", "minContains", "maxContains", "not",
+        "patternProperties", "multipleOf", "contains", "minContains", "maxContains", "not",
         "if", "then", "else",
         "dependentRequired", "dependentSchemas", "dependencies", "minProperties", "maxProperties",
         "propertyNames", "unevaluatedProperties", "unevaluatedItems", "$dynamicRef", "additionalItems",
@@ -55,7 +55,7 @@ class Node:
     kind: int
     options: tuple[int, ...] = ()  # UNION: the alternatives' nodes
     keys: tuple[str, ...] = ()  # OBJECT: each property's name as JSON writes it, without the opening quote
-    values: tuple[int, ...] = ()  # OBJECT: each property's node
+    values: tuple[int, ...] = ()  # OBJECT: each property's node; ARRAY: its prefixItems' nodes
     required: int = 0  # OBJECT: bit i set when property i must appear
     extra: int = -1  # OBJECT: node of values under other keys (-1: no other keys); ARRAY: items' node
     low: int = 0  # ARRAY: minItems; STRING: minLength
@@ -181,9 +181,7 @@ class _Compiler:
         if kind == "object":
             return self.object(schema, where)
         if kind == "array":
-            low, high = self.bounds(schema, "minItems", "maxItems", where)
-            items = self.build(schema.get("items", True), f"{where}/items")
-            return self.add(Node(ARRAY, extra=items, low=low, high=high))
+            return self.array(schema, where)
         if kind == "string":
             low, high = self.bounds(schema, "minLength", "maxLength", where)
             pattern = schema.get("pattern")
@@ -274,6 +272,20 @@ class _Compiler:
         mask = sum(1 << names.index(name) for name in set(required))
         extra = self.build(extra_schema, f"{where}/additionalProperties") if free else -1
         return self.add(Node(OBJECT, keys=keys, values=tuple(values), required=mask, extra=extra))
+
+    def array(self, schema: dict[str, Any], where: str) -> int:
+        low, high = self.bounds(schema, "minItems", "maxItems", where)
+        prefix = schema.get("prefixItems", [])
+        if not isinstance(prefix, list):
+            raise _bad(where, "prefixItems must be a list of schemas")
+        firsts = tuple(self.build(item, f"{where}/prefixItems/{i}") for i, item in enumerate(prefix))
+        items = schema.get("items", True)
+        if items is False:  # nothing past the prefix (a fixed tuple, as pydantic writes them)
+            if low > len(firsts):
+                raise _bad(where, f"minItems {low} is more than the {len(firsts)} prefixItems allowed")
+            return self.add(Node(ARRAY, values=firsts, extra=-1, low=low, high=min(high, len(firsts))))
+        rest = self.build(items, f"{where}/items")
+        return self.add(Node(ARRAY, values=firsts, extra=rest, low=low, high=high))
 
     def bounds(self, schema: dict[str, Any], low_word: str, high_word: str, where: str) -> tuple[int, int]:
         low, high = schema.get(low_word, 0), schema.get(high_word, UNBOUNDED)

@@ -151,12 +151,22 @@ def _step(nodes: tuple[Node, ...], frames: Frames, blanks: int, c: str, out: lis
                 out.append((rest, 0))
         elif count == 0:
             if node.high > 0:
-                _start(nodes, node.extra, (*rest, (T_ITEMS, top[1], 1)), c, out)
+                _start(nodes, _item(node, 0), (*rest, (T_ITEMS, top[1], 1)), c, out)
         elif c == "," and count < node.high:
-            # Without maxItems the count matters only up to minItems (and "not the first item"):
-            # counting no further lets states repeat, so their allowed tokens are cached.
-            count = count + 1 if node.high < UNBOUNDED else min(count + 1, max(node.low, 1))
-            out.append(((*rest, (T_ITEMS, top[1], count), (T_VALUE, node.extra)), 0))
+            item = _item(node, count)
+            # Without maxItems the count matters only up to minItems and past prefixItems (and
+            # "not the first item"): counting no further lets states repeat, so their allowed
+            # tokens are cached.
+            if node.high < UNBOUNDED:
+                count += 1
+            else:
+                count = min(count + 1, max(node.low, len(node.values), 1))
+            out.append(((*rest, (T_ITEMS, top[1], count), (T_VALUE, item)), 0))
+
+
+def _item(node: Node, index: int) -> int:
+    """The node of an array's item at `index`: its prefixItems entry, or its items schema."""
+    return node.values[index] if index < len(node.values) else node.extra
 
 
 def _inside_token(nodes: tuple[Node, ...], top: tuple, rest: Frames, c: str, out: list[Config]) -> None:
