@@ -14,6 +14,7 @@ from pdserve.services.router.api_requests import MAX_TOOLS, ChatMessage, StrictM
 from pdserve.services.router.context import RouterContext
 from pdserve.services.router.errors import invalid_request
 from pdserve.services.router.openapi_docs import TOKENIZER_STATUSES, error_responses
+from pdserve.services.router.tool_calls import template_tools
 from pydantic import BaseModel, Field
 
 
@@ -58,7 +59,7 @@ def tokenize_router(ctx: RouterContext) -> APIRouter:
         if body.messages is not None:
             if not body.messages:
                 raise invalid_request("messages is empty", param="messages")
-            tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
+            tools = template_tools(body.tools) if body.tools else None
             tokens = await ctx.prompts.encode_chat(body.messages, tools)
         elif body.add_special_tokens:
             tokens = await ctx.prompts.encode(body.prompt or "")

@@ -45,7 +45,7 @@ class ToolPlan:
         names = [t.function.name for t in tools]
         if len(set(names)) != len(names):
             raise invalid_request("tools: function names must be distinct", param="tools")
-        rendered = [t.model_dump(exclude_none=True) for t in tools]
+        rendered = template_tools(tools)
         if choice is None or choice == "auto":
             if parser is not None:
                 return cls(tools=rendered, parser=parser)
@@ -94,6 +94,12 @@ class ToolPlan:
             for item in written
             if isinstance(item, dict) and isinstance(item.get("name"), str) and "parameters" in item
         ]
+
+
+def template_tools(tools: list[ToolDef]) -> list[dict[str, Any]]:
+    """Tool definitions as chat templates take them (OpenAI's shape, unset fields left out); chat
+    completions and /tokenize render them alike, so a token count matches the prompt."""
+    return [t.model_dump(exclude_none=True) for t in tools]
 
 
 def calls_finish(finish_reason: str | None) -> str | None:
