@@ -25,7 +25,8 @@ one at a time, paths in a fresh random order each repetition, through (n) the ro
 backend that answers at once with one token, and (u) a bare ASGI app on the same server setup
 (uvicorn, httptools, uvloop) sending a fixed one-token SSE body. n-u is the router's code per
 request (parsing, validation, tokenizing, the request's tasks, SSE); u is the floor under it
-(the client, two process wake-ups, the sockets, uvicorn).
+(the client, two process wake-ups, the sockets, uvicorn). `--baseline-pythonpath DIR` adds path
+n0: path n with pdserve imported from DIR (the router's own code, A/B in the same run).
 
 throughput: `pdserve router` pinned to core 0, against a protocol-exact fake worker that
 streams one token per chunk with no model (router_bench_roles.token_source), with closed-loop
@@ -240,8 +241,11 @@ async def run_http_floor(args: argparse.Namespace) -> dict[str, object]:
     procs = Processes()
     try:
         ports = {"n": free_port(), "u": free_port()}
+        if args.baseline_pythonpath:
+            ports["n0"] = free_port()
         for path, port in ports.items():
-            procs.start(f"serve-{path}", [sys.executable, __file__, f"serve-{path}", "--port", str(port)])
+            role, env = (path, None) if path != "n0" else ("n", {"PYTHONPATH": args.baseline_pythonpath})
+            procs.start(f"serve-{path}", [sys.executable, __file__, f"serve-{role}", "--port", str(port)], env)
         for port in ports.values():
             await wait_healthy(port)
         conns = {path: await roles.HttpConnection.open("127.0.0.1", port) for path, port in ports.items()}
@@ -256,8 +260,8 @@ async def run_http_floor(args: argparse.Namespace) -> dict[str, object]:
         )
         for conn in conns.values():
             conn.close()
-        n_u = [n - u for n, u in zip(times["n"], times["u"], strict=True)]
-        return summary({**times, "n-u": n_u})
+        diffs = {f"{n}-u": [a - b for a, b in zip(times[n], times["u"], strict=True)] for n in times if n != "u"}
+        return summary({**times, **diffs})
     finally:
         procs.stop()
 
@@ -322,6 +326,7 @@ def main() -> None:
     floor = sub.add_parser("http-floor")
     floor.add_argument("--reps", type=int, default=300)
     floor.add_argument("--warmup", type=int, default=20)
+    floor.add_argument("--baseline-pythonpath", default="", help="also time path n importing pdserve from here (n0)")
     thr = sub.add_parser("throughput")
     thr.add_argument("--concurrency", type=int, default=32)
     thr.add_argument("--tokens", type=int, default=256, help="max_tokens of every request")

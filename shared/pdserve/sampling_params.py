@@ -53,6 +53,8 @@ class SamplingParams:
     """How to pick the tokens of one request.
 
     temperature 0 means greedy (argmax). top_k <= 0 and top_p == 1 disable those filters.
+    `min_p` (vLLM's and Hugging Face's, in [0, 1]; 0 disables) then drops every token less likely
+    than min_p times the most likely one, applied after top-k and top-p as Hugging Face does.
     A seed makes a sampled request reproducible whatever else shares its batch and whichever
     worker runs each step. `logprobs=True` returns the log-probability of each chosen token
     under the model's raw distribution (before temperature, top-k and top-p); `top_logprobs=k`
@@ -86,6 +88,7 @@ class SamplingParams:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    min_p: float = 0.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
@@ -194,6 +197,9 @@ class SamplingParams:
         if not isinstance(self.top_p, (int, float)) or not 0.0 < float(self.top_p) <= 1.0:
             raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p!r}")
         self.top_p = float(self.top_p)
+        if isinstance(self.min_p, bool) or not isinstance(self.min_p, (int, float)) or not 0.0 <= self.min_p <= 1.0:
+            raise InvalidRequestError(f"min_p must be in [0, 1], got {self.min_p!r}")
+        self.min_p = float(self.min_p)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise InvalidRequestError(f"seed must be an integer, got {self.seed!r}")
         if isinstance(self.stop, str):

@@ -25,6 +25,10 @@ def test_max_tokens_must_be_positive(max_tokens: object) -> None:
     [
         ({"temperature": -1.0}, "temperature"),
         ({"top_p": 0.0}, "top_p"),
+        ({"min_p": -0.1}, "min_p"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"min_p": float("nan")}, "min_p"),
+        ({"min_p": "0.1"}, "min_p"),
         ({"stop": [""]}, "stop"),
         ({"logprobs": 21}, "logprobs"),
         ({"logprobs": -1}, "logprobs"),

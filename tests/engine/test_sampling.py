@@ -6,7 +6,9 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from pdserve import LLM, SamplingParams
+from pdserve.engine.sampler import warp_logits
 from pdserve.errors import InvalidRequestError
 
 PROMPT = [10, 20, 30, 40, 50, 60, 70]
@@ -31,7 +33,64 @@ def test_top_k_one_is_greedy(llm: LLM) -> None:
     greedy = llm.generate([PROMPT], SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True))[0]
     topk = llm.generate([PROMPT], SamplingParams(max_tokens=12, temperature=0.7, top_k=1, ignore_eos=True))[0]
     tiny_p = llm.generate([PROMPT], SamplingParams(max_tokens=12, temperature=0.7, top_p=1e-6, ignore_eos=True))[0]
-    assert topk.token_ids == greedy.token_ids == tiny_p.token_ids
+    # min_p 1 keeps only tokens as likely as the likeliest
+    full_min_p = llm.generate([PROMPT], SamplingParams(max_tokens=12, temperature=0.7, min_p=1.0, ignore_eos=True))[0]
+    assert topk.token_ids == greedy.token_ids == tiny_p.token_ids == full_min_p.token_ids
+
+
+@pytest.mark.parametrize("min_p", [0.0, 0.3])
+def test_min_p_bounds_every_sampled_token(llm: LLM, min_p: float) -> None:
+    """Under min_p m at temperature T a token is kept only if p_T(token) >= m * p_T(likeliest),
+    that is raw logprob(token) - raw logprob(likeliest) >= T * ln(m); logprobs (raw, with the
+    likeliest as top alternative) show it for every sampled token. Without min_p, a hot random
+    model breaks that bound often, so the test can tell the two apart."""
+    temperature = 2.0
+    params = SamplingParams(
+        max_tokens=64, temperature=temperature, min_p=min_p, seed=11, top_logprobs=1, ignore_eos=True
+    )
+    out = llm.generate([PROMPT, list(range(3, 40))], params)
+    bound = temperature * math.log(0.3)
+    gaps = [
+        chosen - max(top.values())
+        for o in out
+        for chosen, top in zip(o.logprobs or [], o.top_logprobs or [], strict=True)
+    ]
+    assert len(gaps) == 128
+    below = sum(gap < bound - 1e-4 for gap in gaps)
+    if min_p:
+        assert below == 0, f"{below} sampled tokens under min_p's bound"
+    else:
+        assert below > 5, "a hot random model should often sample below the bound; the test would not tell"
+
+
+@pytest.mark.parametrize(
+    ("top_k", "top_p", "min_p"),
+    [(0, 1.0, 0.05), (0, 0.9, 0.0), (50, 1.0, 0.0), (40, 0.8, 0.1), (0, 0.5, 0.5), (5, 0.99, 0.01), (0, 1.0, 1.0)],
+)
+def test_warp_logits_keeps_what_hugging_face_keeps(top_k: int, top_p: float, min_p: float) -> None:
+    """The same tokens survive top-k, top-p and min-p as under transformers' own warpers, chained
+    in the order generate() chains them."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        MinPLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    warpers = LogitsProcessorList()
+    if top_k:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    if min_p:
+        warpers.append(MinPLogitsWarper(min_p))
+    generator = torch.Generator().manual_seed(top_k * 1000 + int(top_p * 100) + int(min_p * 10))
+    for scale in (0.5, 2.0, 6.0):  # flat to peaked distributions
+        logits = torch.randn(1, 2048, generator=generator, dtype=torch.float64) * scale
+        want = torch.isfinite(warpers(torch.zeros(1, 1, dtype=torch.long), logits.clone()))[0]
+        got = torch.isfinite(warp_logits(logits[0].clone(), top_k, top_p, min_p))
+        assert torch.equal(got, want), f"scale {scale}: {int(got.sum())} kept, Hugging Face keeps {int(want.sum())}"
+        assert 1 <= int(got.sum()) < 2048 or (top_k, top_p, min_p) == (0, 1.0, 0.0)
 
 
 def test_max_tokens_and_stop_token_ids(llm: LLM) -> None:

@@ -27,6 +27,8 @@ from router_helpers import ScriptedBackend, assert_error, chunk, sse_data
         ({"prompt": "x", "temperature": "hot"}, "temperature", []),
         ({"prompt": "x", "temperature": 101}, "temperature", []),
         ({"prompt": "x", "top_p": 0}, "top_p", []),
+        ({"prompt": "x", "min_p": 1.01}, "min_p", []),
+        ({"prompt": "x", "min_p": -0.5}, "min_p", []),
         ({"prompt": "x", "stream": "yes"}, "stream", []),
         ({"prompt": [1, "a"]}, "prompt", ["prompt.1"]),
         ({"prompt": [-1]}, "prompt", []),

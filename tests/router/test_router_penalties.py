@@ -75,3 +75,18 @@ async def test_min_tokens(client: httpx.AsyncClient, reference_llm: LLM) -> None
     assert len(choice["token_ids"]) == 5 and choice["finish_reason"] == "stop" and choice["token_ids"][-1] in eos
     too_many = await client.post("/v1/completions", json={**body, "max_tokens": 3, "min_tokens": 4})
     assert_error(too_many, 400, "min_tokens")
+
+
+async def test_min_p_reaches_the_engine(client: httpx.AsyncClient, reference_llm: LLM) -> None:
+    """vLLM's min_p: the same seeded tokens as the offline engine with the same params."""
+    sampled = {"temperature": 1.5, "seed": 5}
+    got = await token_ids(client, min_p=0.2, **sampled)
+    ids = reference_llm.tokenizer(PROMPT)["input_ids"]
+    params = SamplingParams(max_tokens=12, temperature=1.5, seed=5, min_p=0.2, ignore_eos=True)
+    assert got == reference_llm.generate([ids], params)[0].token_ids
+    assert got != await token_ids(client, **sampled)  # and it changed the output
+    # min_p 1: only the likeliest token, in both endpoints
+    greedy = await token_ids(client)
+    assert await token_ids(client, min_p=1, **sampled) == greedy
+    chat_greedy = await token_ids(client, "/v1/chat/completions")
+    assert await token_ids(client, "/v1/chat/completions", min_p=1.0, **sampled) == chat_greedy

@@ -1,4 +1,4 @@
-"""Turns logits into next tokens: greedy, temperature, top-k, top-p, per-request seeds."""
+"""Turns logits into next tokens: greedy, temperature, top-k, top-p, min-p, per-request seeds."""
 
 from __future__ import annotations
 
@@ -131,17 +131,7 @@ class Sampler:
         return SampleResult(token_list, logprobs, top)
 
     def _sample_row(self, logits: torch.Tensor, p: SamplingParams, step: int, allowed: Constraint | None = None) -> int:
-        scaled = logits / p.temperature
-        if 0 < p.top_k < scaled.shape[-1]:
-            kth = torch.topk(scaled, p.top_k).values[-1]
-            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-        if p.top_p < 1.0:
-            sorted_logits, order = torch.sort(scaled, descending=True)
-            cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-            # Drop a token once the ones before it already cover top_p; the first always stays.
-            drop = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= p.top_p
-            drop[0] = False  # explicit: with a tiny top_p, rounding must not drop every token
-            scaled = scaled.scatter(0, order, sorted_logits.masked_fill(drop, float("-inf")))
+        scaled = warp_logits(logits / p.temperature, p.top_k, p.top_p, p.min_p)
         probs = torch.softmax(scaled, dim=-1)
         if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0.0:
             # Degenerate values (overflow at an extreme temperature): the most likely token,
@@ -154,6 +144,27 @@ class Sampler:
         if allowed is not None:
             return _draw_allowed(probs, logits, allowed, generator)
         return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+def warp_logits(scaled: torch.Tensor, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
+    """Temperature-scaled logits [vocab] with the tokens top-k, top-p and min-p rule out set to
+    -inf, in Hugging Face's order (its TopK, TopP and MinP logits warpers). The most likely
+    token always stays."""
+    if 0 < top_k < scaled.shape[-1]:
+        kth = torch.topk(scaled, top_k).values[-1]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(scaled, descending=True)
+        sorted_probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token once the ones before it already cover top_p; the first always stays.
+        drop = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p
+        drop[0] = False  # explicit: with a tiny top_p, rounding must not drop every token
+        scaled = scaled.scatter(0, order, sorted_logits.masked_fill(drop, float("-inf")))
+    if min_p > 0.0:
+        probs = torch.softmax(scaled, dim=-1)
+        # The most likely token has probs.max() >= min_p * probs.max(), so it always stays.
+        scaled = scaled.masked_fill(probs < min_p * probs.max(), float("-inf"))
+    return scaled
 
 
 # Candidates checked against a constraint before sampling among those allowed: the most likely

@@ -99,6 +99,9 @@ class SamplingFields(StrictModel):
     top_k: Annotated[int, Field(ge=-1, le=MAX_TOP_K), WHOLE] | None = Field(
         None, description="vLLM extension; -1 or 0 disables"
     )
+    min_p: float | None = Field(
+        None, ge=0.0, le=1.0, description="vLLM extension: drops tokens under min_p x the likeliest one; 0 is off"
+    )
     n: Annotated[int, Field(ge=1, le=MAX_CHOICES), WHOLE] = Field(
         1, description="choices per prompt (at most the router's max_n)"
     )

@@ -116,6 +116,7 @@ def sampling_params(
             temperature=_temperature(body.temperature),
             top_k=0 if body.top_k is None else body.top_k,
             top_p=1.0 if body.top_p is None else max(body.top_p, MIN_TOP_P),
+            min_p=body.min_p or 0.0,
             seed=seed,
             stop=[stop] if isinstance(stop, str) else list(stop),
             stop_token_ids=list(body.stop_token_ids or []),
