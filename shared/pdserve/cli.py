@@ -30,6 +30,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-batched-tokens", type=positive_int, default=2048, help="per-step token budget")
     parser.add_argument("--max-num-seqs", type=positive_int, default=256, help="most sequences per step")
     parser.add_argument(
+        "--max-model-len",
+        type=positive_int,
+        default=None,
+        help="context length served, prompt plus output (default: the model's, capped by the KV pool)",
+    )
+    parser.add_argument(
         "--enable-prefix-caching",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -48,6 +54,7 @@ def _generate(args: argparse.Namespace) -> int:
         num_kv_blocks=args.num_kv_blocks,
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_num_seqs=args.max_num_seqs,
+        max_model_len=args.max_model_len,
         enable_prefix_caching=args.enable_prefix_caching,
     )
     params = SamplingParams(

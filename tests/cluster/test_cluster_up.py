@@ -20,7 +20,7 @@ def test_pdserve_up_serves_and_stops(tmp_path: object) -> None:
     env = dict(os.environ, PDSERVE_LOG_LEVEL="info")
     argv = [sys.executable, "-m", "pdserve.cli", "up", "--port", str(port), "--log-dir", str(tmp_path)]
     proc = subprocess.Popen(
-        [*argv, "--nice", "router=3"],
+        [*argv, "--nice", "router=3", "--max-model-len", "96"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
@@ -43,6 +43,8 @@ def test_pdserve_up_serves_and_stops(tmp_path: object) -> None:
         r = httpx.post(f"{base}/v1/completions", json=body, timeout=60)
         assert r.status_code == 200, r.text
         assert r.json()["usage"]["completion_tokens"] == 8
+        # --max-model-len reached every worker: the router serves the context they report.
+        assert httpx.get(f"{base}/v1/models", timeout=5).json()["data"][0]["max_model_len"] == 96
         roles = sorted(w["role"] for w in httpx.get(f"{base}/cluster", timeout=5).json()["workers"])
         assert roles == ["decode", "prefill"]
         # --nice router=3: the router runs 3 below our priority, the workers at ours.

@@ -56,6 +56,7 @@ def build_engine(args: argparse.Namespace) -> LLMEngine:
         num_kv_blocks=args.num_kv_blocks,
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_num_seqs=args.max_num_seqs,
+        max_model_len=args.max_model_len,
         enable_prefix_caching=args.enable_prefix_caching,
     )
     return LLMEngine.from_model(args.model, dtype=args.dtype, device=args.device, config=config, seed=args.seed)

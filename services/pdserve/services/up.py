@@ -107,6 +107,8 @@ def model_flags(args: argparse.Namespace) -> list[str]:
     flags += ["--max-num-batched-tokens", str(args.max_num_batched_tokens), "--max-num-seqs", str(args.max_num_seqs)]
     if args.num_kv_blocks is not None:
         flags += ["--num-kv-blocks", str(args.num_kv_blocks)]
+    if args.max_model_len is not None:
+        flags += ["--max-model-len", str(args.max_model_len)]
     if not args.enable_prefix_caching:
         flags += ["--no-enable-prefix-caching"]
     if args.model is not None:

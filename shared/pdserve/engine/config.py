@@ -39,3 +39,20 @@ class EngineConfig:
         if self.num_kv_blocks is not None:
             return self.num_kv_blocks
         return max(1, self.kv_cache_bytes // (bytes_per_token * self.block_size))
+
+
+def check_max_model_len(requested: int | None, model_len: int, pool_tokens: int) -> None:
+    """An explicit max_model_len must fit the model and the KV pool: refused, as vLLM refuses
+    it, rather than silently served shorter. Left out, the engine takes the smaller of the two."""
+    if requested is None:
+        return
+    if requested > model_len:
+        raise InvalidRequestError(
+            f"max_model_len {requested} is more than this model's context of {model_len} tokens "
+            f"(its config.json's max_position_embeddings, or its sliding window); use at most {model_len}"
+        )
+    if requested > pool_tokens:
+        raise InvalidRequestError(
+            f"max_model_len {requested} does not fit the KV pool of {pool_tokens} tokens: "
+            f"raise --num-kv-blocks or lower --max-model-len"
+        )

@@ -16,7 +16,7 @@ import torch
 from pdserve.engine.attention import ATTN_IMPLEMENTATION
 from pdserve.engine.block_manager import BlockManager
 from pdserve.engine.choice_grammar import ChoiceState
-from pdserve.engine.config import EngineConfig
+from pdserve.engine.config import EngineConfig, check_max_model_len
 from pdserve.engine.grammar_constraint import GrammarConstraint, MaskCache
 from pdserve.engine.host_memory import keep_freed_memory
 from pdserve.engine.json_grammar import JsonState
@@ -55,9 +55,9 @@ class LLMEngine:
         self.kv_layout = layout
         num_blocks = config.resolve_num_blocks(layout.bytes_per_token)
         # A lone request must always fit in the pool, or preemption could never make progress.
-        self.max_model_len = min(
-            loaded.max_model_len, config.max_model_len or loaded.max_model_len, num_blocks * config.block_size
-        )
+        pool_tokens = num_blocks * config.block_size
+        check_max_model_len(config.max_model_len, loaded.max_model_len, pool_tokens)
+        self.max_model_len = min(loaded.max_model_len, config.max_model_len or loaded.max_model_len, pool_tokens)
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_batched_tokens, config.max_num_seqs)
         self.runner = ModelRunner(loaded, num_blocks, config.block_size)
