@@ -14,6 +14,8 @@ from tqdm import tqdm
 from pdserve.engine.config import EngineConfig
 from pdserve.engine.llm_engine import LLMEngine, Prompt
 from pdserve.errors import InvalidRequestError
+from pdserve.models import builtin_model_path
+from pdserve.models.generation_defaults import generation_defaults
 from pdserve.outputs import RequestOutput
 from pdserve.sampling_params import SamplingParams, choice_seed
 
@@ -26,6 +28,9 @@ class LLM:
     `model` is a local Hugging Face directory, or None for the built-in tiny model. Engine
     sizes (block_size, num_kv_blocks, kv_cache_bytes, max_num_batched_tokens, max_num_seqs,
     max_model_len, enable_prefix_caching) can be passed as keyword arguments.
+    `generation_config` ("auto": the model's generation_config.json; "vllm": none; or a folder)
+    gives the sampling defaults `generate` uses when no params are passed, as vLLM's LLM does
+    (`get_default_sampling_params`).
     """
 
     def __init__(
@@ -35,6 +40,7 @@ class LLM:
         dtype: str | torch.dtype = "auto",
         device: str = "cpu",
         seed: int | None = 0,
+        generation_config: str = "auto",
         **engine_options: object,
     ) -> None:
         try:
@@ -42,8 +48,15 @@ class LLM:
         except TypeError as exc:
             raise InvalidRequestError(f"unknown engine option: {exc}") from exc
         self.engine = LLMEngine.from_model(model, dtype=dtype, device=device, config=config, seed=seed)
+        self._sampling_defaults = generation_defaults(
+            builtin_model_path() if model is None else Path(model).expanduser(), generation_config
+        )
         self.tokenizer = self.engine.tokenizer
         self._next_id = 0
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        """SamplingParams() with the model's own defaults (generation_config.json) where it has them."""
+        return SamplingParams(**self._sampling_defaults)
 
     def generate(
         self,
@@ -60,7 +73,7 @@ class LLM:
             prompts = [prompts]
         prompt_list: list[Prompt] = list(prompts)  # type: ignore[arg-type]
         if sampling_params is None:
-            sampling_params = SamplingParams()
+            sampling_params = self.get_default_sampling_params()
         params_list = (
             [sampling_params] * len(prompt_list)
             if isinstance(sampling_params, SamplingParams)

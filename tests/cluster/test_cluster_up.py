@@ -19,8 +19,11 @@ def test_pdserve_up_serves_and_stops(tmp_path: object) -> None:
     port = free_port()
     env = dict(os.environ, PDSERVE_LOG_LEVEL="info")
     argv = [sys.executable, "-m", "pdserve.cli", "up", "--port", str(port), "--log-dir", str(tmp_path)]
+    defaults = Path(f"{tmp_path}/generation")  # sampling defaults of our own: max_new_tokens caps requests
+    defaults.mkdir()
+    (defaults / "generation_config.json").write_text('{"max_new_tokens": 6}')
     proc = subprocess.Popen(
-        [*argv, "--nice", "router=3", "--max-model-len", "96"],
+        [*argv, "--nice", "router=3", "--max-model-len", "96", "--generation-config", str(defaults)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
@@ -42,7 +45,7 @@ def test_pdserve_up_serves_and_stops(tmp_path: object) -> None:
         body = {"model": "pdserve-tiny", "prompt": "Hello", "max_tokens": 8, "temperature": 0, "ignore_eos": True}
         r = httpx.post(f"{base}/v1/completions", json=body, timeout=60)
         assert r.status_code == 200, r.text
-        assert r.json()["usage"]["completion_tokens"] == 8
+        assert r.json()["usage"]["completion_tokens"] == 6  # 8 asked, capped by --generation-config's 6
         # --max-model-len reached every worker: the router serves the context they report.
         assert httpx.get(f"{base}/v1/models", timeout=5).json()["data"][0]["max_model_len"] == 96
         roles = sorted(w["role"] for w in httpx.get(f"{base}/cluster", timeout=5).json()["workers"])

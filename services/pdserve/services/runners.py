@@ -141,6 +141,7 @@ async def serve_worker(role: str, args: argparse.Namespace) -> None:
 async def serve_router(args: argparse.Namespace) -> None:
     configure_logging("router", args.log_level)
     from pdserve.models import builtin_model_path
+    from pdserve.models.generation_defaults import generation_defaults
     from pdserve.protocol import Subjects
     from pdserve.services.bus import connect, disconnect
     from pdserve.services.cluster_backend import ClusterBackend
@@ -151,6 +152,10 @@ async def serve_router(args: argparse.Namespace) -> None:
 
     path = args.model or builtin_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    defaults = generation_defaults(path, args.generation_config)
+    if defaults:
+        # as vLLM says it: requests that leave these out sample differently from OpenAI's defaults
+        log.info("sampling defaults from the model's generation config", source=args.generation_config, **defaults)
     options = bus_options(args)
     nc = await connect(options, name="router")
     policy = MigrationPolicy(max_migrations=args.max_migrations, stall_timeout_s=args.stall_timeout_s)
@@ -169,6 +174,7 @@ async def serve_router(args: argparse.Namespace) -> None:
         max_n=args.max_n,
         max_inflight=args.max_inflight,
         tool_call_parser=args.tool_call_parser,
+        sampling_defaults=defaults,
     )
     freeze_startup_heap()  # imports and tokenizer: no full GC pass walks them again (gc_heap.py)
     log.info("router listening", host=args.host, port=args.port, cluster=options.cluster, event_loop=event_loop.name())

@@ -129,6 +129,8 @@ def plan(args: argparse.Namespace, nats_url: str, log_dir: Path) -> list[Child]:
         router += ["--api-key", args.api_key]
     if args.tool_call_parser:
         router += ["--tool-call-parser", args.tool_call_parser]
+    if args.generation_config != "auto":
+        router += ["--generation-config", args.generation_config]
     children = [Child("router", router, log_dir / "router.log", pins.get("router"), nice.get("router", 0))]
     if args.mode == "colocated":
         roles = [("worker", args.workers)]
@@ -145,9 +147,14 @@ def plan(args: argparse.Namespace, nats_url: str, log_dir: Path) -> list[Child]:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    # Bad --pin or --nice fail here, before nats-server starts.
+    # Bad --pin, --nice or --generation-config fail here, before nats-server starts.
     parse_pin(args.pin)
     parse_nice(args.nice)
+    if args.generation_config != "auto":  # the model's own file is the router's to read
+        from pdserve.models import builtin_model_path
+        from pdserve.models.generation_defaults import generation_defaults
+
+        generation_defaults(args.model or builtin_model_path(), args.generation_config)
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="pdserve-up-"))
     try:
         log_dir.mkdir(parents=True, exist_ok=True)

@@ -7,11 +7,12 @@ backend lifecycle either: whoever created the backend starts and closes it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from pdserve.models.generation_defaults import check_sampling_defaults
 from pdserve.services.router.admission import GENERATION_PATHS, AdmissionMiddleware
 from pdserve.services.router.api_keys import ApiKeyMiddleware, bearer_scheme
 from pdserve.services.router.api_requests import MAX_CHOICES, ChatCompletionRequest, CompletionRequest
@@ -49,6 +50,7 @@ def create_app(
     max_n: int = 8,
     max_inflight: int = DEFAULT_MAX_INFLIGHT,
     tool_call_parser: str | None = None,
+    sampling_defaults: Mapping[str, Any] | None = None,
     fast_routes: bool = True,
 ) -> FastAPI:
     """An app serving `model_name` through `backend`; `tokenizer` is that model's Hugging Face tokenizer.
@@ -60,6 +62,9 @@ def create_app(
     The app's state holds the RouterContext as `app.state.router` (tests read its metrics).
     `tool_call_parser` (one of TOOL_CALL_PARSERS; None: none) reads the tool calls a model
     writes on its own, which tool_choice "auto" needs.
+    `sampling_defaults` (the model's, from `generation_defaults`; None: OpenAI's) fill the
+    sampling fields a request leaves out: temperature, top_p, top_k, min_p, repetition_penalty;
+    its max_tokens caps every request.
     `fast_routes` serves the two generation routes past FastAPI's routing layer (fast_routes.py);
     off, FastAPI routes them too (the tests compare both).
     """
@@ -80,6 +85,7 @@ def create_app(
         limits=Limits(max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit, max_n=max_n),
         request_timeout_s=request_timeout_s,
         tool_call_parser=tool_call_parser,
+        sampling_defaults=check_sampling_defaults(sampling_defaults or {}),
     )
 
     @asynccontextmanager

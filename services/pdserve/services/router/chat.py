@@ -77,7 +77,13 @@ async def chat_complete(ctx: RouterContext, body: ChatCompletionRequest, request
             # The alias is then ignored, but /openapi.json bounds it all the same.
             check_max_tokens_limit(body.max_tokens, ctx.limits, "max_tokens")
     max_tokens = resolve_max_tokens(
-        requested, len(prompt), ctx.max_model_len(), ctx.limits, param=param, prompt_param="messages"
+        requested,
+        len(prompt),
+        ctx.max_model_len(),
+        ctx.limits,
+        param=param,
+        prompt_param="messages",
+        cap=ctx.max_tokens_cap(),
     )
 
     response_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -95,6 +101,7 @@ async def chat_complete(ctx: RouterContext, body: ChatCompletionRequest, request
                     body.top_logprobs or 0,
                     response_format=body.response_format,
                     tool_schema=tools.schema,
+                    defaults=ctx.sampling_defaults,
                 ),
                 deadline,
             ),

@@ -76,7 +76,9 @@ async def complete(ctx: RouterContext, body: CompletionRequest, request: Request
         requested = 1
     default = None if explicit else DEFAULT_MAX_TOKENS
     for prompt_index, ids in enumerate(prompts):
-        max_tokens = resolve_max_tokens(requested, len(ids), ctx.max_model_len(), ctx.limits, default=default)
+        max_tokens = resolve_max_tokens(
+            requested, len(ids), ctx.max_model_len(), ctx.limits, default=default, cap=ctx.max_tokens_cap()
+        )
         for j in range(body.n):
             params = sampling_params(
                 body,
@@ -85,6 +87,7 @@ async def complete(ctx: RouterContext, body: CompletionRequest, request: Request
                 want_logprobs,
                 body.logprobs or 0,
                 response_format=body.response_format,
+                defaults=ctx.sampling_defaults,
             )
             if body.echo and want_logprobs:
                 params.prompt_logprobs = body.logprobs  # the echoed prompt comes with its logprobs

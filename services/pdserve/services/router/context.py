@@ -22,6 +22,9 @@ class RouterContext:
     limits: Limits
     request_timeout_s: float  # seconds from arrival until a request fails with 504
     tool_call_parser: str | None = None  # tool_choice "auto": the model's tool-call format (tool_parsers.py)
+    # SamplingParams field -> the model's default, for fields a request leaves out; "max_tokens"
+    # caps every request (models/generation_defaults.py)
+    sampling_defaults: dict[str, Any] = field(default_factory=dict)
     metrics: RouterMetrics = field(default_factory=RouterMetrics)
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -45,6 +48,10 @@ class RouterContext:
                 headers={"Retry-After": str(DEFAULT_RETRY_AFTER_S)},
             )
         return length
+
+    def max_tokens_cap(self) -> int | None:
+        cap = self.sampling_defaults.get("max_tokens")
+        return None if cap is None else int(cap)
 
     def deadline(self) -> float:
         """Unix seconds by which a request arriving now must be done."""

@@ -7,6 +7,7 @@ numbers rather than a failure deep in the cluster.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,7 @@ def resolve_max_tokens(
     param: str = "max_tokens",
     prompt_param: str = "prompt",
     default: int | None = None,
+    cap: int | None = None,
 ) -> int:
     """Tokens to generate for a prompt of `prompt_len` tokens.
 
@@ -71,7 +73,22 @@ def resolve_max_tokens(
     the end of the context, either capped by the room left and the server's max_tokens_limit.
     A prompt must leave room for one generated token, and prompt + requested must fit the
     context: like vLLM, an oversized request is refused rather than silently shortened.
+    `cap` (the model's max_new_tokens, generation_config.json) then bounds either, as vLLM
+    bounds every request by it; a request cut there ends with finish_reason "length".
     """
+    tokens = _max_tokens(requested, prompt_len, max_model_len, limits, param, prompt_param, default)
+    return tokens if cap is None else min(tokens, cap)
+
+
+def _max_tokens(
+    requested: int | None,
+    prompt_len: int,
+    max_model_len: int,
+    limits: Limits,
+    param: str,
+    prompt_param: str,
+    default: int | None,
+) -> int:
     if limits.max_prompt_tokens is not None and prompt_len > limits.max_prompt_tokens:
         raise invalid_request(
             f"the prompt has {prompt_len} tokens; this server accepts at most {limits.max_prompt_tokens}",
@@ -107,16 +124,22 @@ def sampling_params(
     *,
     response_format: ResponseFormat | None = None,
     tool_schema: dict[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> SamplingParams:
+    """`defaults`: the model's sampling defaults (models/generation_defaults.py) for the fields
+    the request leaves out or sends as null."""
     stop = body.stop if body.stop is not None else []
     source, grammar = _grammar(body, response_format, tool_schema)
+    temperature, top_k, top_p, min_p, repetition_penalty = (
+        _given(body, defaults, name) for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
+    )
     try:
         return SamplingParams(
             max_tokens=max_tokens,
-            temperature=_temperature(body.temperature),
-            top_k=0 if body.top_k is None else body.top_k,
-            top_p=1.0 if body.top_p is None else max(body.top_p, MIN_TOP_P),
-            min_p=body.min_p or 0.0,
+            temperature=_temperature(temperature),
+            top_k=0 if top_k is None else top_k,
+            top_p=1.0 if top_p is None else max(top_p, MIN_TOP_P),
+            min_p=min_p or 0.0,
             seed=seed,
             stop=[stop] if isinstance(stop, str) else list(stop),
             stop_token_ids=list(body.stop_token_ids or []),
@@ -125,7 +148,7 @@ def sampling_params(
             top_logprobs=top_logprobs,
             presence_penalty=body.presence_penalty or 0.0,
             frequency_penalty=body.frequency_penalty or 0.0,
-            repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
+            repetition_penalty=1.0 if repetition_penalty is None else repetition_penalty,
             logit_bias=dict(body.logit_bias or {}),  # type: ignore[arg-type]  # ids as strings, read as ids
             min_tokens=body.min_tokens or 0,
             **grammar,
@@ -183,6 +206,12 @@ def _grammar(
     if len(sources) > 1:
         raise invalid_request(f"{sources[0][0]} and {sources[1][0]} exclude each other: use one", param=sources[1][0])
     return sources[0] if sources else (None, {})
+
+
+def _given(body: SamplingFields, defaults: Mapping[str, Any] | None, name: str) -> Any:
+    """The request's value of `name`, or the model's default where it left the field out or sent null."""
+    value = getattr(body, name) if name in body.model_fields_set else None
+    return defaults.get(name) if value is None and defaults else value
 
 
 def _temperature(requested: float | None) -> float:
