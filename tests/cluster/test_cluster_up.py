@@ -50,6 +50,9 @@ def test_pdserve_up_serves_and_stops(tmp_path: object) -> None:
         assert httpx.get(f"{base}/v1/models", timeout=5).json()["data"][0]["max_model_len"] == 96
         roles = sorted(w["role"] for w in httpx.get(f"{base}/cluster", timeout=5).json()["workers"])
         assert roles == ["decode", "prefill"]
+        scraped = httpx.get(f"{base}/metrics", timeout=5).text.splitlines()
+        assert {'pdserve_workers_live{role="decode"} 1', 'pdserve_workers_live{role="prefill"} 1'} <= set(scraped)
+        assert "pdserve_router_time_to_first_token_seconds_count 1" in scraped
         # --nice router=3: the router runs 3 below our priority, the workers at ours.
         pids = dict(re.findall(r"started (\S+) \(pid (\d+)\)", "".join(lines)))
         ours = os.getpriority(os.PRIO_PROCESS, 0)

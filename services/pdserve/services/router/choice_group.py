@@ -12,6 +12,7 @@ added to the router's latency per request (docs/benchmarks.md, router overhead).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 from pdserve.services.router.choice_stream import ChoiceStream, TokenDelta
@@ -30,6 +31,7 @@ class ChoiceGroup:
         self._pumps: list[asyncio.Task[None]] | None = None
         self._running = len(choices)
         self._closed = False
+        self._started = time.perf_counter()  # the choices' requests go to the backend now
 
     @classmethod
     def start(
@@ -69,7 +71,7 @@ class ChoiceGroup:
         delta = await choice.next()
         if delta is None:
             return None
-        self.metrics.generated_tokens += len(delta.token_ids)
+        self._observe(choice, delta)
         return choice, delta
 
     async def _next_any(self) -> tuple[ChoiceStream, TokenDelta] | None:
@@ -83,9 +85,22 @@ class ChoiceGroup:
             if delta is None:
                 self._running -= 1
                 continue
-            self.metrics.generated_tokens += len(delta.token_ids)
+            self._observe(choice, delta)
             return choice, delta
         return None
+
+    def _observe(self, choice: ChoiceStream, delta: TokenDelta) -> None:
+        """Count the delta's tokens and time it (latency_histogram.py)."""
+        metrics = self.metrics
+        metrics.generated_tokens += len(delta.token_ids)
+        now = time.perf_counter()
+        if choice.last_delta_at is None:
+            metrics.time_to_first_token.observe(now - self._started)
+        else:
+            metrics.inter_token_latency.observe(now - choice.last_delta_at)
+        choice.last_delta_at = now
+        if delta.finish_reason is not None:
+            metrics.e2e_request_latency.observe(now - self._started)
 
     def ready(self) -> bool:
         """True if the next `next()` returns without waiting for the backend: every choice has

@@ -61,6 +61,7 @@ class ChoiceStream:
         self.finish_reason: FinishReason | None = None
         self.text: str | None = None
         self.cached_tokens = 0
+        self.last_delta_at: float | None = None  # perf_counter when the last delta was handed out
         self._chunks = chunks
         self._ahead: dict[int, TokenChunk] = {}
         self._peeked: TokenDelta | None = None

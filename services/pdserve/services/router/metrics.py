@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from pdserve.services.router.latency_histogram import E2E_BUCKETS, ITL_BUCKETS, TTFT_BUCKETS, LatencyHistogram
+
 KNOWN_ENDPOINTS = frozenset(
     {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/cluster", "/metrics"}
 )
@@ -23,6 +25,27 @@ class RouterMetrics:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     client_disconnects: int = 0
+    time_to_first_token: LatencyHistogram = field(
+        default_factory=lambda: LatencyHistogram(
+            "pdserve_router_time_to_first_token_seconds",
+            "Seconds from sending a choice to the workers to its first token.",
+            TTFT_BUCKETS,
+        )
+    )
+    inter_token_latency: LatencyHistogram = field(
+        default_factory=lambda: LatencyHistogram(
+            "pdserve_router_inter_token_latency_seconds",
+            "Seconds between a choice's consecutive deltas (each streamed chunk).",
+            ITL_BUCKETS,
+        )
+    )
+    e2e_request_latency: LatencyHistogram = field(
+        default_factory=lambda: LatencyHistogram(
+            "pdserve_router_e2e_request_latency_seconds",
+            "Seconds from sending a choice to the workers to its last token, for choices that finished.",
+            E2E_BUCKETS,
+        )
+    )
 
     def observe_request(self, path: str, status: int) -> None:
         endpoint = path if path in KNOWN_ENDPOINTS else "other"
@@ -63,4 +86,6 @@ class RouterMetrics:
                 f"# TYPE pdserve_router_{name} {kind}",
                 f"pdserve_router_{name} {value}",
             ]
+        for histogram in (self.time_to_first_token, self.inter_token_latency, self.e2e_request_latency):
+            lines += histogram.render()
         return "\n".join(lines) + "\n"

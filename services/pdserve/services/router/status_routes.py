@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from pdserve.services.router.api_responses import ClusterResponse, HealthResponse, ModelCard, ModelList
 from pdserve.services.router.context import RouterContext
 from pdserve.services.router.errors import DEFAULT_RETRY_AFTER_S
+from pdserve.services.router.worker_gauges import render_worker_gauges
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
@@ -55,6 +56,7 @@ def status_router(ctx: RouterContext) -> APIRouter:
         summary="Counters in Prometheus' text format",
     )
     async def metrics() -> Response:
-        return Response(ctx.metrics.render(), media_type=PROMETHEUS_TEXT)
+        text = ctx.metrics.render() + render_worker_gauges(ctx.backend.workers())
+        return Response(text, media_type=PROMETHEUS_TEXT)
 
     return router
