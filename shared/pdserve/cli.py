@@ -132,6 +132,11 @@ def add_router_limit_args(parser: argparse.ArgumentParser) -> None:
         help="read the tool calls the model writes itself (tool_choice auto): hermes (Qwen, Hermes), llama3_json",
     )
     parser.add_argument(
+        "--chat-template",
+        default=None,
+        help="chat template for /v1/chat/completions: a file, or the template text (default: the tokenizer's)",
+    )
+    parser.add_argument(
         "--generation-config",
         default="auto",
         help="sampling defaults for fields a request leaves out: auto (the model's generation_config.json), "
@@ -250,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--max-inflight", type=positive_int, default=1024, help="the gateway's --max-inflight")
     up.add_argument("--generation-config", default="auto", help="the gateway's --generation-config")
+    up.add_argument("--chat-template", default=None, help="the gateway's --chat-template")
     up.add_argument("--log-dir", default=None, help="where each process writes its log (default: a temp dir)")
     up.add_argument("--pin", default=None, help="CPU cores per process, e.g. 'router=0;prefill=0;decode=1'")
     up.add_argument(

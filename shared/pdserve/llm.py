@@ -15,6 +15,7 @@ from pdserve.engine.config import EngineConfig
 from pdserve.engine.llm_engine import LLMEngine, Prompt
 from pdserve.errors import InvalidRequestError
 from pdserve.models import builtin_model_path
+from pdserve.models.chat_template import load_chat_template
 from pdserve.models.generation_defaults import generation_defaults
 from pdserve.outputs import RequestOutput
 from pdserve.sampling_params import SamplingParams, choice_seed
@@ -118,11 +119,13 @@ class LLM:
         sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
         *,
         tools: list[dict[str, Any]] | None = None,
+        chat_template: str | None = None,
         use_tqdm: bool = False,
     ) -> list[RequestOutput]:
         """Generate a reply to each conversation (a list of {"role", "content", ...} messages,
         or a list of such lists), rendered by the model's chat template with the assistant's turn
-        opened, as vLLM's `LLM.chat` does; `tools` (OpenAI's tool definitions) go to the template."""
+        opened, as vLLM's `LLM.chat` does; `tools` (OpenAI's tool definitions) go to the template.
+        `chat_template` (template text or a file; None: the tokenizer's) replaces the model's."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         if not conversations or not all(
             isinstance(c, list) and c and all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in c)
@@ -132,16 +135,24 @@ class LLM:
                 "messages must be a conversation (a non-empty list of messages, each a dict with a 'role') "
                 "or a list of them"
             )
-        prompts: list[Prompt] = [self._render(conversation, tools) for conversation in conversations]  # type: ignore[arg-type]
+        template = None if chat_template is None else load_chat_template(chat_template)
+        prompts: list[Prompt] = [self._render(c, tools, template) for c in conversations]  # type: ignore[arg-type]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
-    def _render(self, conversation: Conversation, tools: list[dict[str, Any]] | None) -> list[int]:
+    def _render(
+        self, conversation: Conversation, tools: list[dict[str, Any]] | None, template: str | None
+    ) -> list[int]:
         tokenizer: Any = self.tokenizer  # transformers' stubs do not cover the template's arguments
-        if getattr(tokenizer, "chat_template", None) is None:
-            raise InvalidRequestError("this model has no chat template; use generate() with a prompt")
+        if template is None and getattr(tokenizer, "chat_template", None) is None:
+            raise InvalidRequestError("this model has no chat template; pass chat_template, or use generate()")
         try:
             ids = tokenizer.apply_chat_template(
-                list(conversation), tools=tools, add_generation_prompt=True, tokenize=True, return_dict=False
+                list(conversation),
+                tools=tools,
+                chat_template=template,
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
             )
         except (jinja2.TemplateError, ValueError, TypeError) as exc:
             raise InvalidRequestError(f"the chat template refused the conversation: {exc}") from None

@@ -38,3 +38,11 @@ def test_chat_is_generate_on_the_rendered_conversation(llm: LLM) -> None:
 def test_bad_conversations_are_clear_errors(llm: LLM, messages: object) -> None:
     with pytest.raises(InvalidRequestError):
         llm.chat(messages)  # type: ignore[arg-type]
+
+
+def test_chat_template_replaces_the_models(llm: LLM) -> None:
+    template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant]"
+    params = SamplingParams(max_tokens=4, temperature=0.0)
+    [out] = llm.chat(CONVERSATION, params, chat_template=template)
+    text = "[system] Be brief.\n[user] Hi\n[assistant]"
+    assert out.prompt_token_ids == list(llm.tokenizer(text, add_special_tokens=False).input_ids)

@@ -141,6 +141,7 @@ async def serve_worker(role: str, args: argparse.Namespace) -> None:
 async def serve_router(args: argparse.Namespace) -> None:
     configure_logging("router", args.log_level)
     from pdserve.models import builtin_model_path
+    from pdserve.models.chat_template import load_chat_template
     from pdserve.models.generation_defaults import generation_defaults
     from pdserve.protocol import Subjects
     from pdserve.services.bus import connect, disconnect
@@ -153,6 +154,7 @@ async def serve_router(args: argparse.Namespace) -> None:
     path = args.model or builtin_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     defaults = generation_defaults(path, args.generation_config)
+    chat_template = None if args.chat_template is None else load_chat_template(args.chat_template)
     if defaults:
         # as vLLM says it: requests that leave these out sample differently from OpenAI's defaults
         log.info("sampling defaults from the model's generation config", source=args.generation_config, **defaults)
@@ -175,6 +177,7 @@ async def serve_router(args: argparse.Namespace) -> None:
         max_inflight=args.max_inflight,
         tool_call_parser=args.tool_call_parser,
         sampling_defaults=defaults,
+        chat_template=chat_template,
     )
     freeze_startup_heap()  # imports and tokenizer: no full GC pass walks them again (gc_heap.py)
     log.info("router listening", host=args.host, port=args.port, cluster=options.cluster, event_loop=event_loop.name())

@@ -131,6 +131,8 @@ def plan(args: argparse.Namespace, nats_url: str, log_dir: Path) -> list[Child]:
         router += ["--tool-call-parser", args.tool_call_parser]
     if args.generation_config != "auto":
         router += ["--generation-config", args.generation_config]
+    if args.chat_template is not None:
+        router += ["--chat-template", args.chat_template]
     children = [Child("router", router, log_dir / "router.log", pins.get("router"), nice.get("router", 0))]
     if args.mode == "colocated":
         roles = [("worker", args.workers)]
@@ -147,7 +149,7 @@ def plan(args: argparse.Namespace, nats_url: str, log_dir: Path) -> list[Child]:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    # Bad --pin, --nice or --generation-config fail here, before nats-server starts.
+    # Bad --pin, --nice, --generation-config or --chat-template fail here, before nats-server starts.
     parse_pin(args.pin)
     parse_nice(args.nice)
     if args.generation_config != "auto":  # the model's own file is the router's to read
@@ -155,6 +157,10 @@ def run_up(args: argparse.Namespace) -> int:
         from pdserve.models.generation_defaults import generation_defaults
 
         generation_defaults(args.model or builtin_model_path(), args.generation_config)
+    if args.chat_template is not None:
+        from pdserve.models.chat_template import load_chat_template
+
+        load_chat_template(args.chat_template)
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="pdserve-up-"))
     try:
         log_dir.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from pdserve.errors import ModelLoadError
+from pdserve.models.chat_template import check_chat_template
 from pdserve.models.generation_defaults import check_sampling_defaults
 from pdserve.services.router.admission import GENERATION_PATHS, AdmissionMiddleware
 from pdserve.services.router.api_keys import ApiKeyMiddleware, bearer_scheme
@@ -51,6 +53,7 @@ def create_app(
     max_inflight: int = DEFAULT_MAX_INFLIGHT,
     tool_call_parser: str | None = None,
     sampling_defaults: Mapping[str, Any] | None = None,
+    chat_template: str | None = None,
     fast_routes: bool = True,
 ) -> FastAPI:
     """An app serving `model_name` through `backend`; `tokenizer` is that model's Hugging Face tokenizer.
@@ -65,6 +68,8 @@ def create_app(
     `sampling_defaults` (the model's, from `generation_defaults`; None: OpenAI's) fill the
     sampling fields a request leaves out: temperature, top_p, top_k, min_p, repetition_penalty;
     its max_tokens caps every request.
+    `chat_template` (template text, see models/chat_template.py; None: the tokenizer's own)
+    renders chat conversations.
     `fast_routes` serves the two generation routes past FastAPI's routing layer (fast_routes.py);
     off, FastAPI routes them too (the tests compare both).
     """
@@ -73,6 +78,11 @@ def create_app(
     if max_n > MAX_CHOICES:
         raise ValueError(f"max_n must be at most {MAX_CHOICES}, got {max_n}")
     _check_positive(max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit)
+    if chat_template is not None:
+        try:
+            check_chat_template(chat_template)
+        except ModelLoadError as exc:
+            raise ValueError(str(exc)) from None
     if not model_name:
         raise ValueError("model_name must be a non-empty string")
     if tool_call_parser is not None and tool_call_parser not in TOOL_CALL_PARSERS:
@@ -80,7 +90,7 @@ def create_app(
     ctx = RouterContext(
         backend=backend,
         tokenizer=tokenizer,
-        prompts=PromptTokenizer(tokenizer),
+        prompts=PromptTokenizer(tokenizer, chat_template),
         model_name=model_name,
         limits=Limits(max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit, max_n=max_n),
         request_timeout_s=request_timeout_s,

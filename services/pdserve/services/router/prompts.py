@@ -32,8 +32,10 @@ INLINE_MAX_CHARS = 512
 
 
 class PromptTokenizer:
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, chat_template: str | None = None) -> None:
+        """`chat_template` (the template text; None: the tokenizer's own) renders conversations."""
         self.tokenizer = tokenizer
+        self.chat_template = chat_template
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdserve-tokenize")
         self._queued = 0  # jobs submitted to the thread and not finished; changed on the loop only
         self._encode = fast_encoder(tokenizer) or (lambda text: list(tokenizer(text, verbose=False).input_ids))
@@ -59,14 +61,23 @@ class PromptTokenizer:
         def render() -> list[int]:
             try:
                 ids = self.tokenizer.apply_chat_template(
-                    conversation, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=False
+                    conversation,
+                    tools=tools,
+                    chat_template=self.chat_template,
+                    add_generation_prompt=True,
+                    tokenize=True,
+                    return_dict=False,
                 )
             except jinja2.TemplateError as exc:
                 # Templates reject conversations they cannot render (roles out of order, ...).
                 raise invalid_request(f"messages: the chat template refused them: {exc}", param="messages") from None
             except ValueError as exc:
                 if getattr(self.tokenizer, "chat_template", None) is None:
-                    raise ApiError(400, "this model has no chat template; use /v1/completions") from None
+                    raise ApiError(
+                        400,
+                        "this model has no chat template; use /v1/completions, or start the router with "
+                        "--chat-template FILE",
+                    ) from None
                 raise invalid_request(f"messages: {exc}", param="messages") from None
             return [int(t) for t in ids]
 
