@@ -120,12 +120,17 @@ class LLM:
         *,
         tools: list[dict[str, Any]] | None = None,
         chat_template: str | None = None,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        chat_template_kwargs: dict[str, Any] | None = None,
         use_tqdm: bool = False,
     ) -> list[RequestOutput]:
         """Generate a reply to each conversation (a list of {"role", "content", ...} messages,
         or a list of such lists), rendered by the model's chat template with the assistant's turn
         opened, as vLLM's `LLM.chat` does; `tools` (OpenAI's tool definitions) go to the template.
-        `chat_template` (template text or a file; None: the tokenizer's) replaces the model's."""
+        `chat_template` (template text or a file; None: the tokenizer's) replaces the model's.
+        `add_generation_prompt`, `continue_final_message` (the reply continues the last, assistant
+        message) and `chat_template_kwargs` (extra template variables) are vLLM's."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         if not conversations or not all(
             isinstance(c, list) and c and all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in c)
@@ -135,24 +140,27 @@ class LLM:
                 "messages must be a conversation (a non-empty list of messages, each a dict with a 'role') "
                 "or a list of them"
             )
+        if add_generation_prompt and continue_final_message:
+            raise InvalidRequestError("continue_final_message needs add_generation_prompt=False")
         template = None if chat_template is None else load_chat_template(chat_template)
-        prompts: list[Prompt] = [self._render(c, tools, template) for c in conversations]  # type: ignore[arg-type]
+        options = {
+            "chat_template": template,
+            "add_generation_prompt": add_generation_prompt,
+            "continue_final_message": continue_final_message,
+            **(chat_template_kwargs or {}),
+        }
+        prompts: list[Prompt] = [self._render(c, tools, options) for c in conversations]  # type: ignore[arg-type]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
     def _render(
-        self, conversation: Conversation, tools: list[dict[str, Any]] | None, template: str | None
+        self, conversation: Conversation, tools: list[dict[str, Any]] | None, options: dict[str, Any]
     ) -> list[int]:
         tokenizer: Any = self.tokenizer  # transformers' stubs do not cover the template's arguments
-        if template is None and getattr(tokenizer, "chat_template", None) is None:
+        if options["chat_template"] is None and getattr(tokenizer, "chat_template", None) is None:
             raise InvalidRequestError("this model has no chat template; pass chat_template, or use generate()")
         try:
             ids = tokenizer.apply_chat_template(
-                list(conversation),
-                tools=tools,
-                chat_template=template,
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=False,
+                list(conversation), tools=tools, tokenize=True, return_dict=False, **options
             )
         except (jinja2.TemplateError, ValueError, TypeError) as exc:
             raise InvalidRequestError(f"the chat template refused the conversation: {exc}") from None

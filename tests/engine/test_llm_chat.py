@@ -46,3 +46,17 @@ def test_chat_template_replaces_the_models(llm: LLM) -> None:
     [out] = llm.chat(CONVERSATION, params, chat_template=template)
     text = "[system] Be brief.\n[user] Hi\n[assistant]"
     assert out.prompt_token_ids == list(llm.tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def test_render_options(llm: LLM) -> None:
+    """vLLM's LLM.chat options: continue the last assistant message, template variables."""
+    params = SamplingParams(max_tokens=2, temperature=0.0)
+    started = [*CONVERSATION, {"role": "assistant", "content": "Once upon"}]
+    [out] = llm.chat(started, params, add_generation_prompt=False, continue_final_message=True)
+    want = llm.tokenizer.apply_chat_template(started, continue_final_message=True, return_dict=False)
+    assert out.prompt_token_ids == list(want)
+    template = "{{ greeting }}{% for m in messages %}{{ m.content }}{% endfor %}"
+    [out] = llm.chat(CONVERSATION, params, chat_template=template, chat_template_kwargs={"greeting": "Hey! "})
+    assert out.prompt_token_ids == list(llm.tokenizer("Hey! Be brief.Hi", add_special_tokens=False).input_ids)
+    with pytest.raises(InvalidRequestError, match="add_generation_prompt"):
+        llm.chat(started, params, continue_final_message=True)

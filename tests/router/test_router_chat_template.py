@@ -76,3 +76,61 @@ def test_a_missing_template_file_stops_the_command_at_once(tmp_path: Path, comma
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert f"--chat-template {missing}: no such file" in done.stderr
+
+
+# transformers renders with trim_blocks: a newline right after a block tag is dropped, hence {{ nl }}.
+THINKING = (
+    "{% set nl = '\\n' %}{% for m in messages %}<{{ m.role }}>{{ m.content }}"
+    "{% if not loop.last or add_generation_prompt %}{{ nl }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>"
+    "{% if enable_thinking is defined and not enable_thinking %}<no-think>{% endif %}{% endif %}"
+)
+
+
+@pytest.fixture
+async def thinking(backend: LocalBackend, bare_tokenizer: object) -> AsyncIterator[httpx.AsyncClient]:
+    async with await client_for(backend, bare_tokenizer, THINKING) as client:
+        yield client
+
+
+async def test_render_options_reach_the_template(thinking: httpx.AsyncClient, bare_tokenizer: object) -> None:
+    """vLLM's add_generation_prompt, continue_final_message and chat_template_kwargs, in chat and /tokenize."""
+
+    def ids(text: str) -> list[int]:
+        return list(bare_tokenizer(text, add_special_tokens=False).input_ids)  # type: ignore[operator]
+
+    async def tokens(messages: list[dict], **options: object) -> list[int]:
+        reply = await thinking.post("/tokenize", json={"messages": messages, **options})
+        assert reply.status_code == 200, reply.text
+        return list(reply.json()["tokens"])
+
+    assert await tokens(MESSAGES) == ids("<system>Be brief.\n<user>Hi\n<assistant>")
+    assert await tokens(MESSAGES, chat_template_kwargs={"enable_thinking": False}) == ids(
+        "<system>Be brief.\n<user>Hi\n<assistant><no-think>"
+    )
+    assert await tokens(MESSAGES, add_generation_prompt=False) == ids("<system>Be brief.\n<user>Hi")
+    started = [*MESSAGES, {"role": "assistant", "content": "Once upon"}]
+    continued = await tokens(started, add_generation_prompt=False, continue_final_message=True)
+    assert continued == ids("<system>Be brief.\n<user>Hi\n<assistant>Once upon")
+    # Chat renders the same way: the prompt it sends is what /tokenize says.
+    body = {"messages": started, "add_generation_prompt": False, "continue_final_message": True}
+    reply = await thinking.post("/v1/chat/completions", json={**body, "max_tokens": 2, "return_token_ids": True})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["prompt_token_ids"] == continued
+
+
+@pytest.mark.parametrize(
+    ("options", "param"),
+    [
+        ({"continue_final_message": True}, "continue_final_message"),  # with add_generation_prompt's default true
+        ({"chat_template_kwargs": {"tools": []}}, "chat_template_kwargs"),
+        ({"chat_template_kwargs": {f"k{i}": i for i in range(65)}}, "chat_template_kwargs"),
+        ({"chat_template_kwargs": "enable_thinking"}, "chat_template_kwargs"),
+        ({"add_generation_prompt": "yes"}, "add_generation_prompt"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/tokenize"])
+async def test_bad_render_options_are_400(thinking: httpx.AsyncClient, options: dict, param: str, path: str) -> None:
+    reply = await thinking.post(path, json={"messages": MESSAGES, "max_tokens": 2, **options} if path != "/tokenize"
+                                else {"messages": MESSAGES, **options})  # fmt: skip
+    assert_error(reply, 400, param)

@@ -90,6 +90,24 @@ class StructuredOutputs(StrictModel):
     )
 
 
+# Extra variables a request may hand the chat template (Qwen3's enable_thinking, ...).
+MAX_TEMPLATE_KWARGS = 64
+
+
+class ChatTemplateFields(StrictModel):
+    """vLLM's controls of how a conversation is rendered (chat completions and /tokenize)."""
+
+    add_generation_prompt: bool = Field(True, description="vLLM extension: open the assistant's turn")
+    continue_final_message: bool = Field(
+        False,
+        description="vLLM extension: leave the last (assistant) message open, so the reply continues it; "
+        "needs add_generation_prompt false",
+    )
+    chat_template_kwargs: Annotated[dict[str, Any], Field(max_length=MAX_TEMPLATE_KWARGS)] | None = Field(
+        None, description="vLLM extension: extra variables for the chat template, e.g. {'enable_thinking': false}"
+    )
+
+
 class SamplingFields(StrictModel):
     """Fields shared by completions and chat completions."""
 
@@ -258,7 +276,7 @@ class NamedToolChoice(StrictModel):
     function: FunctionName
 
 
-class ChatCompletionRequest(SamplingFields):
+class ChatCompletionRequest(SamplingFields, ChatTemplateFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: PositiveInt | None = Field(None, description="deprecated alias of max_completion_tokens")
     max_completion_tokens: PositiveInt | None = Field(None, description="null means up to the end of the context")

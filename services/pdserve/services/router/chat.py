@@ -29,6 +29,7 @@ from pdserve.services.router.errors import invalid_request
 from pdserve.services.router.generation import answer, usage
 from pdserve.services.router.logprobs import TokenTexts, chat_logprobs
 from pdserve.services.router.openapi_docs import generation_responses
+from pdserve.services.router.prompts import RenderOptions
 from pdserve.services.router.reply_stream import reply_stream
 from pdserve.services.router.sampling import (
     check_choices,
@@ -68,7 +69,7 @@ async def chat_complete(ctx: RouterContext, body: ChatCompletionRequest, request
         raise invalid_request("top_logprobs needs logprobs: true", param="top_logprobs")
     check_choices(1, body.n, ctx.limits)
     tools = ToolPlan.of(body, ctx.tool_call_parser)
-    prompt = await ctx.prompts.encode_chat(body.messages, tools.tools)
+    prompt = await ctx.prompts.encode_chat(body.messages, tools.tools, RenderOptions.of(body))
     requested: int | None = body.max_tokens
     param = "max_tokens"
     if body.max_completion_tokens is not None:

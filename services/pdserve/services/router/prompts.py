@@ -18,10 +18,11 @@ import contextlib
 import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import jinja2
-from pdserve.services.router.api_requests import AssistantMessage, ChatMessage, ToolMessage
+from pdserve.services.router.api_requests import AssistantMessage, ChatMessage, ChatTemplateFields, ToolMessage
 from pdserve.services.router.errors import ApiError, invalid_request
 
 # Text parts of one message are joined like vLLM does, so templates that expect string content work.
@@ -52,11 +53,16 @@ class PromptTokenizer:
         return ids
 
     async def encode_chat(
-        self, messages: Sequence[ChatMessage], tools: list[dict[str, Any]] | None = None
+        self,
+        messages: Sequence[ChatMessage],
+        tools: list[dict[str, Any]] | None = None,
+        options: RenderOptions | None = None,
     ) -> list[int]:
         """Token ids of the conversation rendered by the chat template, ending with the assistant's
-        turn; `tools` (OpenAI's tool definitions) go to the template, which decides how to show them."""
+        turn (unless `options` say otherwise); `tools` (OpenAI's tool definitions) go to the
+        template, which decides how to show them."""
         conversation = [_message_dict(m) for m in messages]
+        options = options or RenderOptions()
 
         def render() -> list[int]:
             try:
@@ -64,15 +70,18 @@ class PromptTokenizer:
                     conversation,
                     tools=tools,
                     chat_template=self.chat_template,
-                    add_generation_prompt=True,
+                    add_generation_prompt=options.add_generation_prompt,
+                    continue_final_message=options.continue_final_message,
                     tokenize=True,
                     return_dict=False,
+                    **options.template_kwargs,
                 )
-            except jinja2.TemplateError as exc:
-                # Templates reject conversations they cannot render (roles out of order, ...).
+            except (jinja2.TemplateError, TypeError) as exc:
+                # Templates reject conversations they cannot render (roles out of order, ...), and
+                # template variables of types they cannot use (chat_template_kwargs).
                 raise invalid_request(f"messages: the chat template refused them: {exc}", param="messages") from None
             except ValueError as exc:
-                if getattr(self.tokenizer, "chat_template", None) is None:
+                if self.chat_template is None and getattr(self.tokenizer, "chat_template", None) is None:
                     raise ApiError(
                         400,
                         "this model has no chat template; use /v1/completions, or start the router with "
@@ -112,6 +121,44 @@ class PromptTokenizer:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+# apply_chat_template's own parameters: a template variable of the same name would replace them.
+_RENDER_PARAMETERS = frozenset(
+    {
+        "conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt",
+        "continue_final_message", "tokenize", "padding", "truncation", "max_length", "return_tensors",
+        "return_dict", "return_assistant_tokens_mask", "tokenizer_kwargs",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class RenderOptions:
+    """How a conversation is rendered: vLLM's add_generation_prompt, continue_final_message and
+    chat_template_kwargs."""
+
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, body: ChatTemplateFields) -> RenderOptions:
+        """The request's options; 400 for a combination the template cannot render."""
+        if body.add_generation_prompt and body.continue_final_message:
+            raise invalid_request(
+                "continue_final_message needs add_generation_prompt false: the reply either continues the last "
+                "message or starts a new turn",
+                param="continue_final_message",
+            )
+        kwargs = dict(body.chat_template_kwargs or {})
+        taken = sorted(_RENDER_PARAMETERS & set(kwargs))
+        if taken:
+            raise invalid_request(
+                f"chat_template_kwargs: {', '.join(taken)} are set by the request itself, not by template variables",
+                param="chat_template_kwargs",
+            )
+        return cls(body.add_generation_prompt, body.continue_final_message, kwargs)
 
 
 def fast_encoder(tokenizer: Any) -> Callable[[str], list[int]] | None:

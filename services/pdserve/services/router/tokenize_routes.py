@@ -10,15 +10,24 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter
-from pdserve.services.router.api_requests import MAX_TOOLS, ChatMessage, StrictModel, Text, TokenId, ToolDef
+from pdserve.services.router.api_requests import (
+    MAX_TOOLS,
+    ChatMessage,
+    ChatTemplateFields,
+    StrictModel,
+    Text,
+    TokenId,
+    ToolDef,
+)
 from pdserve.services.router.context import RouterContext
 from pdserve.services.router.errors import invalid_request
 from pdserve.services.router.openapi_docs import TOKENIZER_STATUSES, error_responses
+from pdserve.services.router.prompts import RenderOptions
 from pdserve.services.router.tool_calls import template_tools
 from pydantic import BaseModel, Field
 
 
-class TokenizeRequest(StrictModel):
+class TokenizeRequest(ChatTemplateFields):
     model: Text | None = Field(None, description="must be the served model's id if given")
     prompt: Text | None = Field(None, description="text to tokenize; or `messages`")
     messages: list[ChatMessage] | None = Field(None, description="a conversation, rendered by the chat template")
@@ -60,7 +69,7 @@ def tokenize_router(ctx: RouterContext) -> APIRouter:
             if not body.messages:
                 raise invalid_request("messages is empty", param="messages")
             tools = template_tools(body.tools) if body.tools else None
-            tokens = await ctx.prompts.encode_chat(body.messages, tools)
+            tokens = await ctx.prompts.encode_chat(body.messages, tools, RenderOptions.of(body))
         elif body.add_special_tokens:
             tokens = await ctx.prompts.encode(body.prompt or "")
         else:
