@@ -81,7 +81,9 @@ class SamplingParams:
     prompt token after the ones before it, and its k most likely alternatives; a request that
     asks for them is not served from the prefix cache, since cached tokens are not run through
     the model. As in vLLM, `max_tokens=None` generates until the
-    context ends, and `stop=None` / `stop_token_ids=None` mean none.
+    context ends, and `stop=None` / `stop_token_ids=None` mean none. `skip_special_tokens`
+    (vLLM's, default True) leaves special tokens (eos, chat markers) out of the text; False keeps
+    them, and stop strings then match them too.
     """
 
     max_tokens: int = 16
@@ -95,6 +97,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: bool = False
     include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
     top_logprobs: int = 0
     prompt_logprobs: int | None = None
     presence_penalty: float = 0.0
@@ -226,7 +229,7 @@ class SamplingParams:
             raise InvalidRequestError(f"min_tokens must be a non-negative integer, got {self.min_tokens!r}")
         if self.min_tokens > self.max_tokens:
             raise InvalidRequestError(f"min_tokens {self.min_tokens} is more than max_tokens {self.max_tokens}")
-        for name in ("ignore_eos", "include_stop_str_in_output", "json_object"):
+        for name in ("ignore_eos", "include_stop_str_in_output", "json_object", "skip_special_tokens"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidRequestError(f"{name} must be a boolean")
         grammars = [n for n in GRAMMAR_FIELDS if getattr(self, n) not in (None, False)]

@@ -232,7 +232,10 @@ async def test_penalties_and_logit_bias_cross_the_cluster(nats_server: NatsServe
         frequency_penalty=0.4,
         logit_bias={7: 3.0, 11: -100.0},
     )
-    expected = [o.token_ids for o in LLM(dtype="float32").generate(prompts, params)]
+    offline = LLM(dtype="float32")
+    expected = [o.token_ids for o in offline.generate(prompts, params)]
+    sampled = SamplingParams(max_tokens=10, temperature=1.5, min_p=0.2, seed=9, ignore_eos=True)
+    want_sampled = offline.generate([prompts[0]], sampled)[0].token_ids
     body = {"model": "test", "max_tokens": 10, "temperature": 0, "ignore_eos": True, "return_token_ids": True}
     cluster = await start_cluster(nats_server.url, http=True)
     try:
@@ -244,6 +247,15 @@ async def test_penalties_and_logit_bias_cross_the_cluster(nats_server: NatsServe
                 assert 11 not in want
             bad = await client.post("/v1/completions", json={**body, "prompt": [1, 2], "logit_bias": {"9999999": 1}})
             assert bad.status_code == 400 and "vocabulary" in bad.json()["error"]["message"]
+            # The decode worker writes the final text: skip_special_tokens reaches it (<|pad|> is 258).
+            pad = {**body, "prompt": [1, 2], "max_tokens": 3, "logit_bias": {"258": 100}, "skip_special_tokens": False}
+            r = await client.post("/v1/completions", json=pad)
+            assert r.json()["choices"][0]["text"] == "<|pad|>" * 3
+            # min_p on both workers: seeded tokens as offline.
+            fields = {"temperature": 1.5, "min_p": 0.2, "seed": 9}
+            r = await client.post("/v1/completions", json={**body, **fields, "prompt": prompts[0]})
+            assert r.status_code == 200, r.text
+            assert r.json()["choices"][0]["token_ids"] == want_sampled
         await cluster.wait_idle()
     finally:
         await cluster.stop()

@@ -215,3 +215,19 @@ def test_grouped_outputs_compare_and_print(llm: LLM) -> None:
     assert first != second  # different request ids; the comparison itself must terminate
     assert first == first and "choices" not in repr(first)
     assert [o.token_ids for o in first.outputs] == [o.token_ids for o in second.outputs]
+
+
+def test_skip_special_tokens(llm: LLM) -> None:
+    """vLLM's skip_special_tokens: special tokens (here <|pad|>, forced by a bias) leave the text by
+    default and stay in it with False, where stop strings can match them too."""
+    pad = llm.tokenizer.convert_tokens_to_ids("<|pad|>")
+    assert pad in llm.tokenizer.all_special_ids
+    forced = {"max_tokens": 3, "temperature": 0.0, "ignore_eos": True, "logit_bias": {pad: 100.0}}
+    skipped = llm.generate([PROMPT], SamplingParams(**forced))[0]
+    kept = llm.generate([PROMPT], SamplingParams(**forced, skip_special_tokens=False))[0]
+    assert skipped.token_ids == kept.token_ids == [pad] * 3
+    assert skipped.text == "" and kept.text == "<|pad|>" * 3
+    stopped = llm.generate([PROMPT], SamplingParams(**forced, skip_special_tokens=False, stop=["|><|"]))[0]
+    assert stopped.finish_reason == "stop" and stopped.text == "<|pad" and len(stopped.token_ids) == 2
+    with pytest.raises(InvalidRequestError, match="skip_special_tokens"):
+        SamplingParams(skip_special_tokens=None)  # type: ignore[arg-type]

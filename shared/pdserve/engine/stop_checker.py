@@ -41,13 +41,15 @@ class StopChecker:
         # A token is at least one byte and a character at most four, so a stop string that
         # ends in the newest token lies within this window: decode the whole output only then.
         window = 4 * max(len(s) for s in p.stop) + 4
-        tail = self._decode(seq.output_token_ids[-window:])
+        tail = self._decode(seq.output_token_ids[-window:], p.skip_special_tokens)
         if not any(s in tail for s in p.stop):
             return False
-        text = self._decode(seq.output_token_ids)
+        text = self._decode(seq.output_token_ids, p.skip_special_tokens)
         # Under min_tokens no stop string could match; past it, only a match that ends in the
         # text after the first min_tokens - 1 tokens counts (an earlier one was let through).
-        shielded = len(self._decode(seq.output_token_ids[: p.min_tokens - 1])) if p.min_tokens > 1 else 0
+        shielded = 0
+        if p.min_tokens > 1:
+            shielded = len(self._decode(seq.output_token_ids[: p.min_tokens - 1], p.skip_special_tokens))
         hits = [(position, s) for s in p.stop if (position := text.find(s, max(0, shielded - len(s) + 1))) >= 0]
         if not hits:
             return False
@@ -58,9 +60,9 @@ class StopChecker:
     def final_text(self, seq: Sequence) -> str:
         if seq.stop_text is not None:
             return seq.stop_text
-        return self._decode(seq.output_token_ids)
+        return self._decode(seq.output_token_ids, seq.params.skip_special_tokens)
 
-    def _decode(self, token_ids: list[int]) -> str:
-        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+    def _decode(self, token_ids: list[int], skip_special_tokens: bool) -> str:
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
         assert isinstance(text, str)
         return text

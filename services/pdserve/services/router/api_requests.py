@@ -135,6 +135,7 @@ class SamplingFields(StrictModel):
         None, description="vLLM extension: no eos, stop token or stop string ends a choice before this many tokens"
     )
     include_stop_str_in_output: bool = Field(False, description="vLLM extension")
+    skip_special_tokens: bool = Field(True, description="vLLM extension: false keeps special tokens in the text")
     return_token_ids: bool | None = Field(
         False, description="vLLM extension: generated ids as `token_ids`, prompt ids as `prompt_token_ids`"
     )

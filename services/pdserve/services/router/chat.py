@@ -160,7 +160,10 @@ class _Format:
         )
 
     async def events(self, group: ChoiceGroup) -> AsyncGenerator[bytes, None]:
-        streamed = {c.index: StreamedChoice(self.ctx.tokenizer, self.request.stop) for c in group.choices}
+        streamed = {
+            c.index: StreamedChoice(self.ctx.tokenizer, self.request.stop, self.request.skip_special_tokens)
+            for c in group.choices
+        }
         replies = {c.index: reply_stream(self.tools) for c in group.choices}
         extras = self.want_logprobs or bool(self.request.return_token_ids)
         try:

@@ -17,7 +17,8 @@ def final_text(tokenizer: Any, choice: ChoiceStream) -> str:
     """The worker's final text (cut at a stop string); decoded here if a backend sent none."""
     if choice.text is not None:
         return choice.text
-    return str(tokenizer.decode(choice.token_ids, skip_special_tokens=True))
+    skip = choice.request.params.skip_special_tokens
+    return str(tokenizer.decode(choice.token_ids, skip_special_tokens=skip))
 
 
 def token_id_fields(
@@ -36,8 +37,8 @@ class StreamedChoice:
     """One choice as streamed so far: its detokenizer, the character offset of its next token
     (completions logprobs) and whether its prompt ids went out (`return_token_ids`)."""
 
-    def __init__(self, tokenizer: Any, stop: str | list[str] | None) -> None:
-        self.detokenizer = StreamDetokenizer(tokenizer, [stop] if isinstance(stop, str) else stop)
+    def __init__(self, tokenizer: Any, stop: str | list[str] | None, skip_special_tokens: bool = True) -> None:
+        self.detokenizer = StreamDetokenizer(tokenizer, [stop] if isinstance(stop, str) else stop, skip_special_tokens)
         self.token_text_offset = 0
         self.sent_prompt_ids = False
         self.sent_echo = False  # completions' `echo`: the prompt went out ahead of the first tokens

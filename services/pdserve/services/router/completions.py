@@ -157,7 +157,10 @@ class _Format:
         return self._response(choices, usage=self._usage(group))
 
     async def events(self, group: ChoiceGroup) -> AsyncGenerator[bytes, None]:
-        streamed = {c.index: StreamedChoice(self.ctx.tokenizer, self.request.stop) for c in group.choices}
+        streamed = {
+            c.index: StreamedChoice(self.ctx.tokenizer, self.request.stop, self.request.skip_special_tokens)
+            for c in group.choices
+        }
         extras = self.want_logprobs or bool(self.request.return_token_ids)
         try:
             try:

@@ -28,8 +28,9 @@ REPLACEMENT_CHAR = "\ufffd"
 
 
 class StreamDetokenizer:
-    def __init__(self, tokenizer: Any, stop: list[str] | None = None) -> None:
+    def __init__(self, tokenizer: Any, stop: list[str] | None = None, skip_special_tokens: bool = True) -> None:
         self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
         self.holdback = max((len(s) for s in stop or []), default=1) - 1
         self.token_ids: list[int] = []
         self.text = ""  # decoded text of token_ids[:read_offset]
@@ -70,5 +71,5 @@ class StreamDetokenizer:
     def _decode(self, token_ids: list[int]) -> str:
         if not token_ids:
             return ""
-        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=self.skip_special_tokens)
         return str(text)

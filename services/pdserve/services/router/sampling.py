@@ -153,6 +153,7 @@ def sampling_params(
             min_tokens=body.min_tokens or 0,
             **grammar,
             include_stop_str_in_output=body.include_stop_str_in_output,
+            skip_special_tokens=body.skip_special_tokens,
         )
     except InvalidRequestError as exc:
         param = next(
