@@ -28,6 +28,8 @@ MAX_LOGIT_BIAS_ENTRIES = 1024
 MAX_CHOICES = 256
 # guided_choice: the texts travel with every task of the request, like a JSON schema.
 MAX_GUIDED_CHOICES = 1024
+# allowed_token_ids: far above any vocabulary a request would list, far below the body limit.
+MAX_ALLOWED_TOKEN_IDS = 1 << 18
 MAX_GUIDED_CHOICE_CHARS = 32_768
 # What constrains the output; a request takes at most one.
 GRAMMAR_FIELDS = ("json_object", "json_schema", "guided_choice", "guided_regex")
@@ -65,8 +67,9 @@ class SamplingParams:
     once per token already generated, or once if generated at all) and `repetition_penalty`
     (vLLM's and Hugging Face's: the logit of any token in the prompt or the output is divided by
     it when positive, multiplied when negative) change the distribution sampled from, and
-    `logit_bias` ({token id: bias in [-100, 100]}) is added to it after them; logprobs stay those
-    of the raw distribution. `min_tokens` (vLLM's) keeps eos and `stop_token_ids` from being
+    `logit_bias` ({token id: bias in [-100, 100]}) is added to it after them, and
+    `allowed_token_ids` (vLLM's) rules out every other token; logprobs stay those of the raw
+    distribution. `min_tokens` (vLLM's) keeps eos and `stop_token_ids` from being
     sampled, and stop strings from matching, until that many tokens are out. `n` completions per
     prompt (LLM.generate; choice i samples with seed + i when a seed is set, as over HTTP) come
     back as the prompt's `outputs`; an engine request is always one sequence. `json_object`
@@ -104,6 +107,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logit_bias: dict[int, float] = field(default_factory=dict)
+    allowed_token_ids: list[int] | None = None
     min_tokens: int = 0
     n: int = 1
     json_object: bool = False
@@ -118,7 +122,11 @@ class SamplingParams:
     def adjusts_logits(self) -> bool:
         """Penalties or a logit bias change the distribution this request samples from."""
         return bool(
-            self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0 or self.logit_bias
+            self.presence_penalty
+            or self.frequency_penalty
+            or self.repetition_penalty != 1.0
+            or self.logit_bias
+            or self.allowed_token_ids is not None
         )
 
     @property
@@ -185,6 +193,15 @@ class SamplingParams:
                 raise InvalidRequestError(f"logit_bias values must be in [-100, 100], got {value!r} for {key!r}")
             bias[token] = float(value)
         self.logit_bias = bias
+        allowed = self.allowed_token_ids
+        if allowed is not None and (
+            not isinstance(allowed, list)
+            or not 1 <= len(allowed) <= MAX_ALLOWED_TOKEN_IDS
+            or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in allowed)
+        ):
+            raise InvalidRequestError(
+                f"allowed_token_ids must be None or a list of 1 to {MAX_ALLOWED_TOKEN_IDS} token ids"
+            )
 
     def validate(self) -> None:
         """Raise InvalidRequestError naming the first bad field."""

@@ -231,3 +231,26 @@ def test_skip_special_tokens(llm: LLM) -> None:
     assert stopped.finish_reason == "stop" and stopped.text == "<|pad" and len(stopped.token_ids) == 2
     with pytest.raises(InvalidRequestError, match="skip_special_tokens"):
         SamplingParams(skip_special_tokens=None)  # type: ignore[arg-type]
+
+
+def test_allowed_token_ids(llm: LLM, model_dirs: dict[str, Path]) -> None:
+    """vLLM's allowed_token_ids: greedy picks the likeliest of them (as Hugging Face's model ranks
+    them), sampling never leaves them, and logprobs stay those of the raw distribution."""
+    from hf_reference import load_hf
+
+    allowed = [5, 9, 77, 130]
+    params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True, allowed_token_ids=allowed, logprobs=True)
+    out = llm.generate([PROMPT], params)[0]
+    assert set(out.token_ids) <= set(allowed)
+    with torch.inference_mode():
+        logits = load_hf(model_dirs["llama"])(torch.tensor([PROMPT])).logits[0, -1]
+    assert out.token_ids[0] == max(allowed, key=lambda t: float(logits[t]))
+    raw = float(torch.log_softmax(logits.float(), -1)[out.token_ids[0]])
+    assert out.logprobs is not None and out.logprobs[0] == pytest.approx(raw, abs=1e-3)
+    sampled = SamplingParams(max_tokens=40, temperature=1.5, seed=2, ignore_eos=True, allowed_token_ids=allowed)
+    assert set(llm.generate([PROMPT, [1, 2, 3]], sampled)[1].token_ids) <= set(allowed)
+    for bad in ([], [-1], [1.5], "5"):
+        with pytest.raises(InvalidRequestError, match="allowed_token_ids"):
+            SamplingParams(allowed_token_ids=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequestError, match="allowed_token_ids: token id 99999999 is outside"):
+        llm.generate([PROMPT], SamplingParams(allowed_token_ids=[1, 99999999]))

@@ -29,6 +29,7 @@ async def token_ids(client: httpx.AsyncClient, path: str = "/v1/completions", **
         {"repetition_penalty": 1.4},
         {"presence_penalty": 1.5, "frequency_penalty": 0.5},
         {"logit_bias": {"65": 100}},
+        {"allowed_token_ids": [65, 66, 200]},
     ],
 )
 async def test_adjustments_reach_the_engine(client: httpx.AsyncClient, reference_llm: LLM, fields: dict) -> None:
@@ -40,6 +41,8 @@ async def test_adjustments_reach_the_engine(client: httpx.AsyncClient, reference
     ].token_ids
     assert got == want
     assert got != await token_ids(client)  # and they changed the output
+    if "allowed_token_ids" in fields:
+        assert set(got) <= {65, 66, 200}
     if "logit_bias" in fields:
         assert got == [65] * 12
         assert await token_ids(client, "/v1/chat/completions", **fields) == [65] * 12
@@ -55,6 +58,9 @@ async def test_adjustments_reach_the_engine(client: httpx.AsyncClient, reference
         ({"logit_bias": {"5": 150}}, "logit_bias"),
         ({"logit_bias": {str(i): 1 for i in range(1025)}}, "logit_bias"),
         ({"logit_bias": {"99999999": 1}}, None),  # past the vocabulary: the worker says so
+        ({"allowed_token_ids": []}, "allowed_token_ids"),
+        ({"allowed_token_ids": [1, -2]}, "allowed_token_ids"),
+        ({"allowed_token_ids": [1, 99999999]}, None),  # past the vocabulary: the worker says so
     ],
 )
 async def test_bad_adjustments_are_400(client: httpx.AsyncClient, fields: dict, param: str | None) -> None:

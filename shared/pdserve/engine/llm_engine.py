@@ -118,6 +118,11 @@ class LLMEngine:
         for token in params.logit_bias:
             if token >= vocab:
                 raise InvalidRequestError(f"logit_bias: token id {token} is outside the vocabulary [0, {vocab})")
+        outside = [t for t in params.allowed_token_ids or [] if t >= vocab]
+        if outside:
+            raise InvalidRequestError(
+                f"allowed_token_ids: token id {outside[0]} is outside the vocabulary [0, {vocab})"
+            )
 
     def add_request(
         self,

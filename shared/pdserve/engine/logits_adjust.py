@@ -4,7 +4,7 @@ Applied to a float32 copy of the logits of the rows that ask (most ask for nothi
 nothing), all such rows of a step at once: a handful of tensor ops per step rather than per row
 (per row, 32 rows cost more than the tiny model's whole decode step). The order is vLLM's:
 repetition penalty over prompt and output tokens, then frequency and presence penalties over
-output tokens, then the logit bias; last, the tokens a row may not sample yet (its stop tokens
+output tokens, then the logit bias, then allowed_token_ids; last, the tokens a row may not sample yet (its stop tokens
 under min_tokens) are ruled out. Logprobs are taken from the raw logits, not from these.
 """
 
@@ -80,6 +80,12 @@ def adjust_logits(
         where = (_int64(row_index, device), _int64(token_index, device))
         biases = torch.frombuffer(array("f", values), dtype=torch.float32).to(device=device, dtype=dtype)
         adjusted.index_put_(where, biases, accumulate=True)
+    for r, p in enumerate(params):
+        if p.allowed_token_ids is not None:  # few rows ask; one masked copy each
+            allowed = _int64(p.allowed_token_ids, device)
+            kept = torch.full_like(adjusted[r], float("-inf"))
+            kept[allowed] = adjusted[r, allowed]
+            adjusted[r] = kept
     suppressed_rows = [r for r, ids in enumerate(suppressed) if ids]
     if suppressed_rows:
         row_index = [r for r in suppressed_rows for _ in suppressed[r]]

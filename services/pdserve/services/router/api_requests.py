@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pdserve.engine.regex_nfa import MAX_PATTERN_CHARS
 from pdserve.sampling_params import (
     INT64_MIN,
+    MAX_ALLOWED_TOKEN_IDS,
     MAX_CHOICES,
     MAX_GUIDED_CHOICES,
     MAX_LOGIT_BIAS_ENTRIES,
@@ -131,6 +132,9 @@ class SamplingFields(StrictModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = Field(False, description="vLLM extension")
+    allowed_token_ids: Annotated[list[TokenId], Field(min_length=1, max_length=MAX_ALLOWED_TOKEN_IDS)] | None = Field(
+        None, description="vLLM extension: only these token ids may be generated"
+    )
     min_tokens: Annotated[int, Field(ge=0), WHOLE] | None = Field(
         None, description="vLLM extension: no eos, stop token or stop string ends a choice before this many tokens"
     )

@@ -150,6 +150,7 @@ def sampling_params(
             frequency_penalty=body.frequency_penalty or 0.0,
             repetition_penalty=1.0 if repetition_penalty is None else repetition_penalty,
             logit_bias=dict(body.logit_bias or {}),  # type: ignore[arg-type]  # ids as strings, read as ids
+            allowed_token_ids=None if body.allowed_token_ids is None else list(body.allowed_token_ids),
             min_tokens=body.min_tokens or 0,
             **grammar,
             include_stop_str_in_output=body.include_stop_str_in_output,
@@ -157,7 +158,12 @@ def sampling_params(
         )
     except InvalidRequestError as exc:
         param = next(
-            (name for name in ("logit_bias", "repetition_penalty", "min_tokens") if str(exc).startswith(name)), None
+            (
+                name
+                for name in ("logit_bias", "repetition_penalty", "min_tokens", "allowed_token_ids")
+                if str(exc).startswith(name)
+            ),
+            None,
         )
         if str(exc).startswith(("json_schema", "guided_choice", "regex")):
             param = source
