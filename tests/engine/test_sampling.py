@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -254,3 +255,22 @@ def test_allowed_token_ids(llm: LLM, model_dirs: dict[str, Path]) -> None:
             SamplingParams(allowed_token_ids=bad)  # type: ignore[arg-type]
     with pytest.raises(InvalidRequestError, match="allowed_token_ids: token id 99999999 is outside"):
         llm.generate([PROMPT], SamplingParams(allowed_token_ids=[1, 99999999]))
+
+
+def test_the_stop_token_is_left_out_of_the_text(llm: LLM) -> None:
+    """As in vLLM: eos or a stop token id ends the sequence and stays in token_ids, but its text
+    is not part of the output, unless include_stop_str_in_output."""
+    base: dict[str, Any] = {"max_tokens": 12, "temperature": 0.0, "ignore_eos": True}
+    full = llm.generate([PROMPT], SamplingParams(**base))[0]
+    stop_at = full.token_ids[3]
+    first = full.token_ids.index(stop_at)
+    before = llm.tokenizer.decode(full.token_ids[:first])
+    stopped = llm.generate([PROMPT], SamplingParams(**base, stop_token_ids=[stop_at]))[0]
+    assert stopped.token_ids == full.token_ids[: first + 1] and stopped.text == before
+    kept = SamplingParams(**base, stop_token_ids=[stop_at], include_stop_str_in_output=True)
+    assert llm.generate([PROMPT], kept)[0].text == llm.tokenizer.decode(full.token_ids[: first + 1])
+    # eos with special tokens kept: the forced eos is in token_ids only.
+    eos = llm.engine.loaded.eos_token_ids[0]
+    forced = SamplingParams(max_tokens=4, temperature=0.0, logit_bias={eos: 100.0}, skip_special_tokens=False)
+    out = llm.generate([PROMPT], forced)[0]
+    assert out.token_ids == [eos] and out.text == "" and out.finish_reason == "stop"

@@ -22,6 +22,10 @@ class StopChecker:
         if seq.num_output_tokens < p.min_tokens:  # nothing but the context's end stops it yet
             return "length" if seq.num_tokens >= self.max_model_len else None
         if (not p.ignore_eos and token in self.eos_token_ids) or token in p.stop_token_ids:
+            if not p.include_stop_str_in_output:
+                # vLLM's rule: the token that stopped the sequence stays in token_ids but not in
+                # the text (it shows with skip_special_tokens=False, or when it is no special token).
+                seq.stop_text = self._decode(seq.output_token_ids[:-1], p.skip_special_tokens)
             return "stop"
         if p.stop and self._match_stop_string(seq):
             return "stop"
