@@ -192,6 +192,30 @@ async def test_stream_include_usage(client: httpx.AsyncClient) -> None:
     assert sorted(finished) == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+async def test_stream_continuous_usage_stats(client: httpx.AsyncClient, path: str) -> None:
+    """vLLM's continuous_usage_stats: every chunk carries the usage so far; only with include_usage."""
+    body: dict = {"max_tokens": 6, "ignore_eos": True, "stream": True, "return_token_ids": True}
+    if path == "/v1/completions":
+        body["prompt"] = "abc"
+    else:
+        body["messages"] = [{"role": "user", "content": "abc"}]
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    events = sse_data((await client.post(path, json={**body, "stream_options": options})).text)
+    chunks = [e for e in events[:-1] if e["choices"]]
+    final = events[-2]["usage"]
+    assert final["completion_tokens"] == 6 and events[-2]["choices"] == []
+    generated = 0
+    for chunk in chunks:
+        generated += len(chunk["choices"][0].get("token_ids") or [])
+        usage = chunk["usage"]
+        assert usage["prompt_tokens"] == final["prompt_tokens"]
+        assert usage["completion_tokens"] == generated and usage["total_tokens"] == usage["prompt_tokens"] + generated
+    # Without include_usage the flag does nothing, as in vLLM.
+    events = sse_data((await client.post(path, json={**body, "stream_options": {"continuous_usage_stats": True}})).text)
+    assert all("usage" not in e for e in events[:-1])
+
+
 async def test_stream_return_token_ids_and_logprobs(client: httpx.AsyncClient) -> None:
     request = {"prompt": "Hey", "max_tokens": 10, "ignore_eos": True, "return_token_ids": True, "logprobs": 0}
     full = await complete(client, **request, **GREEDY)

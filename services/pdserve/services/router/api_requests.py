@@ -75,6 +75,9 @@ class StrictModel(BaseModel):
 
 class StreamOptions(StrictModel):
     include_usage: bool | None = Field(False, description="send a last chunk with `choices: []` and `usage`")
+    continuous_usage_stats: bool | None = Field(
+        False, description="vLLM extension: with include_usage, every chunk also carries the usage so far"
+    )
 
 
 GuidedChoice = Annotated[list[NonEmptyText], Field(min_length=1, max_length=MAX_GUIDED_CHOICES)]

@@ -20,6 +20,7 @@ from pdserve.services.router.api_responses import (
     ChatLogprobs,
     ChatMessageOut,
     ChatStreamChoice,
+    Usage,
 )
 from pdserve.services.router.choice_format import StreamedChoice, error_event, final_text, token_id_fields
 from pdserve.services.router.choice_group import ChoiceGroup
@@ -129,7 +130,11 @@ class _Format:
         self.want_logprobs = bool(body.logprobs)
         self.want_top = bool(body.top_logprobs)
         self.texts = TokenTexts(ctx.tokenizer)
-        self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        options = body.stream_options
+        self.include_usage = bool(options and options.include_usage)
+        # vLLM's: every chunk carries the usage so far (only with include_usage, as in vLLM)
+        self.continuous_usage = bool(options and options.include_usage and options.continuous_usage_stats)
+        self.generated = 0  # tokens of the deltas streamed so far, all choices
 
     def body(self, group: ChoiceGroup) -> ChatCompletionResponse:
         choices = []
@@ -172,9 +177,11 @@ class _Format:
                 # tool call, the call's id and name, its arguments to follow).
                 for c in group.choices:
                     opening = replies[c.index].opening()
-                    yield self._chunk(ChatStreamChoice(index=c.index, delta=opening, logprobs=None, finish_reason=None))
+                    opening_choice = ChatStreamChoice(index=c.index, delta=opening, logprobs=None, finish_reason=None)
+                    yield self._chunk(group, opening_choice)
                 while (item := await group.next()) is not None:
                     choice, delta = item
+                    self.generated += len(delta.token_ids)
                     state, reply = streamed[choice.index], replies[choice.index]
                     deltas = reply.push(state.text_for(delta))
                     finish: str | None = None
@@ -184,15 +191,16 @@ class _Format:
                     if not deltas and (extras or (reply.chunk_every_batch and delta.token_ids)):
                         deltas = [reply.empty()]  # a chunk per token batch: it carries logprobs and ids
                     for k, out in enumerate(deltas):
-                        yield self._chunk(self._stream_choice(choice, delta, out, state, first=k == 0))
+                        yield self._chunk(group, self._stream_choice(choice, delta, out, state, first=k == 0))
                     if finish is not None:
                         yield self._chunk(
+                            group,
                             ChatStreamChoice(
                                 index=choice.index,
                                 delta=ChatDelta(),
                                 logprobs=None,
                                 finish_reason=finish,  # type: ignore[arg-type]
-                            )
+                            ),
                         )
                 if self.include_usage:
                     yield sse_json(self._response([], usage=usage(group)).model_dump_json(exclude_unset=True))
@@ -220,9 +228,18 @@ class _Format:
             **fields,
         )
 
-    def _chunk(self, choice: ChatStreamChoice) -> bytes:
-        extra: dict[str, Any] = {"usage": None} if self.include_usage else {}
+    def _chunk(self, group: ChoiceGroup, choice: ChatStreamChoice) -> bytes:
+        extra: dict[str, Any] = {}
+        if self.include_usage:
+            extra["usage"] = self._usage_so_far(group) if self.continuous_usage else None
         return sse_json(self._response([choice], **extra).model_dump_json(exclude_unset=True))
+
+    def _usage_so_far(self, group: ChoiceGroup) -> Usage:
+        """Usage with the tokens of the deltas taken so far (vLLM's continuous usage stats)."""
+        counted = usage(group)
+        counted.completion_tokens = self.generated
+        counted.total_tokens = counted.prompt_tokens + self.generated
+        return counted
 
     def _response(self, choices: list[ChatStreamChoice], **extra: Any) -> ChatCompletionChunk:
         return ChatCompletionChunk(

@@ -133,7 +133,11 @@ class _Format:
         self.want_top = bool(body.logprobs)
         self.texts = TokenTexts(ctx.tokenizer)
         self.echo = Echo(ctx.tokenizer, body, prompts, self.texts) if body.echo else None
-        self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        options = body.stream_options
+        self.include_usage = bool(options and options.include_usage)
+        # vLLM's: every chunk carries the usage so far (only with include_usage, as in vLLM)
+        self.continuous_usage = bool(options and options.include_usage and options.continuous_usage_stats)
+        self.generated = 0  # tokens of the deltas streamed so far, all choices
         self.prompt_only = bool(body.echo) and body.max_tokens == 0
 
     def body(self, group: ChoiceGroup) -> CompletionResponse:
@@ -166,6 +170,7 @@ class _Format:
             try:
                 while (item := await group.next()) is not None:
                     choice, delta = item
+                    self.generated += len(delta.token_ids)
                     state = streamed[choice.index]
                     if self.prompt_only:  # the echo alone: the computed token is left out
                         if state.sent_echo and delta.finish_reason is None:
@@ -202,7 +207,7 @@ class _Format:
                         ),
                     )
                     state.sent_prompt_ids = True
-                    yield sse_json(self._chunk([out]))
+                    yield sse_json(self._chunk([out], group))
                 if self.include_usage:
                     yield sse_json(self._response([], usage=self._usage(group)).model_dump_json(exclude_unset=True))
             except Exception as exc:
@@ -211,8 +216,10 @@ class _Format:
         finally:
             await group.aclose()
 
-    def _chunk(self, choices: list[CompletionChoice]) -> str:
-        extra: dict[str, Any] = {"usage": None} if self.include_usage else {}
+    def _chunk(self, choices: list[CompletionChoice], group: ChoiceGroup) -> str:
+        extra: dict[str, Any] = {}
+        if self.include_usage:
+            extra["usage"] = self._usage_so_far(group) if self.continuous_usage else None
         return self._response(choices, **extra).model_dump_json(exclude_unset=True)
 
     def _response(self, choices: list[CompletionChoice], **extra: Any) -> CompletionResponse:
@@ -230,6 +237,14 @@ class _Format:
         if self.prompt_only:  # the one token computed was not returned: nothing was completed
             counted.total_tokens -= counted.completion_tokens
             counted.completion_tokens = 0
+        return counted
+
+    def _usage_so_far(self, group: ChoiceGroup) -> Usage:
+        """Usage with the tokens of the deltas taken so far (vLLM's continuous usage stats)."""
+        counted = self._usage(group)
+        if not self.prompt_only:
+            counted.completion_tokens = self.generated
+            counted.total_tokens = counted.prompt_tokens + self.generated
         return counted
 
     def _echo_of(self, choice: ChoiceStream) -> tuple[str, CompletionLogprobs | None] | None:
