@@ -79,3 +79,10 @@ async def test_openapi_schema(client: httpx.AsyncClient) -> None:
     assert {"200", "400", "429", "503", "504"} <= set(completion["responses"])
     request = schema["components"]["schemas"]["CompletionRequest"]
     assert request["additionalProperties"] is False
+
+
+async def test_version(client: httpx.AsyncClient) -> None:
+    from importlib.metadata import version
+
+    reply = await client.get("/version")
+    assert reply.status_code == 200 and reply.json() == {"version": version("pdserve")}

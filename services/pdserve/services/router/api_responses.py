@@ -165,6 +165,10 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class VersionResponse(BaseModel):
+    version: str
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok", "unavailable"]
 

@@ -1,15 +1,27 @@
-"""GET /v1/models, /health, /cluster and /metrics: what is served and how the cluster is doing."""
+"""GET /v1/models, /health, /cluster, /metrics and /version: what is served and how the cluster is doing."""
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
 from fastapi import APIRouter
-from pdserve.services.router.api_responses import ClusterResponse, HealthResponse, ModelCard, ModelList
+from pdserve.services.router.api_responses import (
+    ClusterResponse,
+    HealthResponse,
+    ModelCard,
+    ModelList,
+    VersionResponse,
+)
 from pdserve.services.router.context import RouterContext
 from pdserve.services.router.errors import DEFAULT_RETRY_AFTER_S
 from pdserve.services.router.worker_gauges import render_worker_gauges
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+try:
+    _VERSION = version("pdserve")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    _VERSION = "unknown"
 
 
 def models_router(ctx: RouterContext) -> APIRouter:
@@ -44,6 +56,10 @@ def status_router(ctx: RouterContext) -> APIRouter:
         return JSONResponse(
             {"status": "unavailable"}, status_code=503, headers={"Retry-After": str(DEFAULT_RETRY_AFTER_S)}
         )
+
+    @router.get("/version", response_model=VersionResponse, summary="The router's pdserve version (as vLLM's /version)")
+    async def router_version() -> VersionResponse:
+        return VersionResponse(version=_VERSION)
 
     @router.get("/cluster", response_model=ClusterResponse, summary="Live workers and their load")
     async def cluster() -> ClusterResponse:
