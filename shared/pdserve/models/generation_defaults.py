@@ -13,12 +13,12 @@ failing every request.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pdserve.errors import InvalidRequestError, ModelLoadError
+from pdserve.models.json_file import read_json_object
 from pdserve.sampling_params import SamplingParams
 
 # generation_config.json key -> SamplingParams field. max_new_tokens becomes a cap on the
@@ -51,12 +51,7 @@ def generation_defaults(model_dir: str | Path, source: str = AUTO) -> dict[str, 
         if source != AUTO:
             raise ModelLoadError(f"--generation-config {source}: {file} does not exist")
         return {}
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{file} is not valid JSON ({e}): fix it, or pass --generation-config vllm") from e
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"{file} is not a JSON object: fix it, or pass --generation-config vllm")
+    config = read_json_object(file, str(file), "fix it, or pass --generation-config vllm")
     defaults = {field: config[key] for key, field in SAMPLING_KEYS.items() if config.get(key) is not None}
     try:
         return check_sampling_defaults(defaults)

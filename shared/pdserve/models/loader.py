@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from pdserve.errors import ModelLoadError
 from pdserve.models.builtin import builtin_model_path
 from pdserve.models.dtype import resolve_dtype
 from pdserve.models.fingerprint import model_fingerprint
+from pdserve.models.json_file import read_json_object
 from pdserve.models.loaded_model import LoadedModel
 from pdserve.models.model_dir import check_model_dir
 
@@ -81,10 +81,7 @@ def _generation_eos(path: Path) -> Any:
     file = path / "generation_config.json"
     if not file.is_file():
         return None
-    try:
-        return json.loads(file.read_text(encoding="utf-8")).get("eos_token_id")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
-        raise ModelLoadError(f"{file} is not a valid JSON object ({e}): fix or delete it") from e
+    return read_json_object(file, str(file), "fix or delete it").get("eos_token_id")
 
 
 def _eos_token_ids(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pdserve.errors import ModelLoadError
+from pdserve.models.json_file import read_json_object
 from pdserve.models.supported import MODEL_TYPE_OF_ARCHITECTURE, SUPPORTED_ARCHITECTURES
 
 SINGLE_WEIGHTS_FILE = "model.safetensors"
@@ -53,13 +54,7 @@ def read_config(path: Path) -> dict[str, Any]:
             f"no config.json in {path}: this is not a Hugging Face model directory "
             "(expected config.json, *.safetensors and tokenizer files)"
         )
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"config.json in {path} is not valid JSON ({e}): fix or re-download it") from e
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"config.json in {path} is not a JSON object: fix or re-download it")
-    return config
+    return read_json_object(config_file, f"config.json in {path}", "fix or re-download it")
 
 
 def _check_architecture(path: Path, config: dict[str, Any]) -> None:
