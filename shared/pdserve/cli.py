@@ -104,9 +104,10 @@ def add_worker_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-# pdserve.services.router.tool_parsers.TOOL_CALL_PARSERS, named here so that reading the
-# command line imports no service code (a test checks the two agree).
+# pdserve.services.router.tool_parsers.TOOL_CALL_PARSERS and reasoning.REASONING_PARSERS, named
+# here so that reading the command line imports no service code (tests check they agree).
 TOOL_CALL_PARSERS = ("hermes", "llama3_json")
+REASONING_PARSERS = ("deepseek_r1", "qwen3")
 
 
 def add_router_limit_args(parser: argparse.ArgumentParser) -> None:
@@ -130,6 +131,12 @@ def add_router_limit_args(parser: argparse.ArgumentParser) -> None:
         choices=TOOL_CALL_PARSERS,
         default=None,
         help="read the tool calls the model writes itself (tool_choice auto): hermes (Qwen, Hermes), llama3_json",
+    )
+    parser.add_argument(
+        "--reasoning-parser",
+        choices=REASONING_PARSERS,
+        default=None,
+        help="return the model's <think> text as reasoning_content: deepseek_r1 (R1, thinking-only models), qwen3",
     )
     parser.add_argument(
         "--chat-template",
@@ -256,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--max-inflight", type=positive_int, default=1024, help="the gateway's --max-inflight")
     up.add_argument("--generation-config", default="auto", help="the gateway's --generation-config")
     up.add_argument("--chat-template", default=None, help="the gateway's --chat-template")
+    up.add_argument(
+        "--reasoning-parser", choices=REASONING_PARSERS, default=None, help="the gateway's --reasoning-parser"
+    )
     up.add_argument("--log-dir", default=None, help="where each process writes its log (default: a temp dir)")
     up.add_argument("--pin", default=None, help="CPU cores per process, e.g. 'router=0;prefill=0;decode=1'")
     up.add_argument(

@@ -178,6 +178,7 @@ async def serve_router(args: argparse.Namespace) -> None:
         tool_call_parser=args.tool_call_parser,
         sampling_defaults=defaults,
         chat_template=chat_template,
+        reasoning_parser=args.reasoning_parser,
     )
     freeze_startup_heap()  # imports and tokenizer: no full GC pass walks them again (gc_heap.py)
     log.info("router listening", host=args.host, port=args.port, cluster=options.cluster, event_loop=event_loop.name())

@@ -133,6 +133,8 @@ def plan(args: argparse.Namespace, nats_url: str, log_dir: Path) -> list[Child]:
         router += ["--generation-config", args.generation_config]
     if args.chat_template is not None:
         router += ["--chat-template", args.chat_template]
+    if args.reasoning_parser is not None:
+        router += ["--reasoning-parser", args.reasoning_parser]
     children = [Child("router", router, log_dir / "router.log", pins.get("router"), nice.get("router", 0))]
     if args.mode == "colocated":
         roles = [("worker", args.workers)]

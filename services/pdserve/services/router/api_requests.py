@@ -250,6 +250,9 @@ class AssistantMessage(StrictModel):
     tool_calls: Annotated[list[ToolCall], Field(max_length=MAX_TOOLS)] | None = Field(
         None, description="the calls this turn made (rendered by the chat template)"
     )
+    reasoning_content: Text | None = Field(
+        None, description="the turn's thinking (a reasoning parser's output); the chat template decides if it shows"
+    )
 
 
 class ToolMessage(StrictModel):

@@ -83,6 +83,9 @@ class ToolCallOut(BaseModel):
 
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"]
+    reasoning_content: str | None = Field(
+        default=None, description="with the router's --reasoning-parser: the model's thinking, apart from content"
+    )
     content: str | None = Field(description="null when the reply is tool calls")
     tool_calls: list[ToolCallOut] | None = Field(default=None, description="present when tool_choice forced calls")
 
@@ -119,6 +122,7 @@ class ToolCallDelta(BaseModel):
 
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
+    reasoning_content: str | None = None
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
 

@@ -26,6 +26,7 @@ from pdserve.services.router.error_handlers import install_error_handlers
 from pdserve.services.router.fast_routes import FastRoute, FastRoutes
 from pdserve.services.router.openapi_docs import publish_limits
 from pdserve.services.router.prompts import PromptTokenizer
+from pdserve.services.router.reasoning import REASONING_PARSERS
 from pdserve.services.router.request_context import RequestContextMiddleware
 from pdserve.services.router.sampling import Limits
 from pdserve.services.router.status_routes import models_router, status_router
@@ -54,6 +55,7 @@ def create_app(
     tool_call_parser: str | None = None,
     sampling_defaults: Mapping[str, Any] | None = None,
     chat_template: str | None = None,
+    reasoning_parser: str | None = None,
     fast_routes: bool = True,
 ) -> FastAPI:
     """An app serving `model_name` through `backend`; `tokenizer` is that model's Hugging Face tokenizer.
@@ -70,6 +72,8 @@ def create_app(
     its max_tokens caps every request.
     `chat_template` (template text, see models/chat_template.py; None: the tokenizer's own)
     renders chat conversations.
+    `reasoning_parser` (one of REASONING_PARSERS; None: none) returns the model's thinking as
+    `reasoning_content`, apart from `content`.
     `fast_routes` serves the two generation routes past FastAPI's routing layer (fast_routes.py);
     off, FastAPI routes them too (the tests compare both).
     """
@@ -85,6 +89,8 @@ def create_app(
             raise ValueError(str(exc)) from None
     if not model_name:
         raise ValueError("model_name must be a non-empty string")
+    if reasoning_parser is not None and reasoning_parser not in REASONING_PARSERS:
+        raise ValueError(f"reasoning_parser must be one of {REASONING_PARSERS}, got {reasoning_parser!r}")
     if tool_call_parser is not None and tool_call_parser not in TOOL_CALL_PARSERS:
         raise ValueError(f"tool_call_parser must be one of {TOOL_CALL_PARSERS}, got {tool_call_parser!r}")
     ctx = RouterContext(
@@ -95,6 +101,7 @@ def create_app(
         limits=Limits(max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit, max_n=max_n),
         request_timeout_s=request_timeout_s,
         tool_call_parser=tool_call_parser,
+        reasoning_parser=reasoning_parser,
         sampling_defaults=check_sampling_defaults(sampling_defaults or {}),
     )
 

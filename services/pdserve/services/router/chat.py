@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, Request
 from pdserve.protocol.top_logprobs import TopLogprobs
-from pdserve.sampling_params import choice_seed
+from pdserve.sampling_params import GRAMMAR_FIELDS, choice_seed
 from pdserve.services.router.api_requests import ChatCompletionRequest
 from pdserve.services.router.api_responses import (
     ChatChoice,
@@ -31,6 +31,7 @@ from pdserve.services.router.generation import answer, usage
 from pdserve.services.router.logprobs import TokenTexts, chat_logprobs
 from pdserve.services.router.openapi_docs import generation_responses
 from pdserve.services.router.prompts import RenderOptions
+from pdserve.services.router.reasoning import split_reasoning
 from pdserve.services.router.reply_stream import reply_stream
 from pdserve.services.router.sampling import (
     check_choices,
@@ -113,7 +114,11 @@ async def chat_complete(ctx: RouterContext, body: ChatCompletionRequest, request
     ctx.metrics.prompt_tokens += len(prompt)
     log.info("chat completion", id=response_id, prompt_tokens=len(prompt), n=body.n, stream=bool(body.stream))
 
-    fmt = _Format(ctx, body, response_id, tools)
+    # A grammar (forced calls, response_format, guided decoding) holds from the first token, so
+    # such a reply has no thinking to split off.
+    constrained = any(getattr(requests[0][1].params, name) not in (None, False) for name in GRAMMAR_FIELDS)
+    reasoning = None if constrained else ctx.reasoning_parser
+    fmt = _Format(ctx, body, response_id, tools, reasoning)
     group = ChoiceGroup.start(ctx.backend, requests, ctx.metrics)
     return await answer(ctx, request, group, stream=bool(body.stream), events=fmt.events, body=fmt.body)
 
@@ -121,9 +126,12 @@ async def chat_complete(ctx: RouterContext, body: ChatCompletionRequest, request
 class _Format:
     """Turns the choices of one request into the response body or its stream chunks."""
 
-    def __init__(self, ctx: RouterContext, body: ChatCompletionRequest, response_id: str, tools: ToolPlan) -> None:
+    def __init__(
+        self, ctx: RouterContext, body: ChatCompletionRequest, response_id: str, tools: ToolPlan, reasoning: str | None
+    ) -> None:
         self.ctx = ctx
         self.tools = tools
+        self.reasoning = reasoning  # the reasoning parser, if the thinking is split off (reasoning.py)
         self.request = body
         self.id = response_id
         self.created = int(time.time())
@@ -139,13 +147,16 @@ class _Format:
     def body(self, group: ChoiceGroup) -> ChatCompletionResponse:
         choices = []
         for c in group.choices:
-            content, calls, finish_reason = self.tools.reply(final_text(self.ctx.tokenizer, c), c.finish_reason)
-            # Unset fields stay out of the body: tool_calls appears only when there are calls.
-            message = (
-                ChatMessageOut(role="assistant", content=content)
-                if calls is None
-                else ChatMessageOut(role="assistant", content=content, tool_calls=calls)
-            )
+            text = final_text(self.ctx.tokenizer, c)
+            thinking, text = split_reasoning(self.reasoning, text) if self.reasoning else (None, text)
+            content, calls, finish_reason = self.tools.reply(text, c.finish_reason)
+            # Unset fields stay out of the body: tool_calls and reasoning_content appear only when there are some.
+            fields: dict[str, Any] = {} if calls is None else {"tool_calls": calls}
+            if thinking is not None:
+                fields["reasoning_content"] = thinking
+            if thinking is not None and not content:
+                content = None  # all thinking, no answer (vLLM's shape)
+            message = ChatMessageOut(role="assistant", content=content, **fields)
             choices.append(
                 ChatChoice(
                     index=c.index,
@@ -169,7 +180,7 @@ class _Format:
             c.index: StreamedChoice(self.ctx.tokenizer, self.request.stop, self.request.skip_special_tokens)
             for c in group.choices
         }
-        replies = {c.index: reply_stream(self.tools) for c in group.choices}
+        replies = {c.index: reply_stream(self.tools, self.reasoning) for c in group.choices}
         extras = self.want_logprobs or bool(self.request.return_token_ids)
         try:
             try:

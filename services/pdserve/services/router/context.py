@@ -22,6 +22,7 @@ class RouterContext:
     limits: Limits
     request_timeout_s: float  # seconds from arrival until a request fails with 504
     tool_call_parser: str | None = None  # tool_choice "auto": the model's tool-call format (tool_parsers.py)
+    reasoning_parser: str | None = None  # splits the model's thinking off its answer (reasoning.py)
     # SamplingParams field -> the model's default, for fields a request leaves out; "max_tokens"
     # caps every request (models/generation_defaults.py)
     sampling_defaults: dict[str, Any] = field(default_factory=dict)

@@ -212,7 +212,9 @@ def _message_dict(message: ChatMessage) -> dict[str, Any]:
     rendered: dict[str, Any] = {"role": role, "content": content}
     if isinstance(message, ToolMessage):
         rendered["tool_call_id"] = message.tool_call_id
-    elif isinstance(message, AssistantMessage) and message.tool_calls:
+    if isinstance(message, AssistantMessage) and message.reasoning_content is not None:
+        rendered["reasoning_content"] = message.reasoning_content  # Qwen3's template reads it
+    if isinstance(message, AssistantMessage) and message.tool_calls:
         rendered["tool_calls"] = [
             {
                 "id": call.id,

@@ -1,4 +1,4 @@
-"""How one chat choice's streamed text becomes deltas: plain content, or tool calls.
+"""How one chat choice's streamed text becomes deltas: plain content, tool calls, reasoning.
 
 A plain reply streams its text as content. A call forced by name opens with the call's id and
 name and streams the arguments. A "required" reply is held until the array of calls is whole,
@@ -9,6 +9,7 @@ call once its block closes. `finish` returns what is still held and the finish r
 from __future__ import annotations
 
 from pdserve.services.router.api_responses import CalledFunctionDelta, ChatDelta, ToolCallDelta, ToolCallOut
+from pdserve.services.router.reasoning import Piece, ReasoningStream
 from pdserve.services.router.tool_calls import ToolPlan, call_id, calls_finish
 from pdserve.services.router.tool_parsers import PARSERS, ParsedCall
 
@@ -102,15 +103,45 @@ class ParsedCallsReply(_CallsReply):
         return deltas
 
 
-def reply_stream(plan: ToolPlan) -> PlainReply:
+class ReasoningReply(PlainReply):
+    """The thinking as `reasoning_content` deltas, the rest through `inner` (reasoning.py)."""
+
+    def __init__(self, inner: PlainReply, parser: str) -> None:
+        self.inner = inner
+        self.splitter = ReasoningStream(parser)
+        self.chunk_every_batch = inner.chunk_every_batch
+
+    def opening(self) -> ChatDelta:
+        return self.inner.opening()
+
+    def empty(self) -> ChatDelta:
+        return self.inner.empty()
+
+    def push(self, text: str) -> list[ChatDelta]:
+        return self._deltas(self.splitter.push(text))
+
+    def finish(self, finish_reason: str) -> tuple[list[ChatDelta], str | None]:
+        deltas = self._deltas(self.splitter.finish())
+        tail, finish = self.inner.finish(finish_reason)
+        return deltas + tail, finish
+
+    def _deltas(self, pieces: list[Piece]) -> list[ChatDelta]:
+        deltas: list[ChatDelta] = []
+        for kind, text in pieces:
+            deltas += [ChatDelta(reasoning_content=text)] if kind == "reasoning" else self.inner.push(text)
+        return deltas
+
+
+def reply_stream(plan: ToolPlan, reasoning_parser: str | None = None) -> PlainReply:
+    """How a choice's text streams; `reasoning_parser` splits off the thinking first, unless the
+    reply is a forced call (its grammar holds from the first token, so there is none)."""
     if plan.forced == "named":
         assert plan.name is not None
         return NamedCallReply(plan.name)
     if plan.forced == "required":
         return RequiredCallsReply(plan)
-    if plan.parser is not None:
-        return ParsedCallsReply(plan.parser)
-    return PlainReply()
+    reply = ParsedCallsReply(plan.parser) if plan.parser is not None else PlainReply()
+    return ReasoningReply(reply, reasoning_parser) if reasoning_parser is not None else reply
 
 
 def _whole(index: int, call: ToolCallOut) -> ToolCallDelta:
