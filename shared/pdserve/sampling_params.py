@@ -33,6 +33,9 @@ MAX_ALLOWED_TOKEN_IDS = 1 << 18
 MAX_GUIDED_CHOICE_CHARS = 32_768
 # What constrains the output; a request takes at most one.
 GRAMMAR_FIELDS = ("json_object", "json_schema", "guided_choice", "guided_regex")
+# With a grammar: the model thinks first (<think>...</think>, read as these parsers of vLLM read
+# it) and the grammar holds after (engine/thinking_grammar.py).
+REASONING_PARSERS = ("deepseek_r1", "qwen3")
 INT64_MIN = -(1 << 63)
 
 
@@ -80,6 +83,8 @@ class SamplingParams:
     docs/engine.md lists the keywords enforced, and the others are refused rather than ignored.
     `guided_choice` (vLLM's `choice`: a list of texts) makes the output exactly one of them, and
     `guided_regex` (vLLM's `regex`) a whole match of the pattern (syntax: engine/regex_nfa.py).
+    With one of those, `reasoning_parser` ("deepseek_r1" or "qwen3") lets a reasoning model write
+    its `<think>` block first; the grammar holds from where the parser says the answer starts.
     `prompt_logprobs=k` (None: not wanted) scores the prompt as vLLM's does: the logprob of each
     prompt token after the ones before it, and its k most likely alternatives; a request that
     asks for them is not served from the prefix cache, since cached tokens are not run through
@@ -114,6 +119,7 @@ class SamplingParams:
     json_schema: str | dict[str, Any] | bool | None = None
     guided_choice: list[str] | None = None
     guided_regex: str | None = None
+    reasoning_parser: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -256,6 +262,8 @@ class SamplingParams:
             self.json_schema = schema_text(self.json_schema)
         if self.guided_choice is not None:
             self._validate_choice()
+        if self.reasoning_parser is not None and self.reasoning_parser not in REASONING_PARSERS:
+            raise InvalidRequestError(f"reasoning_parser must be None or one of {REASONING_PARSERS}")
         if self.guided_regex is not None:
             if not isinstance(self.guided_regex, str):
                 raise InvalidRequestError("guided_regex must be a string")

@@ -103,12 +103,25 @@ async def test_reasoning_content_streamed_and_not(thinking_client: httpx.AsyncCl
     assert again.status_code == 200, again.text
 
 
-async def test_a_grammar_leaves_the_reply_whole(thinking_client: httpx.AsyncClient) -> None:
-    """JSON mode, guided decoding or a forced call holds from the first token: no thinking to split."""
+async def test_grammars_hold_after_the_thinking(engine: LLMEngine) -> None:
+    """response_format and guided decoding reach the workers with the parser, so the grammar holds
+    after </think> (engine/thinking_grammar.py); a forced tool call's holds from the first token,
+    and completions have no reasoning parser."""
+    backend = scripted(engine)
+    app = create_app(backend, engine.tokenizer, model_name=MODEL, reasoning_parser="qwen3")
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     body = {"model": MODEL, "messages": [{"role": "user", "content": "2+2?"}], "max_tokens": 40}
-    reply = await thinking_client.post("/v1/chat/completions", json={**body, "guided_regex": ".*"})
-    message = reply.json()["choices"][0]["message"]
-    assert message["content"] == REPLY and "reasoning_content" not in message
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://router") as client:
+        reply = await client.post("/v1/chat/completions", json={**body, "response_format": {"type": "json_object"}})
+        message = reply.json()["choices"][0]["message"]
+        assert message["reasoning_content"] == "2 and 2 make 4."
+        await client.post("/v1/chat/completions", json={**body, "guided_regex": ".*"})
+        await client.post("/v1/chat/completions", json=body)
+        await client.post("/v1/chat/completions", json={**body, "tools": [tool], "tool_choice": "required"})
+        completion = {"model": MODEL, "prompt": "x", "response_format": {"type": "json_object"}}
+        await client.post("/v1/completions", json=completion)
+    parsers = [request.params.reasoning_parser for request in backend.requests]
+    assert parsers == ["qwen3", "qwen3", None, None, None]
 
 
 async def test_the_real_model_through_each_parser(backend: LocalBackend, engine: LLMEngine) -> None:

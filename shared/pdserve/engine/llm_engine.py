@@ -29,6 +29,7 @@ from pdserve.engine.scheduler import Scheduler
 from pdserve.engine.schema_grammar import SchemaState
 from pdserve.engine.sequence import Grammar, Sequence, SequenceStatus
 from pdserve.engine.stop_checker import StopChecker
+from pdserve.engine.thinking_grammar import thinking_first
 from pdserve.engine.token_texts import TokenTexts
 from pdserve.errors import InvalidRequestError, KvCapacityError
 from pdserve.kernels import gather_kv_blocks, scatter_kv_blocks
@@ -247,6 +248,8 @@ class LLMEngine:
             start, name = JsonState(), "json_object"
         else:
             return
+        if p.reasoning_parser is not None:  # the model may think before the grammar holds
+            start = thinking_first(start, p.reasoning_parser)
         state = start.feed(self.token_texts.of(seq.output_token_ids))
         if state is None:
             raise InvalidRequestError(f"{name}: the tokens already generated do not fit it")

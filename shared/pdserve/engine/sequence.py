@@ -10,11 +10,12 @@ from pdserve.engine.choice_grammar import ChoiceState
 from pdserve.engine.json_grammar import JsonState
 from pdserve.engine.regex_nfa import RegexState
 from pdserve.engine.schema_grammar import SchemaState
+from pdserve.engine.thinking_grammar import Opening, Thinking
 from pdserve.sampling_params import SamplingParams
 
 _arrival = itertools.count()
 # What constrains a request's output; each has feed(text), can_end and complete.
-Grammar = JsonState | SchemaState | ChoiceState | RegexState
+Grammar = JsonState | SchemaState | ChoiceState | RegexState | Thinking | Opening
 
 
 class SequenceStatus(enum.Enum):

@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, Request
 from pdserve.protocol.top_logprobs import TopLogprobs
-from pdserve.sampling_params import GRAMMAR_FIELDS, choice_seed
+from pdserve.sampling_params import choice_seed
 from pdserve.services.router.api_requests import ChatCompletionRequest
 from pdserve.services.router.api_responses import (
     ChatChoice,
@@ -105,6 +105,7 @@ async def chat_complete(ctx: RouterContext, body: ChatCompletionRequest, request
                     response_format=body.response_format,
                     tool_schema=tools.schema,
                     defaults=ctx.sampling_defaults,
+                    reasoning_parser=ctx.reasoning_parser,
                 ),
                 deadline,
             ),
@@ -114,10 +115,9 @@ async def chat_complete(ctx: RouterContext, body: ChatCompletionRequest, request
     ctx.metrics.prompt_tokens += len(prompt)
     log.info("chat completion", id=response_id, prompt_tokens=len(prompt), n=body.n, stream=bool(body.stream))
 
-    # A grammar (forced calls, response_format, guided decoding) holds from the first token, so
-    # such a reply has no thinking to split off.
-    constrained = any(getattr(requests[0][1].params, name) not in (None, False) for name in GRAMMAR_FIELDS)
-    reasoning = None if constrained else ctx.reasoning_parser
+    # A forced tool call's grammar holds from the first token, so its reply has no thinking to
+    # split off; other grammars hold after the thinking (engine/thinking_grammar.py).
+    reasoning = None if tools.forced else ctx.reasoning_parser
     fmt = _Format(ctx, body, response_id, tools, reasoning)
     group = ChoiceGroup.start(ctx.backend, requests, ctx.metrics)
     return await answer(ctx, request, group, stream=bool(body.stream), events=fmt.events, body=fmt.body)

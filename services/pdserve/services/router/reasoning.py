@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-REASONING_PARSERS = ("deepseek_r1", "qwen3")
-THINK_START = "<think>"
-THINK_END = "</think>"
+from pdserve.engine.thinking_grammar import THINK_END, THINK_START
+from pdserve.sampling_params import REASONING_PARSERS
+
+__all__ = ["REASONING_PARSERS", "ReasoningStream", "split_reasoning"]
 
 Piece = tuple[Literal["reasoning", "content"], str]
 

@@ -125,9 +125,12 @@ def sampling_params(
     response_format: ResponseFormat | None = None,
     tool_schema: dict[str, Any] | None = None,
     defaults: Mapping[str, Any] | None = None,
+    reasoning_parser: str | None = None,
 ) -> SamplingParams:
     """`defaults`: the model's sampling defaults (models/generation_defaults.py) for the fields
-    the request leaves out or sends as null."""
+    the request leaves out or sends as null. `reasoning_parser` (chat, the router's): a grammar
+    from response_format or guided decoding holds after the model's thinking; a forced tool
+    call's holds from the first token."""
     stop = body.stop if body.stop is not None else []
     source, grammar = _grammar(body, response_format, tool_schema)
     temperature, top_k, top_p, min_p, repetition_penalty = (
@@ -153,6 +156,7 @@ def sampling_params(
             allowed_token_ids=None if body.allowed_token_ids is None else list(body.allowed_token_ids),
             min_tokens=body.min_tokens or 0,
             **grammar,
+            reasoning_parser=reasoning_parser if grammar and tool_schema is None else None,
             include_stop_str_in_output=body.include_stop_str_in_output,
             skip_special_tokens=body.skip_special_tokens,
         )
