@@ -9,7 +9,9 @@ from collections.abc import Callable, Sequence
 
 from pdserve.bench.cli_args import add_bench_parser
 from pdserve.cli_env import EnvDefaultsParser
+from pdserve.cli_pool import kv_pool_options
 from pdserve.cli_types import (
+    byte_size,
     log_level,
     non_negative_int,
     non_negative_seconds,
@@ -17,6 +19,7 @@ from pdserve.cli_types import (
     port_or_any,
     positive_int,
     positive_seconds,
+    share,
 )
 from pdserve.errors import PdserveError
 
@@ -27,6 +30,18 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--block-size", type=positive_int, default=16, help="KV block size in tokens")
     parser.add_argument("--num-kv-blocks", type=positive_int, default=None, help="KV pool size in blocks")
+    parser.add_argument(
+        "--kv-cache-memory-bytes",
+        type=byte_size,
+        default=None,
+        help="KV pool size in bytes, e.g. 8G (default 1G; --num-kv-blocks wins)",
+    )
+    parser.add_argument(
+        "--gpu-memory-utilization",
+        type=share,
+        default=None,
+        help="CUDA only: size the KV pool so the process uses this share of the GPU's memory, e.g. 0.9",
+    )
     parser.add_argument("--max-num-batched-tokens", type=positive_int, default=2048, help="per-step token budget")
     parser.add_argument("--max-num-seqs", type=positive_int, default=256, help="most sequences per step")
     parser.add_argument(
@@ -56,6 +71,7 @@ def _generate(args: argparse.Namespace) -> int:
         max_num_seqs=args.max_num_seqs,
         max_model_len=args.max_model_len,
         enable_prefix_caching=args.enable_prefix_caching,
+        **kv_pool_options(args),
     )
     params = SamplingParams(
         max_tokens=args.max_tokens,

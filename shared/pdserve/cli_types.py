@@ -69,3 +69,27 @@ def log_level(text: str) -> str:
     if level not in LOG_LEVELS:
         raise argparse.ArgumentTypeError(f"expected one of {', '.join(LOG_LEVELS)}, got {text!r}")
     return level
+
+
+_BYTE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def byte_size(text: str) -> int:
+    """A positive number of bytes: 4294967296, 4G, 4GiB, 512M, 1.5g (binary units, as memory is sized)."""
+    spec = text.strip().lower().removesuffix("ib").removesuffix("b")
+    number, unit = (spec[:-1], spec[-1]) if spec and spec[-1] in "kmgt" else (spec, "")
+    try:
+        value = float(number) * _BYTE_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size in bytes like 4G or 512MiB, got {text!r}") from None
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"expected a size in bytes like 4G or 512MiB, got {text!r}")
+    return int(value)
+
+
+def share(text: str) -> float:
+    """A fraction in (0, 1]."""
+    value = _float_above(0.0, False, "a fraction in (0, 1]")(text)
+    if value > 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text}")
+    return value

@@ -26,6 +26,10 @@ from pdserve.services.up import parse_pin
         (["up", "--prefill", "0"], "argument --prefill: expected an integer >= 1, got 0"),
         (["up", "--workers", "-2"], "argument --workers: expected an integer >= 1, got -2"),
         (["generate", "--max-tokens", "0", "hi"], "argument --max-tokens: expected an integer >= 1, got 0"),
+        (["worker", "--kv-cache-memory-bytes", "lots"], "argument --kv-cache-memory-bytes: expected a size in bytes"),
+        (["worker", "--kv-cache-memory-bytes", "0G"], "argument --kv-cache-memory-bytes: expected a size in bytes"),
+        (["up", "--gpu-memory-utilization", "1.5"], "argument --gpu-memory-utilization: expected a fraction in (0, 1]"),
+        (["prefill", "--gpu-memory-utilization", "0"], "argument --gpu-memory-utilization: expected a fraction"),
     ],
 )
 def test_bad_numbers_are_refused_by_flag(capsys: pytest.CaptureFixture[str], argv: list[str], says: str) -> None:
@@ -38,6 +42,21 @@ def test_bad_numbers_are_refused_by_flag(capsys: pytest.CaptureFixture[str], arg
 def test_good_values_pass() -> None:
     args = build_parser().parse_args(["decode", "--ucx-port", "0", "--log-level", "WARNING", "--drain-timeout-s", "0"])
     assert (args.ucx_port, args.log_level, args.drain_timeout_s) == (0, "warning", 0.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("4294967296", 1 << 32),
+        ("4G", 4 << 30),
+        ("4GiB", 4 << 30),
+        ("512m", 512 << 20),
+        ("1.5g", 3 << 29),
+        ("64KB", 64 << 10),
+    ],
+)
+def test_byte_sizes(text: str, size: int) -> None:
+    assert build_parser().parse_args(["worker", "--kv-cache-memory-bytes", text]).kv_cache_memory_bytes == size
 
 
 def test_pin_names_real_roles_and_cores() -> None:

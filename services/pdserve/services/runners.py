@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 import torch
 from pdserve import event_loop
+from pdserve.cli_pool import kv_pool_options
 from pdserve.engine.config import EngineConfig
 from pdserve.engine.llm_engine import LLMEngine
 from pdserve.gc_heap import freeze_startup_heap
@@ -58,6 +59,7 @@ def build_engine(args: argparse.Namespace) -> LLMEngine:
         max_num_seqs=args.max_num_seqs,
         max_model_len=args.max_model_len,
         enable_prefix_caching=args.enable_prefix_caching,
+        **kv_pool_options(args),
     )
     return LLMEngine.from_model(args.model, dtype=args.dtype, device=args.device, config=config, seed=args.seed)
 

@@ -109,6 +109,10 @@ def model_flags(args: argparse.Namespace) -> list[str]:
         flags += ["--num-kv-blocks", str(args.num_kv_blocks)]
     if args.max_model_len is not None:
         flags += ["--max-model-len", str(args.max_model_len)]
+    if args.kv_cache_memory_bytes is not None:
+        flags += ["--kv-cache-memory-bytes", str(args.kv_cache_memory_bytes)]
+    if args.gpu_memory_utilization is not None:
+        flags += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
     if not args.enable_prefix_caching:
         flags += ["--no-enable-prefix-caching"]
     if args.model is not None:

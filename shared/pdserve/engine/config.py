@@ -13,7 +13,8 @@ GiB = 1 << 30
 class EngineConfig:
     """Sizes in tokens, blocks and bytes.
 
-    `num_kv_blocks` wins over `kv_cache_bytes` when both are given. `max_num_batched_tokens`
+    `num_kv_blocks` wins over `kv_cache_bytes` when both are given, and `gpu_memory_utilization`
+    (a share of a CUDA device's memory, engine/gpu_memory.py) over both. `max_num_batched_tokens`
     is the per-step token budget: prompts longer than it are prefilled in chunks.
     """
 
@@ -24,8 +25,14 @@ class EngineConfig:
     max_num_seqs: int = 256
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
+    gpu_memory_utilization: float | None = None
 
     def __post_init__(self) -> None:
+        share = self.gpu_memory_utilization
+        if share is not None and (
+            isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 < share <= 1.0
+        ):
+            raise InvalidRequestError(f"gpu_memory_utilization must be in (0, 1] or None, got {share!r}")
         for name in ("block_size", "kv_cache_bytes", "max_num_batched_tokens", "max_num_seqs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

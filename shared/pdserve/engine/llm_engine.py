@@ -17,6 +17,7 @@ from pdserve.engine.attention import ATTN_IMPLEMENTATION
 from pdserve.engine.block_manager import BlockManager
 from pdserve.engine.choice_grammar import ChoiceState
 from pdserve.engine.config import EngineConfig, check_max_model_len
+from pdserve.engine.gpu_memory import activation_reserve, kv_pool_bytes
 from pdserve.engine.grammar_constraint import GrammarConstraint, MaskCache
 from pdserve.engine.host_memory import keep_freed_memory
 from pdserve.engine.json_grammar import JsonState
@@ -54,7 +55,7 @@ class LLMEngine:
             block_size=config.block_size,
         )
         self.kv_layout = layout
-        num_blocks = config.resolve_num_blocks(layout.bytes_per_token)
+        num_blocks = self._pool_blocks(loaded, config, layout.bytes_per_token)
         # A lone request must always fit in the pool, or preemption could never make progress.
         pool_tokens = num_blocks * config.block_size
         check_max_model_len(config.max_model_len, loaded.max_model_len, pool_tokens)
@@ -70,6 +71,30 @@ class LLMEngine:
         self.grammar_masks = MaskCache(self.loaded.vocab_size)  # allowed tokens of grammar states seen
         self.requests: dict[str, Sequence] = {}
         self._pending: list[RequestOutput] = []  # outputs produced outside step() (abort, import)
+
+    @staticmethod
+    def _pool_blocks(loaded: LoadedModel, config: EngineConfig, bytes_per_token: int) -> int:
+        """KV blocks: the configured count or bytes, or a share of the GPU's memory."""
+        if config.gpu_memory_utilization is None:
+            return config.resolve_num_blocks(bytes_per_token)
+        device = next(loaded.model.parameters()).device
+        if device.type != "cuda":
+            raise InvalidRequestError(
+                f"gpu_memory_utilization sizes the KV cache on a CUDA device, and this model is on {device}; "
+                "use --kv-cache-memory-bytes or --num-kv-blocks"
+            )
+        free, total = torch.cuda.mem_get_info(device)
+        hf = loaded.config
+        reserve = activation_reserve(
+            config.max_num_batched_tokens,
+            config.max_num_seqs,
+            int(hf.hidden_size),
+            int(getattr(hf, "intermediate_size", 4 * hf.hidden_size)),
+            int(hf.vocab_size),
+            loaded.dtype.itemsize,
+        )
+        pool = kv_pool_bytes(config.gpu_memory_utilization, total, free, reserve)
+        return max(1, pool // (bytes_per_token * config.block_size))
 
     @classmethod
     def from_model(
