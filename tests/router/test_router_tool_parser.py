@@ -19,6 +19,7 @@ from pdserve.services.router.tool_parsers import (
     ParsedCall,
     parse_hermes,
     parse_llama3_json,
+    parse_mistral,
 )
 from pdserve.serving.local_backend import LocalBackend
 from router_helpers import MODEL, assert_error, sse_data
@@ -60,11 +61,33 @@ def test_parse_llama3_json() -> None:
         assert parse_llama3_json(text) is None, text
 
 
+MISTRAL_CALLS = (
+    '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}, '
+    '{"name": "get_time", "arguments": {"utc": true}}]'
+)
+MISTRAL_V11_CALLS = (
+    'Checking.[TOOL_CALLS]get_weather[ARGS]{"city": "Paris", "unit": "c"}[TOOL_CALLS]get_time[ARGS]{"utc": true}'
+)
+
+
+def test_parse_mistral() -> None:
+    """Both of Mistral's formats; ids of 9 letters and digits, as its chat templates demand."""
+    for text, content in ((MISTRAL_CALLS, None), (MISTRAL_V11_CALLS, "Checking.")):
+        parsed = parse_mistral(text)
+        assert parsed is not None and parsed[0] == content
+        assert [(c.name, c.arguments) for c in parsed[1]] == [(c.name, c.arguments) for c in EXPECTED]
+        assert all(c.id is not None and len(c.id) == 9 and c.id.isalnum() for c in parsed[1])
+    for text in ("no calls", "[TOOL_CALLS] [{bad}]", '[TOOL_CALLS] [{"arguments": {}}]', "[TOOL_CALLS]f[ARGS]{",
+                 '[TOOL_CALLS] [{"name": "f"}] trailing', "[TOOL_CALLS]two words[ARGS]{}", "[TOOL_CALLS]"):  # fmt: skip
+        assert parse_mistral(text) is None, text
+
+
 @pytest.mark.parametrize(
     ("parser", "texts"),
     [
         ("hermes", [TWO_CALLS, "plain <tool text> < tool_call", "a <tool_call>{bad}</tool_call> b", "x <tool_call>{"]),
         ("llama3_json", [LLAMA_CALLS, "  " + LLAMA_CALLS, "Sure: {}", '{"name": "f"', "  plain text"]),
+        ("mistral", [MISTRAL_CALLS, MISTRAL_V11_CALLS, "plain [TOOL text [TOOL_CALL", "x [TOOL_CALLS] not calls"]),
     ],
 )
 def test_stream_gives_the_same_calls_however_the_text_is_cut(parser: str, texts: list[str]) -> None:
@@ -83,7 +106,8 @@ def test_stream_gives_the_same_calls_however_the_text_is_cut(parser: str, texts:
             if parsed is None:
                 assert not calls and content == text  # nothing is lost or changed
             else:
-                assert calls == parsed[1] and stream.calls == len(calls)
+                unnamed = [(c.name, c.arguments) for c in calls]  # mistral's ids are drawn afresh
+                assert unnamed == [(c.name, c.arguments) for c in parsed[1]] and stream.calls == len(calls)
                 assert content.strip() == (parsed[0] or "")
 
 
@@ -106,7 +130,13 @@ async def chat(client: httpx.AsyncClient, **body: Any) -> httpx.Response:
 
 
 @pytest.mark.parametrize(
-    ("parser", "written", "content"), [("hermes", TWO_CALLS, "Let me look."), ("llama3_json", LLAMA_CALLS, None)]
+    ("parser", "written", "content"),
+    [
+        ("hermes", TWO_CALLS, "Let me look."),
+        ("llama3_json", LLAMA_CALLS, None),
+        ("mistral", MISTRAL_CALLS, None),
+        ("mistral", MISTRAL_V11_CALLS, "Checking."),
+    ],
 )
 async def test_auto_reads_the_calls_the_model_writes(
     backend: LocalBackend, engine: LLMEngine, parser: str, written: str, content: str | None
@@ -123,6 +153,11 @@ async def test_auto_reads_the_calls_the_model_writes(
         assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in message["tool_calls"]] == [
             (c.name, json.loads(c.arguments)) for c in EXPECTED
         ]
+        if parser == "mistral":  # ids Mistral's template takes back in the next turn
+            assert all(len(c["id"]) == 9 and c["id"].isalnum() for c in message["tool_calls"])
+            history = [{"role": "user", "content": "Weather?"}, message]
+            history += [{"role": "tool", "tool_call_id": c["id"], "content": "sunny"} for c in message["tool_calls"]]
+            assert (await chat(client, messages=history, max_tokens=2)).status_code == 200
         stream = await chat(client, **held, stream=True)
         calls, finish = streamed_calls(stream.text)
         assert finish == "tool_calls"
@@ -136,6 +171,23 @@ async def test_auto_reads_the_calls_the_model_writes(
         plain = (await chat(client, tool_choice="auto", structured_outputs={"choice": ["No tools needed."]})).json()
         assert plain["choices"][0]["message"] == {"role": "assistant", "content": "No tools needed."}
         assert plain["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_mistral_keeps_special_tokens_in_the_text(engine: LLMEngine) -> None:
+    """[TOOL_CALLS] is a special token: with tools and the mistral parser the workers keep special
+    tokens in the text, as vLLM does; without tools, or with another parser, the request decides."""
+    from router_helpers import ScriptedBackend, chunk
+
+    async def script(request: Any) -> AsyncIterator[Any]:
+        yield chunk(0, [65], finish_reason="stop", text="A", prompt_tokens=len(request.prompt_token_ids))
+
+    for parser, with_tools, kept in (("mistral", True, True), ("mistral", False, False), ("hermes", True, False)):
+        scripted = ScriptedBackend(script)
+        app = create_app(scripted, engine.tokenizer, model_name=MODEL, tool_call_parser=parser)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://router") as client:
+            body = {} if with_tools else {"tools": None}
+            assert (await chat(client, **body)).status_code == 200
+        assert scripted.requests[0].params.skip_special_tokens is not kept, (parser, with_tools)
 
 
 async def test_auto_without_a_parser_says_how_to_get_one(backend: LocalBackend, engine: LLMEngine) -> None:

@@ -42,6 +42,7 @@ from pdserve.services.router.sampling import (
 )
 from pdserve.services.router.sse import DONE, sse_json
 from pdserve.services.router.tool_calls import ToolPlan
+from pdserve.services.router.tool_parsers import KEEPS_SPECIAL_TOKENS
 from pdserve.serving.backend import GenerateRequest
 from starlette.responses import Response
 
@@ -71,6 +72,8 @@ async def chat_complete(ctx: RouterContext, body: ChatCompletionRequest, request
         raise invalid_request("top_logprobs needs logprobs: true", param="top_logprobs")
     check_choices(1, body.n, ctx.limits)
     tools = ToolPlan.of(body, ctx.tool_call_parser)
+    if tools.parser in KEEPS_SPECIAL_TOKENS:  # the calls' marker is a special token: keep it in the text
+        body = body.model_copy(update={"skip_special_tokens": False})
     prompt = await ctx.prompts.encode_chat(body.messages, tools.tools, RenderOptions.of(body))
     requested: int | None = body.max_tokens
     param = "max_tokens"

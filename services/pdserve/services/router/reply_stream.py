@@ -94,7 +94,7 @@ class ParsedCallsReply(_CallsReply):
             else:
                 call = ToolCallDelta(
                     index=self.sent,
-                    id=call_id(),
+                    id=piece.id or call_id(),
                     type="function",
                     function=CalledFunctionDelta(name=piece.name, arguments=piece.arguments),
                 )

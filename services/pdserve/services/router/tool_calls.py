@@ -72,7 +72,7 @@ class ToolPlan:
             parsed = PARSERS[self.parser][0](text)
             if parsed is not None:
                 content, found = parsed
-                return content, [call_out(c.name, c.arguments) for c in found], calls_finish(finish_reason)
+                return content, [call_out(c.name, c.arguments, c.id) for c in found], calls_finish(finish_reason)
         if calls is None:
             return text, None, finish_reason
         return None, calls, calls_finish(finish_reason) if self.forced == "required" else finish_reason
@@ -108,8 +108,8 @@ def calls_finish(finish_reason: str | None) -> str | None:
     return "tool_calls" if finish_reason == "stop" else finish_reason
 
 
-def call_out(name: str, arguments: str) -> ToolCallOut:
-    return ToolCallOut(id=call_id(), type="function", function=CalledFunctionOut(name=name, arguments=arguments))
+def call_out(name: str, arguments: str, id_: str | None = None) -> ToolCallOut:
+    return ToolCallOut(id=id_ or call_id(), type="function", function=CalledFunctionOut(name=name, arguments=arguments))
 
 
 def call_id() -> str:

@@ -7,6 +7,10 @@ selected with the router's `--tool-call-parser NAME` (vLLM's flag and names):
 - `llama3_json` (Llama 3.1 to 3.3 with JSON tool calling): the whole reply is one or more JSON
   objects `{"name": ..., "parameters": {...}}`, separated by `;` (after `<|python_tag|>`, a
   special token the text leaves out).
+- `mistral` (Mistral 7B v0.3, Nemo, Small): `[TOOL_CALLS]` then a JSON array of
+  `{"name": ..., "arguments": {...}}` (tokenizer v3), or `name[ARGS]{...}` per call (v11).
+  `[TOOL_CALLS]` is a special token, so requests read with this parser keep special tokens in
+  their text (as vLLM does), and call ids are the 9 letters and digits Mistral's templates demand.
 
 Each parser reads a whole reply (`parse`) and a streamed one (`stream()`: pieces of text and
 whole calls as they become certain).
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +32,7 @@ _BLOCK = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.DOTALL)
 class ParsedCall:
     name: str
     arguments: str  # JSON text
+    id: str | None = None  # the call's id, where the format wants ids of its own (else the router's)
 
 
 def parse_hermes(text: str) -> tuple[str | None, list[ParsedCall]] | None:
@@ -80,7 +86,7 @@ class HermesStream:
             if not self.in_call:
                 start = self.buffer.find(OPEN)
                 if start < 0:
-                    keep = _open_prefix(self.buffer)
+                    keep = _prefix_of(self.buffer, OPEN)
                     self._text(out, self.buffer[: len(self.buffer) - keep])
                     self.buffer = self.buffer[len(self.buffer) - keep :]
                     return out
@@ -111,10 +117,10 @@ class HermesStream:
             out.append(text)
 
 
-def _open_prefix(text: str) -> int:
-    """Length of the longest tail of `text` that is a proper start of OPEN."""
-    for size in range(min(len(OPEN) - 1, len(text)), 0, -1):
-        if text.endswith(OPEN[:size]):
+def _prefix_of(text: str, tag: str) -> int:
+    """Length of the longest tail of `text` that is a proper start of `tag`."""
+    for size in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:size]):
             return size
     return 0
 
@@ -167,9 +173,99 @@ class Llama3JsonStream:
         return list(parsed[1])
 
 
+# Mistral: "[TOOL_CALLS]" (a special token, kept in the text for this parser) and then either a
+# JSON array of {"name", "arguments"} (Mistral 7B v0.3, Nemo: tokenizer v3) or, per call,
+# "name[ARGS]{...}" (Mistral Small 3.1 and later: tokenizer v11).
+MISTRAL_CALLS, MISTRAL_ARGS = "[TOOL_CALLS]", "[ARGS]"
+_MISTRAL_ID = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def mistral_call_id() -> str:
+    """Mistral's templates refuse any tool call id but 9 letters and digits."""
+    return "".join(secrets.choice(_MISTRAL_ID) for _ in range(9))
+
+
+def parse_mistral(text: str) -> tuple[str | None, list[ParsedCall]] | None:
+    """The text ahead of `[TOOL_CALLS]` (None if blank) and the calls after it; None when there
+    is no marker or what follows is not calls (then the reply is plain text)."""
+    start = text.find(MISTRAL_CALLS)
+    if start < 0:
+        return None
+    calls: list[ParsedCall] = []
+    for segment in text[start + len(MISTRAL_CALLS) :].split(MISTRAL_CALLS):
+        found = _mistral_segment(segment)
+        if found is None:
+            return None
+        calls += found
+    if not calls:
+        return None
+    return text[:start].strip() or None, calls
+
+
+def _mistral_segment(segment: str) -> list[ParsedCall] | None:
+    body = segment.strip()
+    decoder = json.JSONDecoder()
+    if body.startswith("["):  # v3: one array of calls
+        try:
+            value, end = decoder.raw_decode(body)
+        except ValueError:
+            return None
+        if body[end:].strip() or not isinstance(value, list):
+            return None
+        calls = [_call_of(item) for item in value]
+        return None if any(c is None for c in calls) else [_with_id(c) for c in calls if c is not None]
+    name, marker, arguments = body.partition(MISTRAL_ARGS)  # v11: name[ARGS]{...}
+    if not marker or not name.strip() or any(c.isspace() for c in name.strip()):
+        return None
+    try:
+        value, end = decoder.raw_decode(arguments.strip())
+    except ValueError:
+        return None
+    if arguments.strip()[end:].strip() or not isinstance(value, dict):
+        return None
+    return [ParsedCall(name.strip(), json.dumps(value, ensure_ascii=False), mistral_call_id())]
+
+
+def _with_id(call: ParsedCall) -> ParsedCall:
+    return ParsedCall(call.name, call.arguments, mistral_call_id())
+
+
+class MistralStream:
+    """Text streams until `[TOOL_CALLS]` (a tail that may start it is held); from the marker on,
+    everything is held and read as calls at the end (as text if it is not calls)."""
+
+    def __init__(self) -> None:
+        self.buffer = ""
+        self.in_calls = False
+        self.calls = 0
+
+    def push(self, text: str) -> list[str | ParsedCall]:
+        self.buffer += text
+        if self.in_calls:
+            return []
+        start = self.buffer.find(MISTRAL_CALLS)
+        if start >= 0:
+            out, self.buffer, self.in_calls = self.buffer[:start], self.buffer[start:], True
+            return [out] if out else []
+        keep = _prefix_of(self.buffer, MISTRAL_CALLS)
+        out, self.buffer = self.buffer[: len(self.buffer) - keep], self.buffer[len(self.buffer) - keep :]
+        return [out] if out else []
+
+    def finish(self) -> list[str | ParsedCall]:
+        held, self.buffer = self.buffer, ""
+        parsed = parse_mistral(held) if self.in_calls else None
+        if parsed is None:
+            return [held] if held else []
+        self.calls = len(parsed[1])
+        return list(parsed[1])
+
+
 Parse = Callable[[str], "tuple[str | None, list[ParsedCall]] | None"]
-PARSERS: dict[str, tuple[Parse, Callable[[], HermesStream | Llama3JsonStream]]] = {
+PARSERS: dict[str, tuple[Parse, Callable[[], HermesStream | Llama3JsonStream | MistralStream]]] = {
     "hermes": (parse_hermes, HermesStream),
     "llama3_json": (parse_llama3_json, Llama3JsonStream),
+    "mistral": (parse_mistral, MistralStream),
 }
+# Formats whose marker is a special token: the text must keep special tokens to show it.
+KEEPS_SPECIAL_TOKENS = frozenset({"mistral"})
 TOOL_CALL_PARSERS = tuple(PARSERS)
