@@ -122,7 +122,7 @@ def add_worker_args(parser: argparse.ArgumentParser) -> None:
 
 # pdserve.services.router.tool_parsers.TOOL_CALL_PARSERS and reasoning.REASONING_PARSERS, named
 # here so that reading the command line imports no service code (tests check they agree).
-TOOL_CALL_PARSERS = ("hermes", "llama3_json", "mistral")
+TOOL_CALL_PARSERS = ("hermes", "llama3_json", "mistral", "pythonic")
 REASONING_PARSERS = ("deepseek_r1", "qwen3")
 
 
@@ -146,7 +146,7 @@ def add_router_limit_args(parser: argparse.ArgumentParser) -> None:
         "--tool-call-parser",
         choices=TOOL_CALL_PARSERS,
         default=None,
-        help="read the tool calls the model writes (tool_choice auto): hermes (Qwen, Hermes), llama3_json, mistral",
+        help="read the tool calls the model writes (tool_choice auto): hermes, llama3_json, mistral, pythonic",
     )
     parser.add_argument(
         "--reasoning-parser",

@@ -20,6 +20,7 @@ from pdserve.services.router.tool_parsers import (
     parse_hermes,
     parse_llama3_json,
     parse_mistral,
+    parse_pythonic,
 )
 from pdserve.serving.local_backend import LocalBackend
 from router_helpers import MODEL, assert_error, sse_data
@@ -82,12 +83,29 @@ def test_parse_mistral() -> None:
         assert parse_mistral(text) is None, text
 
 
+PYTHONIC_CALLS = '[get_weather(city="Paris", unit="c"), get_time(utc=True)]'
+
+
+def test_parse_pythonic() -> None:
+    """Read by Python's parser, never run: only names, keyword arguments and literals are calls."""
+    assert parse_pythonic(" " + PYTHONIC_CALLS + "\n") == (None, EXPECTED)
+    assert parse_pythonic("[f(a=[1, {'b': None}], c=-2.5)]") == (
+        None,
+        [ParsedCall("f", '{"a": [1, {"b": null}], "c": -2.5}')],
+    )
+    assert parse_pythonic("[f()]") == (None, [ParsedCall("f", "{}")])
+    for text in ("plain", "[]", "[1, 2]", "[f(1)]", "[f(**x)]", "[os.system(cmd='ls')]", "[f(a=open('x'))]",
+                 "[f(a={1, 2})]", "[f(a=", "[f(a=1)] and more", "[" * 100_000):  # fmt: skip
+        assert parse_pythonic(text) is None, text[:40]
+
+
 @pytest.mark.parametrize(
     ("parser", "texts"),
     [
         ("hermes", [TWO_CALLS, "plain <tool text> < tool_call", "a <tool_call>{bad}</tool_call> b", "x <tool_call>{"]),
         ("llama3_json", [LLAMA_CALLS, "  " + LLAMA_CALLS, "Sure: {}", '{"name": "f"', "  plain text"]),
         ("mistral", [MISTRAL_CALLS, MISTRAL_V11_CALLS, "plain [TOOL text [TOOL_CALL", "x [TOOL_CALLS] not calls"]),
+        ("pythonic", [PYTHONIC_CALLS, " " + PYTHONIC_CALLS, "[not calls]", "Sure: [f()]", "[f(a="]),
     ],
 )
 def test_stream_gives_the_same_calls_however_the_text_is_cut(parser: str, texts: list[str]) -> None:
@@ -136,6 +154,7 @@ async def chat(client: httpx.AsyncClient, **body: Any) -> httpx.Response:
         ("llama3_json", LLAMA_CALLS, None),
         ("mistral", MISTRAL_CALLS, None),
         ("mistral", MISTRAL_V11_CALLS, "Checking."),
+        ("pythonic", PYTHONIC_CALLS, None),
     ],
 )
 async def test_auto_reads_the_calls_the_model_writes(

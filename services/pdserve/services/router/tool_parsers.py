@@ -11,6 +11,8 @@ selected with the router's `--tool-call-parser NAME` (vLLM's flag and names):
   `{"name": ..., "arguments": {...}}` (tokenizer v3), or `name[ARGS]{...}` per call (v11).
   `[TOOL_CALLS]` is a special token, so requests read with this parser keep special tokens in
   their text (as vLLM does), and call ids are the 9 letters and digits Mistral's templates demand.
+- `pythonic` (Llama 3.2 and 4): the whole reply is a Python list of calls with keyword
+  arguments, `[get_weather(city="Paris"), get_time()]`, read by Python's parser and never run.
 
 Each parser reads a whole reply (`parse`) and a streamed one (`stream()`: pieces of text and
 whole calls as they become certain).
@@ -18,6 +20,7 @@ whole calls as they become certain).
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import secrets
@@ -148,6 +151,9 @@ def parse_llama3_json(text: str) -> tuple[str | None, list[ParsedCall]] | None:
 class Llama3JsonStream:
     """A reply that opens with '{' is held whole and read at the end; any other streams as text."""
 
+    opener = "{"
+    parse = staticmethod(parse_llama3_json)
+
     def __init__(self) -> None:
         self.mode = "undecided"  # until the first character that is not a blank: "text" or "calls"
         self.held = ""
@@ -158,7 +164,7 @@ class Llama3JsonStream:
             return [text] if text else []
         self.held += text
         if self.mode == "undecided" and self.held.strip():
-            self.mode = "calls" if self.held.lstrip().startswith("{") else "text"
+            self.mode = "calls" if self.held.lstrip().startswith(self.opener) else "text"
             if self.mode == "text":
                 out, self.held = self.held, ""
                 return [out]
@@ -166,7 +172,7 @@ class Llama3JsonStream:
 
     def finish(self) -> list[str | ParsedCall]:
         held, self.held = self.held, ""
-        parsed = parse_llama3_json(held) if self.mode == "calls" else None
+        parsed = self.parse(held) if self.mode == "calls" else None
         if parsed is None:
             return [held] if held else []
         self.calls = len(parsed[1])
@@ -260,11 +266,43 @@ class MistralStream:
         return list(parsed[1])
 
 
+def parse_pythonic(text: str) -> tuple[str | None, list[ParsedCall]] | None:
+    """Llama 3.2 and 4's pythonic calls: the whole reply is a list of calls with keyword arguments
+    of literal values, `[get_weather(city="Paris"), get_time()]`; else None (plain text). Read with
+    Python's parser, never run: anything but names, keywords and literals is plain text."""
+    body = text.strip()
+    if not body.startswith("["):
+        return None
+    try:
+        tree = ast.parse(body, mode="eval").body
+        if not isinstance(tree, ast.List) or not tree.elts:
+            return None
+        calls = []
+        for node in tree.elts:
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name) or node.args:
+                return None
+            if any(k.arg is None for k in node.keywords):  # **kwargs
+                return None
+            arguments = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg is not None}
+            calls.append(ParsedCall(node.func.id, json.dumps(arguments, ensure_ascii=False)))
+    except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError):
+        return None  # not calls, or values JSON cannot hold (sets, bytes, complex numbers)
+    return None, calls
+
+
+class PythonicStream(Llama3JsonStream):
+    """A reply that opens with '[' is held whole and read at the end; any other streams as text."""
+
+    opener = "["
+    parse = staticmethod(parse_pythonic)
+
+
 Parse = Callable[[str], "tuple[str | None, list[ParsedCall]] | None"]
 PARSERS: dict[str, tuple[Parse, Callable[[], HermesStream | Llama3JsonStream | MistralStream]]] = {
     "hermes": (parse_hermes, HermesStream),
     "llama3_json": (parse_llama3_json, Llama3JsonStream),
     "mistral": (parse_mistral, MistralStream),
+    "pythonic": (parse_pythonic, PythonicStream),
 }
 # Formats whose marker is a special token: the text must keep special tokens to show it.
 KEEPS_SPECIAL_TOKENS = frozenset({"mistral"})
