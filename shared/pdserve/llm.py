@@ -84,7 +84,10 @@ class LLM:
             raise InvalidRequestError(f"{len(prompt_list)} prompts but {len(params_list)} sampling params")
         for p in params_list:
             self.engine.check_params(p)
-        token_prompts = [self.engine.tokenize(p) for p in prompt_list]
+        token_prompts = [
+            self.engine.tokenize(prompt, params.truncate_prompt_tokens)
+            for prompt, params in zip(prompt_list, params_list, strict=True)
+        ]
 
         ids: list[str] = []
         groups: list[list[str]] = []  # per prompt, the request ids of its n choices

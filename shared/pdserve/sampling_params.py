@@ -83,6 +83,7 @@ class SamplingParams:
     docs/engine.md lists the keywords enforced, and the others are refused rather than ignored.
     `guided_choice` (vLLM's `choice`: a list of texts) makes the output exactly one of them, and
     `guided_regex` (vLLM's `regex`) a whole match of the pattern (syntax: engine/regex_nfa.py).
+    `truncate_prompt_tokens=k` (vLLM's) keeps only the prompt's last k tokens.
     With one of those, `reasoning_parser` ("deepseek_r1" or "qwen3") lets a reasoning model write
     its `<think>` block first; the grammar holds from where the parser says the answer starts.
     `prompt_logprobs=k` (None: not wanted) scores the prompt as vLLM's does: the logprob of each
@@ -120,6 +121,7 @@ class SamplingParams:
     guided_choice: list[str] | None = None
     guided_regex: str | None = None
     reasoning_parser: str | None = None
+    truncate_prompt_tokens: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -262,6 +264,9 @@ class SamplingParams:
             self.json_schema = schema_text(self.json_schema)
         if self.guided_choice is not None:
             self._validate_choice()
+        cut = self.truncate_prompt_tokens
+        if cut is not None and (isinstance(cut, bool) or not isinstance(cut, int) or cut < 1):
+            raise InvalidRequestError(f"truncate_prompt_tokens must be None or a positive integer, got {cut!r}")
         if self.reasoning_parser is not None and self.reasoning_parser not in REASONING_PARSERS:
             raise InvalidRequestError(f"reasoning_parser must be None or one of {REASONING_PARSERS}")
         if self.guided_regex is not None:

@@ -274,3 +274,18 @@ def test_the_stop_token_is_left_out_of_the_text(llm: LLM) -> None:
     forced = SamplingParams(max_tokens=4, temperature=0.0, logit_bias={eos: 100.0}, skip_special_tokens=False)
     out = llm.generate([PROMPT], forced)[0]
     assert out.token_ids == [eos] and out.text == "" and out.finish_reason == "stop"
+
+
+def test_truncate_prompt_tokens(llm: LLM) -> None:
+    """vLLM's truncate_prompt_tokens: only the prompt's last k tokens are served, so even a prompt
+    longer than the context fits."""
+    base: dict[str, Any] = {"max_tokens": 5, "temperature": 0.0, "ignore_eos": True}
+    cut = llm.generate([PROMPT], SamplingParams(**base, truncate_prompt_tokens=3))[0]
+    assert cut.prompt_token_ids == PROMPT[-3:]
+    assert cut.token_ids == llm.generate([PROMPT[-3:]], SamplingParams(**base))[0].token_ids
+    too_long = [3 + i % 200 for i in range(llm.engine.max_model_len + 10)]
+    kept = llm.generate([too_long], SamplingParams(**base, truncate_prompt_tokens=16))[0]
+    assert kept.prompt_token_ids == too_long[-16:]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(InvalidRequestError, match="truncate_prompt_tokens"):
+            SamplingParams(truncate_prompt_tokens=bad)  # type: ignore[arg-type]

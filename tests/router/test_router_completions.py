@@ -272,3 +272,21 @@ async def test_structured_output_in_completions(client: httpx.AsyncClient) -> No
     bad = {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "integer", "multipleOf": 3}}}
     response = await client.post("/v1/completions", json={"prompt": "x", "response_format": bad})
     assert_error(response, 400, "response_format", "multipleOf")
+
+
+async def test_truncate_prompt_tokens(client: httpx.AsyncClient, reference_llm: LLM) -> None:
+    """vLLM's truncate_prompt_tokens: the last k prompt tokens, in both endpoints; echo returns
+    the text of what was kept."""
+    body = {"prompt": "Hello there, world", "max_tokens": 4, "truncate_prompt_tokens": 5, "return_token_ids": True}
+    done = await complete(client, **body, **GREEDY)
+    ids = reference_llm.tokenizer("Hello there, world").input_ids[-5:]
+    want = reference_llm.generate([ids], SamplingParams(max_tokens=4, temperature=0.0))[0]
+    assert done["usage"]["prompt_tokens"] == 5 and done["choices"][0]["prompt_token_ids"] == ids
+    assert done["choices"][0]["token_ids"] == want.token_ids
+    echoed = await complete(client, **body, echo=True, **GREEDY)
+    assert echoed["choices"][0]["text"].startswith(reference_llm.tokenizer.decode(ids))
+    chat = await client.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "Hi there"}], "max_tokens": 2, "truncate_prompt_tokens": 4},
+    )
+    assert chat.json()["usage"]["prompt_tokens"] == 4

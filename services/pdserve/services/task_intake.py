@@ -39,7 +39,7 @@ async def take_task(worker: WorkerBase, msg: Msg, *, hold_kv: bool) -> tuple[Gen
         return None
     try:
         # Validated here, on the event loop (read-only), so the ack need not wait for a step.
-        tokens = worker.engine.tokenize(task.prompt_token_ids)
+        tokens = worker.engine.tokenize(task.prompt_token_ids, params.truncate_prompt_tokens)
         worker.engine.check_params(params)
         check_prompt_logprobs_size(len(tokens), params)
         resume = task.resume_token_ids

@@ -111,8 +111,9 @@ class LLMEngine:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def tokenize(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt given as text or ids, validated against this model."""
+    def tokenize(self, prompt: Prompt, truncate: int | None = None) -> list[int]:
+        """Token ids of a prompt given as text or ids, validated against this model; with
+        `truncate` (SamplingParams.truncate_prompt_tokens) only the last that many."""
         if isinstance(prompt, str):
             if not prompt:
                 raise InvalidRequestError("prompt is empty")
@@ -130,6 +131,8 @@ class LLMEngine:
             for t in ids:
                 if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab:
                     raise InvalidRequestError(f"token id {t!r} is outside the vocabulary [0, {vocab})")
+        if truncate is not None:
+            ids = ids[-truncate:]
         if len(ids) >= self.max_model_len:
             raise InvalidRequestError(
                 f"prompt has {len(ids)} tokens but the context is {self.max_model_len} tokens "
@@ -166,7 +169,7 @@ class LLMEngine:
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         self.check_params(params)
-        seq = Sequence(request_id, self.tokenize(prompt), params, hold_kv=hold_kv)
+        seq = Sequence(request_id, self.tokenize(prompt, params.truncate_prompt_tokens), params, hold_kv=hold_kv)
         if resume_token_ids:
             resumed = self.check_resume(seq.num_prompt_tokens, resume_token_ids, params)
             seq.token_ids.extend(resumed)

@@ -135,6 +135,9 @@ class SamplingFields(StrictModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = Field(False, description="vLLM extension")
+    truncate_prompt_tokens: Annotated[int, Field(ge=1), WHOLE] | None = Field(
+        None, description="vLLM extension: keep only the prompt's last this many tokens"
+    )
     allowed_token_ids: Annotated[list[TokenId], Field(min_length=1, max_length=MAX_ALLOWED_TOKEN_IDS)] | None = Field(
         None, description="vLLM extension: only these token ids may be generated"
     )

@@ -75,6 +75,8 @@ async def chat_complete(ctx: RouterContext, body: ChatCompletionRequest, request
     if tools.parser in KEEPS_SPECIAL_TOKENS:  # the calls' marker is a special token: keep it in the text
         body = body.model_copy(update={"skip_special_tokens": False})
     prompt = await ctx.prompts.encode_chat(body.messages, tools.tools, RenderOptions.of(body))
+    if body.truncate_prompt_tokens is not None:
+        prompt = prompt[-body.truncate_prompt_tokens :]  # vLLM's: the last tokens (the workers cut alike)
     requested: int | None = body.max_tokens
     param = "max_tokens"
     if body.max_completion_tokens is not None:

@@ -60,6 +60,10 @@ async def complete(ctx: RouterContext, body: CompletionRequest, request: Request
     if body.best_of is not None and body.best_of != body.n:
         raise invalid_request("best_of: only null or equal to n is supported", param="best_of")
     prompts = await _prompt_ids(ctx, body.prompt)
+    cut = body.truncate_prompt_tokens
+    truncated = [cut is not None and len(ids) > cut for ids in prompts]
+    if cut is not None:
+        prompts = [ids[-cut:] for ids in prompts]  # vLLM's: the last tokens (the workers cut alike)
     check_choices(len(prompts), body.n, ctx.limits)
 
     response_id = f"cmpl-{uuid.uuid4().hex}"
@@ -99,7 +103,7 @@ async def complete(ctx: RouterContext, body: CompletionRequest, request: Request
     ctx.metrics.prompt_tokens += sum(len(ids) for ids in prompts)
     log.info("completion", id=response_id, prompts=len(prompts), n=body.n, stream=bool(body.stream))
 
-    fmt = _Format(ctx, body, response_id, prompts)
+    fmt = _Format(ctx, body, response_id, prompts, truncated)
     group = ChoiceGroup.start(ctx.backend, requests, ctx.metrics)
     return await answer(ctx, request, group, stream=bool(body.stream), events=fmt.events, body=fmt.body)
 
@@ -124,7 +128,14 @@ async def _prompt_ids(
 class _Format:
     """Turns the choices of one request into the response body or its stream chunks."""
 
-    def __init__(self, ctx: RouterContext, body: CompletionRequest, response_id: str, prompts: list[list[int]]) -> None:
+    def __init__(
+        self,
+        ctx: RouterContext,
+        body: CompletionRequest,
+        response_id: str,
+        prompts: list[list[int]],
+        truncated: list[bool],
+    ) -> None:
         self.ctx = ctx
         self.request = body
         self.id = response_id
@@ -132,7 +143,7 @@ class _Format:
         self.want_logprobs = body.logprobs is not None
         self.want_top = bool(body.logprobs)
         self.texts = TokenTexts(ctx.tokenizer)
-        self.echo = Echo(ctx.tokenizer, body, prompts, self.texts) if body.echo else None
+        self.echo = Echo(ctx.tokenizer, body, prompts, self.texts, truncated) if body.echo else None
         options = body.stream_options
         self.include_usage = bool(options and options.include_usage)
         # vLLM's: every chunk carries the usage so far (only with include_usage, as in vLLM)

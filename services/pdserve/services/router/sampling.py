@@ -154,6 +154,7 @@ def sampling_params(
             repetition_penalty=1.0 if repetition_penalty is None else repetition_penalty,
             logit_bias=dict(body.logit_bias or {}),  # type: ignore[arg-type]  # ids as strings, read as ids
             allowed_token_ids=None if body.allowed_token_ids is None else list(body.allowed_token_ids),
+            truncate_prompt_tokens=body.truncate_prompt_tokens,
             min_tokens=body.min_tokens or 0,
             **grammar,
             reasoning_parser=reasoning_parser if grammar and tool_schema is None else None,
