@@ -97,6 +97,10 @@ async def test_reasoning_content_streamed_and_not(thinking_client: httpx.AsyncCl
     assert "".join(d.get("reasoning_content") or "" for d in deltas) == "2 and 2 make 4."
     assert "".join(d.get("content") or "" for d in deltas) == "It is 4."
     assert all("reasoning_content" not in d or "content" not in d for d in deltas)
+    # Once thinking, nothing says "content" before the answer starts (held tags and partial
+    # characters give empty reasoning deltas).
+    last_thought = next(i for i, d in enumerate(deltas) if d.get("reasoning_content") == ".")
+    assert deltas[last_thought + 1] == {"reasoning_content": ""}  # "thi": part of </think>, held
     # The turn goes back with its thinking, as clients send it; the template decides what shows.
     history = [*body["messages"], {"role": "assistant", **message}, {"role": "user", "content": "Sure?"}]
     again = await thinking_client.post("/v1/chat/completions", json={**body, "messages": history})

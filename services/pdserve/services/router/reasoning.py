@@ -46,6 +46,11 @@ class ReasoningStream:
         self.held = ""  # text not yet handed out: a possible tag, or the reply's undecided start
         self.reasoned = False  # the reply had a reasoning part (even an empty one)
 
+    @property
+    def answering(self) -> bool:
+        """The reply is past its thinking (or, for qwen3, has none)."""
+        return self.state == "content" or (self.state == "opening" and self.parser == "qwen3")
+
     def push(self, text: str) -> list[Piece]:
         self.held += text
         pieces: list[Piece] = []

@@ -115,7 +115,9 @@ class ReasoningReply(PlainReply):
         return self.inner.opening()
 
     def empty(self) -> ChatDelta:
-        return self.inner.empty()
+        # A batch that adds no text yet (a partial character, a tag being held) while thinking:
+        # an empty reasoning delta, so that no client takes it for the start of the answer.
+        return self.inner.empty() if self.splitter.answering else ChatDelta(reasoning_content="")
 
     def push(self, text: str) -> list[ChatDelta]:
         return self._deltas(self.splitter.push(text))
