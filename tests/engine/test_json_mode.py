@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_handoff import handed_off
 from pdserve import LLM, SamplingParams
 from pdserve.engine.grammar_constraint import GrammarConstraint
 from pdserve.engine.json_grammar import MAX_BLANK_RUN, JsonState
@@ -128,16 +129,8 @@ def test_grammars_survive_a_hand_off(model_dirs: dict[str, Path], grammar: dict)
     params = SamplingParams(max_tokens=40, temperature=1.0, seed=2, **grammar)
     alone = LLM(model_dirs["llama"]).generate(["Give me JSON"], params)[0]
     prefill, decode = LLM(model_dirs["llama"]).engine, LLM(model_dirs["llama"]).engine
-    prefill.add_request("r", "Give me JSON", params, hold_kv=True)
-    while prefill.scheduler.has_work():
-        prefill.step()
-    export = prefill.export_kv("r")
-    prefill.release_kv("r")
-    decode.import_kv(export, params)
-    done = {}
-    while decode.has_unfinished():
-        done.update({o.request_id: o for o in decode.step() if o.finished})
-    assert done["r"].token_ids == alone.token_ids and done["r"].text == alone.text
+    out = handed_off(prefill, decode, "Give me JSON", params)
+    assert out.token_ids == alone.token_ids and out.text == alone.text
 
 
 def test_allowed_mask_and_best_allowed_agree_with_checking_every_token(model_dirs: dict[str, Path]) -> None:

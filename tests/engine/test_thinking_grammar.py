@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+from engine_handoff import handed_off
 from pdserve import LLM, SamplingParams
 from pdserve.engine.grammar_constraint import GrammarConstraint
 from pdserve.engine.json_grammar import JsonState
@@ -141,14 +142,6 @@ def test_thinking_survives_a_hand_off(thinker: tuple[Path, int, int], parser: st
     )
     alone = LLM(path, num_kv_blocks=64).generate(["Think, then JSON"], params)[0]
     prefill, decode = LLM(path, num_kv_blocks=64).engine, LLM(path, num_kv_blocks=64).engine
-    prefill.add_request("r", "Think, then JSON", params, hold_kv=True)
-    while prefill.scheduler.has_work():
-        prefill.step()
-    export = prefill.export_kv("r")
-    prefill.release_kv("r")
-    decode.import_kv(export, params)
-    done = {}
-    while decode.has_unfinished():
-        done.update({o.request_id: o for o in decode.step() if o.finished})
-    assert done["r"].token_ids == alone.token_ids and done["r"].text == alone.text
+    out = handed_off(prefill, decode, "Think, then JSON", params)
+    assert out.token_ids == alone.token_ids and out.text == alone.text
     assert (end in alone.token_ids) == (parser == "deepseek_r1")

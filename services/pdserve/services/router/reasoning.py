@@ -20,6 +20,7 @@ from typing import Literal
 
 from pdserve.engine.thinking_grammar import THINK_END, THINK_START
 from pdserve.sampling_params import REASONING_PARSERS
+from pdserve.services.router.text_tags import tag_start_at_end
 
 __all__ = ["REASONING_PARSERS", "ReasoningStream", "split_reasoning"]
 
@@ -68,7 +69,7 @@ class ReasoningStream:
         if self.state == "reasoning":
             end = self.held.find(THINK_END)
             if end < 0:
-                keep = _partial_tag(self.held, THINK_END)
+                keep = tag_start_at_end(self.held, THINK_END)
                 thought, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
                 return [*pieces, ("reasoning", thought)] if thought else pieces
             thought, self.held = self.held[:end], self.held[end + len(THINK_END) :]
@@ -97,12 +98,3 @@ class ReasoningStream:
     def _enter_reasoning(self) -> None:
         self.state = "reasoning"
         self.reasoned = True
-
-
-def _partial_tag(text: str, tag: str) -> int:
-    """Length of the longest end of `text` that is a beginning of `tag` (held back: the tag may
-    be completing)."""
-    for size in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:size]):
-            return size
-    return 0

@@ -27,6 +27,8 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pdserve.services.router.text_tags import tag_start_at_end
+
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _BLOCK = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.DOTALL)
 
@@ -89,7 +91,7 @@ class HermesStream:
             if not self.in_call:
                 start = self.buffer.find(OPEN)
                 if start < 0:
-                    keep = _prefix_of(self.buffer, OPEN)
+                    keep = tag_start_at_end(self.buffer, OPEN)
                     self._text(out, self.buffer[: len(self.buffer) - keep])
                     self.buffer = self.buffer[len(self.buffer) - keep :]
                     return out
@@ -118,14 +120,6 @@ class HermesStream:
         # Blanks between and after calls are not content (the non-streamed reply strips them too).
         if text and not (self.calls and text.isspace()):
             out.append(text)
-
-
-def _prefix_of(text: str, tag: str) -> int:
-    """Length of the longest tail of `text` that is a proper start of `tag`."""
-    for size in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:size]):
-            return size
-    return 0
 
 
 def parse_llama3_json(text: str) -> tuple[str | None, list[ParsedCall]] | None:
@@ -253,7 +247,7 @@ class MistralStream:
         if start >= 0:
             out, self.buffer, self.in_calls = self.buffer[:start], self.buffer[start:], True
             return [out] if out else []
-        keep = _prefix_of(self.buffer, MISTRAL_CALLS)
+        keep = tag_start_at_end(self.buffer, MISTRAL_CALLS)
         out, self.buffer = self.buffer[: len(self.buffer) - keep], self.buffer[len(self.buffer) - keep :]
         return [out] if out else []
 
