@@ -170,6 +170,33 @@ def add_router_limit_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_router_http_args(parser: argparse.ArgumentParser, *, client_certs: bool = True) -> None:
+    """HTTPS and CORS of the gateway, under vLLM's flag names (docs/http_api.md); checked when the
+    command runs, before anything loads (runners.router_http_options)."""
+    parser.add_argument("--ssl-keyfile", default=None, help="PEM private key; with --ssl-certfile, serve HTTPS only")
+    parser.add_argument("--ssl-certfile", default=None, help="PEM certificate (chain) for HTTPS")
+    if client_certs:
+        parser.add_argument(
+            "--ssl-ca-certs", default=None, help="PEM CA bundle that client certificates are checked against"
+        )
+        parser.add_argument(
+            "--ssl-cert-reqs",
+            default="none",
+            help="client certificates: none (0), optional (1: checked when sent) or required (2: mutual TLS)",
+        )
+    parser.add_argument(
+        "--allowed-origins",
+        default=None,
+        help="CORS: origins whose browser apps may call the API, comma-separated or a JSON list, * for any "
+        "(default: none, no CORS headers)",
+    )
+    parser.add_argument("--allowed-methods", default=None, help="CORS: methods allowed (default: all)")
+    parser.add_argument("--allowed-headers", default=None, help="CORS: request headers allowed (default: all)")
+    parser.add_argument(
+        "--allow-credentials", action="store_true", help="CORS: let browsers send cookies and HTTP auth"
+    )
+
+
 def _serve(role: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from pdserve import event_loop, gc_heap
@@ -182,6 +209,8 @@ def _serve(role: str) -> Callable[[argparse.Namespace], int]:
             bus.check_bus_options(runners.bus_options(args))  # missing credentials fail now, not never
             if getattr(args, "worker_id", None):
                 check_token(args.worker_id, "--worker-id")
+            if role == "router":
+                runners.router_http_options(args)  # a bad certificate or origin, before the tokenizer loads
             event_loop.loop_factory()  # a bad PDSERVE_EVENT_LOOP is refused before the model loads
             gc_heap.freeze_enabled()  # and so is a bad PDSERVE_GC_FREEZE
         except ValueError as exc:
@@ -225,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     router.add_argument("--port", type=port, default=8000, help="HTTP port")
     router.add_argument("--api-key", default=None, help="require this Bearer key (comma-separated for several)")
     add_router_limit_args(router)
+    add_router_http_args(router)
     router.add_argument(
         "--max-migrations",
         type=non_negative_int,
@@ -282,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--reasoning-parser", choices=REASONING_PARSERS, default=None, help="the gateway's --reasoning-parser"
     )
+    add_router_http_args(up, client_certs=False)  # up's own readiness probe sends no client certificate
     up.add_argument("--log-dir", default=None, help="where each process writes its log (default: a temp dir)")
     up.add_argument("--pin", default=None, help="CPU cores per process, e.g. 'router=0;prefill=0;decode=1'")
     up.add_argument(

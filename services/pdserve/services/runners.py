@@ -21,9 +21,20 @@ from pdserve.gc_heap import freeze_startup_heap
 from pdserve.log_setup import configure_logging
 from pdserve.services.bus import BusOptions
 from pdserve.services.colocated import ColocatedWorker
+from pdserve.services.router.cors import CorsPolicy, cors_policy
+from pdserve.services.router.tls import ServerTls, parse_cert_reqs, server_tls
 from pdserve.services.worker_base import WorkerBase
 
 log = structlog.get_logger("pdserve.service")
+
+
+def router_http_options(args: argparse.Namespace) -> tuple[ServerTls | None, CorsPolicy | None]:
+    """The gateway's HTTPS and CORS settings from its flags (`pdserve router` and `pdserve up`),
+    loaded and checked; ValueError names the flag to fix."""
+    cert_reqs = parse_cert_reqs(getattr(args, "ssl_cert_reqs", "none"))
+    tls = server_tls(args.ssl_keyfile, args.ssl_certfile, getattr(args, "ssl_ca_certs", None), cert_reqs)
+    cors = cors_policy(args.allowed_origins, args.allowed_methods, args.allowed_headers, args.allow_credentials)
+    return tls, cors
 
 
 def bus_options(args: argparse.Namespace) -> BusOptions:
@@ -166,6 +177,7 @@ async def serve_router(args: argparse.Namespace) -> None:
     backend = ClusterBackend(nc, Subjects(options.cluster), policy=policy)
     await backend.start()
     api_keys = [k for k in (args.api_key or "").split(",") if k]
+    tls, cors = router_http_options(args)
     app = create_app(
         backend,
         tokenizer,
@@ -181,11 +193,20 @@ async def serve_router(args: argparse.Namespace) -> None:
         sampling_defaults=defaults,
         chat_template=chat_template,
         reasoning_parser=args.reasoning_parser,
+        cors=cors,
     )
     freeze_startup_heap()  # imports and tokenizer: no full GC pass walks them again (gc_heap.py)
-    log.info("router listening", host=args.host, port=args.port, cluster=options.cluster, event_loop=event_loop.name())
+    scheme = "https" if tls is not None else "http"
+    log.info(
+        "router listening",
+        url=f"{scheme}://{args.host}:{args.port}",
+        cluster=options.cluster,
+        event_loop=event_loop.name(),
+        client_certs=tls.cert_reqs if tls is not None else None,
+        cors_origins=list(cors.allow_origins) if cors is not None else None,
+    )
     try:
-        await run_router(app, args.host, args.port)
+        await run_router(app, args.host, args.port, tls=tls)
     finally:
         await backend.close()
         await disconnect(nc)

@@ -139,6 +139,11 @@ def plan(args: argparse.Namespace, nats_url: str, log_dir: Path) -> list[Child]:
         router += ["--chat-template", args.chat_template]
     if args.reasoning_parser is not None:
         router += ["--reasoning-parser", args.reasoning_parser]
+    for flag in ("ssl_keyfile", "ssl_certfile", "allowed_origins", "allowed_methods", "allowed_headers"):
+        if getattr(args, flag) is not None:
+            router += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
+    if args.allow_credentials:
+        router += ["--allow-credentials"]
     children = [Child("router", router, log_dir / "router.log", pins.get("router"), nice.get("router", 0))]
     if args.mode == "colocated":
         roles = [("worker", args.workers)]
@@ -167,6 +172,7 @@ def run_up(args: argparse.Namespace) -> int:
         from pdserve.models.chat_template import load_chat_template
 
         load_chat_template(args.chat_template)
+    https = _check_gateway_http(args)
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="pdserve-up-"))
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -199,7 +205,7 @@ def run_up(args: argparse.Namespace) -> int:
         for child in children:
             child.start(env)
             print(f"pdserve up: started {child.name} (pid {child.process.pid if child.process else '?'})", flush=True)
-        url = f"http://{args.host}:{args.port}"
+        url = f"{'https' if https else 'http'}://{args.host}:{args.port}"
         print(f"pdserve up: waiting for the cluster to become healthy (logs in {log_dir})", flush=True)
         if not _wait_healthy(url, children, nats_child, lambda: stopping, nats_url):
             return 1
@@ -218,6 +224,19 @@ def run_up(args: argparse.Namespace) -> int:
         return 0
     finally:
         _stop_all(children, nats_child)
+
+
+def _check_gateway_http(args: argparse.Namespace) -> bool:
+    """The gateway's HTTPS and CORS flags, checked before anything starts; whether it serves HTTPS."""
+    from pdserve.services.router.cors import cors_policy
+    from pdserve.services.router.tls import server_tls
+
+    try:
+        tls = server_tls(args.ssl_keyfile, args.ssl_certfile)
+        cors_policy(args.allowed_origins, args.allowed_methods, args.allowed_headers, args.allow_credentials)
+    except ValueError as exc:
+        raise SystemExit(f"pdserve up: {exc}") from None
+    return tls is not None
 
 
 def _log_tail_has(path: Path, text: bytes, start: int, tail_bytes: int = 4096) -> bool:
@@ -245,7 +264,9 @@ def _wait_healthy(url: str, children: list[Child], nats_child: Child | None, sto
                 _print_tail(child.log_path, child.log_start)
                 return False
         try:
-            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+            # Not verified: this is our own child on this machine, the probe sends nothing secret,
+            # and a certificate for the server's public name would not match the bind address.
+            if httpx.get(f"{url}/health", timeout=1.0, verify=False).status_code == 200:
                 return True
         except httpx.HTTPError:
             pass

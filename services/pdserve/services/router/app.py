@@ -22,6 +22,7 @@ from pdserve.services.router.body_limit import BodyLimitMiddleware
 from pdserve.services.router.chat import chat_complete, chat_router
 from pdserve.services.router.completions import complete, completions_router
 from pdserve.services.router.context import RouterContext
+from pdserve.services.router.cors import CorsPolicy
 from pdserve.services.router.error_handlers import install_error_handlers
 from pdserve.services.router.fast_routes import FastRoute, FastRoutes
 from pdserve.services.router.openapi_docs import publish_limits
@@ -57,6 +58,7 @@ def create_app(
     chat_template: str | None = None,
     reasoning_parser: str | None = None,
     fast_routes: bool = True,
+    cors: CorsPolicy | None = None,
 ) -> FastAPI:
     """An app serving `model_name` through `backend`; `tokenizer` is that model's Hugging Face tokenizer.
 
@@ -76,6 +78,8 @@ def create_app(
     `reasoning_content`, apart from `content`.
     `fast_routes` serves the two generation routes past FastAPI's routing layer (fast_routes.py);
     off, FastAPI routes them too (the tests compare both).
+    `cors` (None: no CORS headers) lets browser apps on the origins it names call the API
+    (cors.py); it runs before everything else, so preflights and refusals (401, 429) carry it too.
     """
     _check_positive(request_timeout_s=request_timeout_s, max_body_bytes=max_body_bytes, max_n=max_n)
     _check_positive(max_inflight=max_inflight)
@@ -126,13 +130,14 @@ def create_app(
     app.include_router(status_router(ctx))
     publish_limits(app, ctx.limits)
 
-    # The last added runs first: request context, the API key, admission, then the body limit;
+    # The last added runs first: CORS, request context, the API key, admission, then the body limit;
     # so a request refused for its key or for capacity is answered before its body is read.
     middleware: list[tuple[Any, dict[str, Any]]] = [
         (BodyLimitMiddleware, {"max_body_bytes": max_body_bytes}),
         (AdmissionMiddleware, {"max_inflight": max_inflight, "metrics": ctx.metrics}),
         *([(ApiKeyMiddleware, {"api_keys": list(api_keys)})] if api_keys else []),
         (RequestContextMiddleware, {"metrics": ctx.metrics}),
+        *([cors.middleware()] if cors is not None else []),
     ]
     for cls, options in middleware:
         app.add_middleware(cls, **options)

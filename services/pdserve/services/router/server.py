@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import structlog
 import uvicorn
 from fastapi import FastAPI
+from pdserve.services.router.tls import ServerTls
 
 log = structlog.get_logger("pdserve.router.server")
 
@@ -30,8 +31,11 @@ class _Server(uvicorn.Server):
 
 
 class RouterServer:
-    def __init__(self, app: FastAPI, host: str, port: int, *, graceful_shutdown_s: int = 30) -> None:
-        """`port` 0 picks a free port; the `port` property tells which, once started."""
+    def __init__(
+        self, app: FastAPI, host: str, port: int, *, graceful_shutdown_s: int = 30, tls: ServerTls | None = None
+    ) -> None:
+        """`port` 0 picks a free port; the `port` property tells which, once started. With `tls`
+        (checked by tls.server_tls) it serves HTTPS only."""
         config = uvicorn.Config(
             app,
             host=host,
@@ -43,6 +47,7 @@ class RouterServer:
             # Nothing here reads the client's address; rewriting it from X-Forwarded-For would
             # only add a layer to every request.
             proxy_headers=False,
+            **(tls.uvicorn_options() if tls is not None else {}),
         )
         self._server = _Server(config)
 
@@ -88,7 +93,9 @@ class RouterServer:
         self._server.should_exit = True
 
 
-async def run_router(app: FastAPI, host: str, port: int, *, graceful_shutdown_s: int = 30) -> None:
-    """Serve `app` on host:port until SIGINT/SIGTERM, then shut down gracefully and return."""
-    await RouterServer(app, host, port, graceful_shutdown_s=graceful_shutdown_s).serve()
+async def run_router(
+    app: FastAPI, host: str, port: int, *, graceful_shutdown_s: int = 30, tls: ServerTls | None = None
+) -> None:
+    """Serve `app` on host:port (HTTPS with `tls`) until SIGINT/SIGTERM, then shut down gracefully and return."""
+    await RouterServer(app, host, port, graceful_shutdown_s=graceful_shutdown_s, tls=tls).serve()
     log.info("router stopped")
