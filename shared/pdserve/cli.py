@@ -118,6 +118,12 @@ def add_worker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--drain-timeout-s", type=non_negative_seconds, default=30.0, help="on SIGTERM, wait this long for work"
     )
+    parser.add_argument(
+        "--router-timeout-s",
+        type=non_negative_seconds,
+        default=10.0,
+        help="end the requests of a router silent this long (killed, crashed); 0: keep them to their deadline",
+    )
 
 
 # pdserve.services.router.tool_parsers.TOOL_CALL_PARSERS and reasoning.REASONING_PARSERS, named

@@ -47,7 +47,8 @@ async def test_malformed_messages_are_refused_not_fatal(nats_server: NatsServer)
                 assert not ack.accepted and ack.code == 400, ack
             reply = await nc.request(subjects.kv_offer("decode-0"), payload, timeout=2)
             assert not decode(reply.data, KvAdmission).accepted
-            for subject in (subjects.heartbeat, subjects.cancel, subjects.stream(cluster.backend.router_id, "x")):  # type: ignore[union-attr]
+            stream = subjects.stream(cluster.backend.router_id, "x")  # type: ignore[union-attr]
+            for subject in (subjects.heartbeat, subjects.router_heartbeat, subjects.cancel, stream):
                 await nc.publish(subject, payload)
         # A well-formed offer with a layout from another model is refused with the reason.
         layout = {
@@ -64,6 +65,7 @@ async def test_malformed_messages_are_refused_not_fatal(nats_server: NatsServer)
         assert not admission.accepted and "model_fingerprint" in admission.reason
         await flush(nc)
         assert all(w.counters["malformed"] > 0 for w in cluster.workers)
+        assert all(w.routers is not None and w.routers.rejected > 0 for w in cluster.workers)
         request = GenerateRequest("after", [5, 6, 7], SamplingParams(max_tokens=5, temperature=0.0), time.time() + 30)
         chunks = [c async for c in cluster.backend.generate(request)]  # type: ignore[union-attr]
         assert chunks[-1].finish_reason == "length"

@@ -28,6 +28,7 @@ from pdserve.errors import ProtocolError
 from pdserve.protocol import (
     CancelRequest,
     GenerateTask,
+    RouterHeartbeat,
     Subjects,
     TaskAck,
     TokenChunk,
@@ -49,13 +50,24 @@ STATUS_HEADER, NO_RESPONDERS_STATUS = "Status", "503"  # as nats-server marks it
 # Queued in place of an ack when the broker reports that no one took the task.
 _NO_RESPONDERS = TaskAck(accepted=False, reason="no responders", code=503)
 MAX_TASK_TRIES = 3
+ROUTER_HEARTBEAT_S = 1.0  # workers wait several of these (their --router-timeout-s) before giving up on us
 
 
 class ClusterBackend:
     def __init__(
-        self, nc: Client, subjects: Subjects, router_id: str | None = None, policy: MigrationPolicy | None = None
+        self,
+        nc: Client,
+        subjects: Subjects,
+        router_id: str | None = None,
+        policy: MigrationPolicy | None = None,
+        heartbeat_s: float = ROUTER_HEARTBEAT_S,
     ) -> None:
+        """`heartbeat_s`: how often this router tells the workers it is alive (router_watch.py)."""
+        if not heartbeat_s > 0:
+            raise ValueError(f"heartbeat_s must be positive, got {heartbeat_s!r}")
         self.nc = nc
+        self.heartbeat_s = heartbeat_s
+        self._heartbeat: asyncio.Task[None] | None = None
         self.policy = policy or MigrationPolicy()
         self.migrations = 0
         self.subjects = subjects
@@ -67,6 +79,18 @@ class ClusterBackend:
     async def start(self) -> None:
         await self.view.start()
         await self.nc.subscribe(self.subjects.stream_wildcard(self.router_id), cb=self._on_stream_message)
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="router-heartbeat")
+
+    async def _heartbeat_loop(self) -> None:
+        beat = RouterHeartbeat(router_id=self.router_id, sent_at=0.0, interval_s=self.heartbeat_s)
+        while True:
+            beat.sent_at = time.time()
+            try:
+                await self.nc.publish(self.subjects.router_heartbeat, encode(beat))
+                send_now(self.nc)
+            except Exception as exc:  # the broker may be restarting; keep beating
+                log.warning("router heartbeat failed", error=repr(exc))
+            await asyncio.sleep(self.heartbeat_s)
 
     @property
     def max_model_len(self) -> int:
@@ -260,6 +284,10 @@ class ClusterBackend:
         return error_chunk(rid, self.router_id, last[0], last[1]), unreachable
 
     async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
         self._queues.clear()
         await self.view.stop()
 

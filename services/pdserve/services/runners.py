@@ -114,6 +114,7 @@ async def serve_worker(role: str, args: argparse.Namespace) -> None:
         heartbeat_s=args.heartbeat_s,
         max_waiting=args.max_waiting,
         drain_timeout_s=args.drain_timeout_s,
+        router_timeout_s=args.router_timeout_s,
     )
     worker: WorkerBase
     if role == "prefill":

@@ -33,11 +33,16 @@ from pdserve.protocol import (
     encode,
 )
 from pdserve.services.bus import BusOptions, connect, disconnect, send_now
+from pdserve.services.router_watch import RouterWatch
 from pdserve.services.task_ack import ACK_GRACE_S, PendingAcks
 from pdserve.serving.chunks import error_chunk
 from pdserve.serving.engine_loop import EngineLoop
 
 log = structlog.get_logger("pdserve.worker")
+
+# A router silent this long has gone; as long as a router waits for a silent stream (its
+# --stall-timeout-s) before it moves a request elsewhere.
+ROUTER_TIMEOUT_S = 10.0
 
 
 class WorkerBase(abc.ABC):
@@ -54,7 +59,10 @@ class WorkerBase(abc.ABC):
         max_waiting: int = 256,
         drain_timeout_s: float = 30.0,
         ack_grace_s: float = ACK_GRACE_S,
+        router_timeout_s: float = ROUTER_TIMEOUT_S,
     ) -> None:
+        """`router_timeout_s`: a router silent this long has gone, and its requests end here
+        (router_watch.py); 0 keeps them to their deadlines."""
         self.engine = engine
         self.bus = bus
         self.subjects = Subjects(bus.cluster)
@@ -76,8 +84,12 @@ class WorkerBase(abc.ABC):
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._deadline_task: asyncio.Task[None] | None = None
         self.deadlines: dict[str, float] = {}  # request id -> Unix deadline, while we hold it
-        self.counters: dict[str, int] = {"malformed": 0, "refused": 0, "accepted": 0, "cancelled": 0}
+        self.counters: dict[str, int] = {"malformed": 0, "refused": 0, "accepted": 0, "cancelled": 0, "router_gone": 0}
         self.acks = PendingAcks(self.reply, self.spawn, ack_grace_s)
+        if router_timeout_s < 0:
+            raise ValueError(f"router_timeout_s must be 0 (off) or positive, got {router_timeout_s!r}")
+        self.router_timeout_s = router_timeout_s
+        self.routers: RouterWatch | None = None
         structlog.contextvars.bind_contextvars(worker_id=self.worker_id, role=self.role)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -86,6 +98,9 @@ class WorkerBase(abc.ABC):
         self.nc = await connect(self.bus, name=self.worker_id)
         await self.loop.start()
         await self._subscribe(self.subjects.cancel, self._on_cancel)
+        if self.router_timeout_s > 0:
+            self.routers = RouterWatch(self.nc, self.subjects, self.router_timeout_s)
+            await self.routers.start()
         await self.subscribe_work()
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
         self._deadline_task = asyncio.create_task(self._deadline_loop(), name="deadlines")
@@ -129,6 +144,8 @@ class WorkerBase(abc.ABC):
 
     async def close(self) -> None:
         self.acks.close()
+        if self.routers is not None:
+            await self.routers.stop()
         for background in (self._heartbeat_task, self._deadline_task):
             if background is not None:
                 background.cancel()
@@ -183,10 +200,11 @@ class WorkerBase(abc.ABC):
         self.deadlines[request_id] = deadline
 
     async def _deadline_loop(self, period_s: float = 0.25) -> None:
-        """End requests whose deadline passed here, so their blocks come back even when the
-        router's cancel never arrives (router gone, broker down)."""
+        """End requests whose deadline passed here, or whose router has gone, so their blocks
+        come back even when the router's cancel never arrives (router killed, broker down)."""
         while True:
             await asyncio.sleep(period_s)
+            await self._end_orphans()
             now = time.time()
             for request_id, deadline in list(self.deadlines.items()):
                 if request_id not in self.streams and request_id not in self.engine.requests:
@@ -195,6 +213,18 @@ class WorkerBase(abc.ABC):
                     del self.deadlines[request_id]
                     log.warning("deadline passed; ending request", request_id=request_id)
                     await self.fail(request_id, f"request deadline passed on {self.role} worker {self.worker_id}", 504)
+
+    async def _end_orphans(self) -> None:
+        """Cancel the requests of routers that have gone (router_watch.py): nobody reads their
+        tokens any more."""
+        if self.routers is None:
+            return
+        for request_id, subject in list(self.streams.items()):
+            router = self.subjects.router_of_stream(subject)
+            if router is not None and self.routers.gone(router):
+                self.counters["router_gone"] += 1
+                log.warning("router gone; ending its request", request_id=request_id, router=router)
+                await self.cancel(request_id)
 
     # -- messages -----------------------------------------------------------------------------
 

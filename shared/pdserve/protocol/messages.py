@@ -40,6 +40,22 @@ class WorkerHeartbeat:
             raise ValueError(f"unknown role {self.role!r}")
 
 
+@dataclass(slots=True)
+class RouterHeartbeat:
+    """Published by every router each interval, so that workers can tell when a router has gone
+    (killed, crashed) and stop the requests it can no longer deliver (router_watch.py)."""
+
+    router_id: str
+    sent_at: float
+    interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.router_id:
+            raise ValueError("router_id must not be empty")
+        if not 0 < self.interval_s <= 3600:
+            raise ValueError(f"interval_s must be in (0, 3600], got {self.interval_s!r}")
+
+
 _PARAM_FIELDS = tuple(f.name for f in fields(SamplingParams))
 
 

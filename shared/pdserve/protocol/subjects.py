@@ -24,6 +24,10 @@ class Subjects:
         return f"{self.cluster}.heartbeat"
 
     @property
+    def router_heartbeat(self) -> str:
+        return f"{self.cluster}.router_heartbeat"
+
+    @property
     def cancel(self) -> str:
         return f"{self.cluster}.cancel"
 
@@ -40,3 +44,10 @@ class Subjects:
 
     def stream_wildcard(self, router_id: str) -> str:
         return f"{self.cluster}.stream.{router_id}.*"
+
+    def router_of_stream(self, subject: str) -> str | None:
+        """The router id in a stream subject of this cluster (see stream()); None for anything else."""
+        parts = subject.split(".")
+        if len(parts) != 4 or parts[0] != self.cluster or parts[1] != "stream":
+            return None
+        return parts[2]
