@@ -204,8 +204,11 @@ class ClusterBackend:
         patient_until = min(time.time() + self.policy.wait_for_workers_s, request.deadline)
         given_up: set[str] = set()  # workers that did not answer this task in time
         while True:
-            patient = bool(delivered or avoid) or self.view.blind
+            was_blind = self.view.blind
             result, retry = await self._try_targets(request, wire_id, delivered, avoid, queue, given_up)
+            # Also judged after the attempt: a broker outage that began while we waited for the ack
+            # (the task or its answer lost with the broker) says nothing about the workers either.
+            patient = bool(delivered or avoid) or was_blind or self.view.blind
             if isinstance(result, str) or not retry or not patient or time.time() >= patient_until:
                 return result
             await asyncio.sleep(self.policy.poll_s)
