@@ -56,6 +56,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="reuse the KV of shared prompt prefixes (--no-enable-prefix-caching: off, as in vLLM)",
     )
+    parser.add_argument(
+        "--scheduling-policy",
+        choices=["fcfs", "priority"],
+        default="fcfs",
+        help="fcfs: first come, first served; priority: by each request's priority (lower first), then arrival",
+    )
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -71,6 +77,7 @@ def _generate(args: argparse.Namespace) -> int:
         max_num_seqs=args.max_num_seqs,
         max_model_len=args.max_model_len,
         enable_prefix_caching=args.enable_prefix_caching,
+        scheduling_policy=args.scheduling_policy,
         **kv_pool_options(args),
     )
     params = SamplingParams(

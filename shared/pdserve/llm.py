@@ -65,9 +65,12 @@ class LLM:
         sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
         *,
         use_tqdm: bool = False,
+        priority: Seq[int] | None = None,
     ) -> list[RequestOutput]:
         """Generate for every prompt (a string or a list of token ids); outputs in prompt order.
 
+        `priority` (vLLM's: one per prompt, lower first) needs an LLM built with
+        `scheduling_policy="priority"`; it sets each prompt's SamplingParams.priority.
         All prompts are validated before any runs, so a bad one fails the call cleanly.
         """
         if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
@@ -82,6 +85,10 @@ class LLM:
         )
         if len(params_list) != len(prompt_list):
             raise InvalidRequestError(f"{len(prompt_list)} prompts but {len(params_list)} sampling params")
+        if priority is not None:
+            if len(priority) != len(prompt_list):
+                raise InvalidRequestError(f"{len(prompt_list)} prompts but {len(priority)} priorities")
+            params_list = [replace(p, priority=level) for p, level in zip(params_list, priority, strict=True)]
         for p in params_list:
             self.engine.check_params(p)
         token_prompts = [

@@ -13,6 +13,7 @@ from pdserve.errors import InvalidRequestError
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 256
 MAX_TOP_K = 1 << 20
+PRIORITY_BOUND = 1 << 31  # request priorities are 32-bit signed integers: [-2^31, 2^31)
 # Most alternatives per token that `top_logprobs` may ask for: OpenAI's cap for chat, and vLLM's
 # default max_logprobs. Each costs a few bytes per token on the wire and a decode in the router.
 MAX_TOP_LOGPROBS = 20
@@ -92,7 +93,10 @@ class SamplingParams:
     the model. As in vLLM, `max_tokens=None` generates until the
     context ends, and `stop=None` / `stop_token_ids=None` mean none. `skip_special_tokens`
     (vLLM's, default True) leaves special tokens (eos, chat markers) out of the text; False keeps
-    them, and stop strings then match them too.
+    them, and stop strings then match them too. `priority` (vLLM's request priority, which pdserve
+    carries here so that it travels with the request to every worker) orders requests on an
+    engine built with `scheduling_policy="priority"`: lower values first, ties by arrival; an
+    engine scheduling first come, first served refuses any other value than 0, as vLLM does.
     """
 
     max_tokens: int = 16
@@ -122,6 +126,7 @@ class SamplingParams:
     guided_regex: str | None = None
     reasoning_parser: str | None = None
     truncate_prompt_tokens: int | None = None
+    priority: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -230,6 +235,10 @@ class SamplingParams:
         self.min_p = float(self.min_p)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise InvalidRequestError(f"seed must be an integer, got {self.seed!r}")
+        priority = self.priority
+        in_range = isinstance(priority, int) and -PRIORITY_BOUND <= priority < PRIORITY_BOUND
+        if isinstance(priority, bool) or not in_range:
+            raise InvalidRequestError(f"priority must be an integer in [-2^31, 2^31), got {priority!r}")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         elif self.stop is None:

@@ -70,6 +70,7 @@ def build_engine(args: argparse.Namespace) -> LLMEngine:
         max_num_seqs=args.max_num_seqs,
         max_model_len=args.max_model_len,
         enable_prefix_caching=args.enable_prefix_caching,
+        scheduling_policy=args.scheduling_policy,
         **kv_pool_options(args),
     )
     return LLMEngine.from_model(args.model, dtype=args.dtype, device=args.device, config=config, seed=args.seed)

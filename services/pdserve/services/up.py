@@ -115,6 +115,8 @@ def model_flags(args: argparse.Namespace) -> list[str]:
         flags += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
     if not args.enable_prefix_caching:
         flags += ["--no-enable-prefix-caching"]
+    if args.scheduling_policy != "fcfs":
+        flags += ["--scheduling-policy", args.scheduling_policy]
     if args.model is not None:
         flags += ["--model", args.model]
     return flags

@@ -9,6 +9,9 @@ from pdserve.errors import InvalidRequestError
 GiB = 1 << 30
 
 
+SCHEDULING_POLICIES = ("fcfs", "priority")
+
+
 @dataclass(slots=True)
 class EngineConfig:
     """Sizes in tokens, blocks and bytes.
@@ -16,6 +19,8 @@ class EngineConfig:
     `num_kv_blocks` wins over `kv_cache_bytes` when both are given, and `gpu_memory_utilization`
     (a share of a CUDA device's memory, engine/gpu_memory.py) over both. `max_num_batched_tokens`
     is the per-step token budget: prompts longer than it are prefilled in chunks.
+    `scheduling_policy` is vLLM's: "fcfs" (first come, first served) or "priority" (each
+    request's SamplingParams.priority, lower first, then arrival; engine/scheduler.py).
     """
 
     block_size: int = 16
@@ -26,8 +31,13 @@ class EngineConfig:
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     gpu_memory_utilization: float | None = None
+    scheduling_policy: str = "fcfs"
 
     def __post_init__(self) -> None:
+        if self.scheduling_policy not in SCHEDULING_POLICIES:
+            raise InvalidRequestError(
+                f"scheduling_policy must be one of {', '.join(SCHEDULING_POLICIES)}, got {self.scheduling_policy!r}"
+            )
         share = self.gpu_memory_utilization
         if share is not None and (
             isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 < share <= 1.0

@@ -61,7 +61,9 @@ class LLMEngine:
         check_max_model_len(config.max_model_len, loaded.max_model_len, pool_tokens)
         self.max_model_len = min(loaded.max_model_len, config.max_model_len or loaded.max_model_len, pool_tokens)
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
-        self.scheduler = Scheduler(self.block_manager, config.max_num_batched_tokens, config.max_num_seqs)
+        self.scheduler = Scheduler(
+            self.block_manager, config.max_num_batched_tokens, config.max_num_seqs, config.scheduling_policy
+        )
         self.runner = ModelRunner(loaded, num_blocks, config.block_size)
         if self.runner.device.type == "cpu":
             keep_freed_memory()
@@ -143,6 +145,11 @@ class LLMEngine:
     def check_params(self, params: SamplingParams) -> None:
         """Validate `params`, and what only this model can tell (logit_bias names real token ids)."""
         params.validate()
+        if params.priority and not self.scheduler.by_priority:
+            raise InvalidRequestError(
+                f"priority {params.priority} needs an engine scheduling by priority (--scheduling-policy priority); "
+                "this one serves first come, first served"
+            )
         vocab = self.loaded.vocab_size
         for token in params.logit_bias:
             if token >= vocab:

@@ -5,6 +5,12 @@ computes its next `min(uncomputed tokens, remaining budget)` tokens. Running seq
 first (in arrival order), so decodes are never starved by new prompts; waiting ones are
 admitted with what budget and blocks remain. When blocks run out, the most recently admitted
 running sequence is preempted: its blocks are freed and it is recomputed later.
+
+With the "priority" policy (vLLM's) the same rules hold in (priority, arrival) order instead of
+arrival order: running sequences get the step's budget most urgent first, the waiting queue is
+kept in that order (a preempted sequence goes back to its place in it), and the victim of a
+preemption is the least urgent running sequence. As in vLLM, a waiting request never preempts a
+running one: urgency decides who is served first and who gives way, not who is interrupted.
 """
 
 from __future__ import annotations
@@ -31,9 +37,18 @@ class ScheduledBatch:
         return bool(self.entries)
 
 
+def urgency(seq: Sequence) -> tuple[int, int]:
+    """The "priority" policy's order: lower priority values first, then arrival."""
+    return seq.params.priority, seq.arrival
+
+
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, max_num_batched_tokens: int, max_num_seqs: int) -> None:
+    def __init__(
+        self, block_manager: BlockManager, max_num_batched_tokens: int, max_num_seqs: int, policy: str = "fcfs"
+    ) -> None:
         assert max_num_batched_tokens > 0 and max_num_seqs > 0
+        assert policy in ("fcfs", "priority"), policy
+        self.by_priority = policy == "priority"
         self.block_manager = block_manager
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
@@ -43,7 +58,19 @@ class Scheduler:
 
     def add(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.WAITING
-        self.waiting.append(seq)
+        if self.by_priority:
+            self._queue_in_order(seq)
+        else:
+            self.waiting.append(seq)
+
+    def _queue_in_order(self, seq: Sequence) -> None:
+        """Insert into the waiting queue by urgency (searched from the back: new work is usually
+        the least urgent, and the queue's order is already right)."""
+        key = urgency(seq)
+        index = len(self.waiting)
+        while index > 0 and urgency(self.waiting[index - 1]) > key:
+            index -= 1
+        self.waiting.insert(index, seq)
 
     def add_running(self, seq: Sequence) -> None:
         """Join a sequence whose blocks are already filled (KV import) to the running batch."""
@@ -57,6 +84,9 @@ class Scheduler:
         batch = ScheduledBatch()
         budget = self.max_num_batched_tokens
         scheduled: set[int] = set()
+        if self.by_priority:
+            # Most urgent first, so the last one is the victim when blocks run out.
+            self.running.sort(key=urgency)
 
         index = 0
         while index < len(self.running) and budget > 0:
@@ -106,7 +136,10 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         self.num_preemptions += 1
-        self.waiting.appendleft(seq)
+        if self.by_priority:
+            self._queue_in_order(seq)
+        else:
+            self.waiting.appendleft(seq)
 
     def finish(self, seq: Sequence) -> None:
         """Take a sequence out of the batch; its blocks are released by the caller's policy."""

@@ -27,6 +27,7 @@ from pdserve.sampling_params import (
     MAX_STOP_STRINGS,
     MAX_TOP_K,
     MAX_TOP_LOGPROBS,
+    PRIORITY_BOUND,
 )
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
@@ -145,6 +146,11 @@ class SamplingFields(StrictModel):
         None, description="vLLM extension: no eos, stop token or stop string ends a choice before this many tokens"
     )
     include_stop_str_in_output: bool = Field(False, description="vLLM extension")
+    priority: Annotated[int, Field(ge=-PRIORITY_BOUND, lt=PRIORITY_BOUND), WHOLE] = Field(
+        0,
+        description="vLLM extension: lower is served first on workers started with --scheduling-policy priority; "
+        "other workers refuse anything but 0",
+    )
     skip_special_tokens: bool = Field(True, description="vLLM extension: false keeps special tokens in the text")
     return_token_ids: bool | None = Field(
         False, description="vLLM extension: generated ids as `token_ids`, prompt ids as `prompt_token_ids`"

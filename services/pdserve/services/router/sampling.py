@@ -160,6 +160,7 @@ def sampling_params(
             reasoning_parser=reasoning_parser if grammar and tool_schema is None else None,
             include_stop_str_in_output=body.include_stop_str_in_output,
             skip_special_tokens=body.skip_special_tokens,
+            priority=body.priority,
         )
     except InvalidRequestError as exc:
         param = next(
