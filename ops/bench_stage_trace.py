@@ -13,7 +13,10 @@ copy does, so what is measured here costs the real services nothing.
 The monotonic clock is shared by every process on a machine, so the gaps that cross processes
 (R_pub -> W_msg: the task through nats-server; W_pub -> R_msg: the chunk back) are wake-ups plus
 the client library's reading, and the others are one process's own work.
-The patch names the code it instruments; when it no longer applies, update it with that code.
+The patch is applied with one line of context (`git apply -C1`), so it survives most changes
+near its timestamps. When it no longer applies (tests/ops/test_stage_trace_bench.py says so),
+refresh it: apply it by hand to a worktree of the current code, then
+`git add -N shared/pdserve/_trace.py && git diff > ops/stage_trace.patch` there.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def build_traced_copy(workdir: Path) -> Path:
     diff = subprocess.run(["git", "-C", str(REPO), "diff", "HEAD"], check=True, capture_output=True).stdout
     if diff:
         subprocess.run(["git", "apply"], cwd=source, input=diff, check=True)
-    applied = subprocess.run(["git", "apply", str(PATCH)], cwd=source, capture_output=True, text=True)
+    applied = subprocess.run(["git", "apply", "-C1", str(PATCH)], cwd=source, capture_output=True, text=True)
     if applied.returncode != 0:
         raise SystemExit(f"ops/stage_trace.patch does not apply to this code:\n{applied.stderr}\nupdate the patch")
     site = workdir / "site"

@@ -14,8 +14,9 @@ import bench_stage_trace as tool  # noqa: E402
 
 
 def test_patch_applies_to_this_checkout() -> None:
-    check = subprocess.run(["git", "apply", "--check", str(tool.PATCH)], cwd=ROOT, capture_output=True, text=True)
-    assert check.returncode == 0, f"ops/stage_trace.patch no longer applies; update it:\n{check.stderr}"
+    argv = ["git", "apply", "-C1", "--check", str(tool.PATCH)]
+    check = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    assert check.returncode == 0, f"ops/stage_trace.patch no longer applies; refresh it (see its tool):\n{check.stderr}"
 
 
 def test_analysis_of_a_constructed_trace(tmp_path: Path) -> None:
