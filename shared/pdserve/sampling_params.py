@@ -12,6 +12,7 @@ from pdserve.errors import InvalidRequestError
 # Limits that keep one request from tying up a worker; the HTTP layer applies its own as well.
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 256
+MAX_BAD_WORDS = 1024  # vLLM sets none; each is checked against the output every step
 MAX_TOP_K = 1 << 20
 PRIORITY_BOUND = 1 << 31  # request priorities are 32-bit signed integers: [-2^31, 2^31)
 # Most alternatives per token that `top_logprobs` may ask for: OpenAI's cap for chat, and vLLM's
@@ -97,6 +98,8 @@ class SamplingParams:
     carries here so that it travels with the request to every worker) orders requests on an
     engine built with `scheduling_policy="priority"`: lower values first, ties by arrival; an
     engine scheduling first come, first served refuses any other value than 0, as vLLM does.
+    `bad_words` (vLLM's) are words the output must never contain, as the model's tokens: each
+    word, and its spelling after a space when that is a word of its own (engine/bad_words.py).
     """
 
     max_tokens: int = 16
@@ -127,6 +130,7 @@ class SamplingParams:
     reasoning_parser: str | None = None
     truncate_prompt_tokens: int | None = None
     priority: int = 0
+    bad_words: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -257,6 +261,17 @@ class SamplingParams:
             raise InvalidRequestError("stop_token_ids must be a list of non-negative integers")
         self._validate_logprobs()
         self._validate_adjustments()
+        if self.bad_words is not None:
+            words = self.bad_words
+            if (
+                not isinstance(words, list)
+                or len(words) > MAX_BAD_WORDS
+                or not all(isinstance(w, str) and w.strip() and len(w) <= MAX_STOP_STRING_CHARS for w in words)
+            ):
+                raise InvalidRequestError(
+                    f"bad_words must be a list of at most {MAX_BAD_WORDS} words of 1 to {MAX_STOP_STRING_CHARS} "
+                    "characters, not only spaces"
+                )
         if isinstance(self.n, bool) or not isinstance(self.n, int) or not 1 <= self.n <= MAX_CHOICES:
             raise InvalidRequestError(f"n must be an integer in [1, {MAX_CHOICES}], got {self.n!r}")
         if isinstance(self.min_tokens, bool) or not isinstance(self.min_tokens, int) or self.min_tokens < 0:

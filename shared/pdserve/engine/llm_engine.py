@@ -8,12 +8,14 @@ requests and step.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pdserve.engine.attention import ATTN_IMPLEMENTATION
+from pdserve.engine.bad_words import bad_words_token_ids, banned_next
 from pdserve.engine.block_manager import BlockManager
 from pdserve.engine.choice_grammar import ChoiceState
 from pdserve.engine.config import EngineConfig, check_max_model_len
@@ -186,6 +188,7 @@ class LLMEngine:
                 if params.top_logprobs:
                     seq.top_logprobs.extend({} for _ in resumed)
         self._start_grammar(seq)
+        self._start_bad_words(seq)
         self.requests[request_id] = seq
         self.scheduler.add(seq)
         return seq
@@ -234,13 +237,19 @@ class LLMEngine:
         if not sampling:
             return outputs
         params = [s.params for s in sampling]
-        # Penalties and logit bias read each row's tokens, min_tokens its stop tokens; nobody
+        # Penalties and logit bias read each row's tokens, min_tokens its stop tokens, bad_words
+        # its output's last tokens; nobody
         # else pays for collecting them.
         histories = suppressed = None
         if any(p.adjusts_logits for p in params):
             histories = [(s.token_ids, s.num_prompt_tokens) for s in sampling]
-        if any(p.min_tokens for p in params):
-            suppressed = [self.stop_checker.suppressed(s) for s in sampling]
+        if any(p.min_tokens or p.bad_words for p in params):
+            suppressed = [
+                self.stop_checker.suppressed(s) + banned_next(s.bad_words_ids, s.output_token_ids)
+                if s.bad_words_ids
+                else self.stop_checker.suppressed(s)
+                for s in sampling
+            ]
         steps = [s.num_output_tokens for s in sampling]
         constraints = None
         if any(s.grammar is not None for s in sampling):
@@ -266,6 +275,17 @@ class LLMEngine:
                 seq.status = SequenceStatus.PARKED
             outputs.append(self._output(seq, [token]))
         return outputs
+
+    def _start_bad_words(self, seq: Sequence) -> None:
+        """params.bad_words as this model's token sequences (bad_words.py)."""
+        if not seq.params.bad_words:
+            return
+        encode = partial(self.tokenizer.encode, add_special_tokens=False)
+        sequences = bad_words_token_ids(encode, seq.params.bad_words)
+        vocab = self.loaded.vocab_size
+        if any(t >= vocab for tokens in sequences for t in tokens):
+            raise InvalidRequestError(f"bad_words: a word's tokens fall outside the model's vocabulary [0, {vocab})")
+        seq.bad_words_ids = sequences
 
     def _start_grammar(self, seq: Sequence) -> None:
         """JSON mode, structured output and guided choice: the grammar's state after the output
@@ -407,6 +427,7 @@ class LLMEngine:
                 seq.top_logprobs.extend({} for _ in range(export.resumed_tokens))
                 seq.top_logprobs.append(dict(export.first_top_logprobs or {}))
         self._start_grammar(seq)
+        self._start_bad_words(seq)
         reason = self.stop_checker.check(seq)
         if reason is not None:
             seq.status = SequenceStatus.FINISHED

@@ -55,6 +55,7 @@ class Sequence:
     grammar: Grammar | None = None
     stop_text: str | None = None  # output text cut at a stop string, when one matched
     num_preemptions: int = 0
+    bad_words_ids: list[list[int]] = field(default_factory=list)  # params.bad_words as tokens (bad_words.py)
     arrival: int = field(default_factory=lambda: next(_arrival))
 
     def __post_init__(self) -> None:

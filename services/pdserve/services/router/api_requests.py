@@ -18,6 +18,7 @@ from pdserve.engine.regex_nfa import MAX_PATTERN_CHARS
 from pdserve.sampling_params import (
     INT64_MIN,
     MAX_ALLOWED_TOKEN_IDS,
+    MAX_BAD_WORDS,
     MAX_CHOICES,
     MAX_GUIDED_CHOICES,
     MAX_LOGIT_BIAS_ENTRIES,
@@ -146,6 +147,9 @@ class SamplingFields(StrictModel):
         None, description="vLLM extension: no eos, stop token or stop string ends a choice before this many tokens"
     )
     include_stop_str_in_output: bool = Field(False, description="vLLM extension")
+    bad_words: Annotated[list[StopString], Field(max_length=MAX_BAD_WORDS)] | None = Field(
+        None, description="vLLM extension: words the output must never contain (as the model's tokens)"
+    )
     priority: Annotated[int, Field(ge=-PRIORITY_BOUND, lt=PRIORITY_BOUND), WHOLE] = Field(
         0,
         description="vLLM extension: lower is served first on workers started with --scheduling-policy priority; "

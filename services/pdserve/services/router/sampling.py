@@ -115,6 +115,17 @@ def _max_tokens(
     return requested
 
 
+# SamplingParams' errors that start with the request field at fault: answered with that `param`.
+_FIELDS_NAMED_BY_ERRORS = (
+    "logit_bias",
+    "repetition_penalty",
+    "min_tokens",
+    "allowed_token_ids",
+    "bad_words",
+    "priority",
+)
+
+
 def sampling_params(
     body: SamplingFields,
     max_tokens: int,
@@ -161,14 +172,11 @@ def sampling_params(
             include_stop_str_in_output=body.include_stop_str_in_output,
             skip_special_tokens=body.skip_special_tokens,
             priority=body.priority,
+            bad_words=None if body.bad_words is None else list(body.bad_words),
         )
     except InvalidRequestError as exc:
         param = next(
-            (
-                name
-                for name in ("logit_bias", "repetition_penalty", "min_tokens", "allowed_token_ids")
-                if str(exc).startswith(name)
-            ),
+            (name for name in _FIELDS_NAMED_BY_ERRORS if str(exc).startswith(name)),
             None,
         )
         if str(exc).startswith(("json_schema", "guided_choice", "regex")):
