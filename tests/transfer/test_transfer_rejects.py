@@ -17,8 +17,37 @@ async def test_unknown_ticket_is_refused_and_nothing_is_held(receiver: KvReceive
     assert info.value.code is wire.Code.UNKNOWN_TICKET
     assert "unknown ticket 123456789" in str(info.value)
     assert receiver.stats.rejected["unknown_ticket"] == 1
-    assert sender.stats.failures["unknown_ticket"] == 1 and sender.stats.endpoints_dropped == 1
-    await assert_nothing_held(receiver)
+    assert sender.stats.failures["unknown_ticket"] == 1
+    assert sender.stats.endpoints_dropped == 0  # refused at its HELLO: the link stays usable
+    await assert_nothing_held(receiver, open_connections=1)
+
+
+async def test_refused_tickets_do_not_fail_the_pushes_queued_behind_them(
+    receiver: KvReceiver, sender: KvSender
+) -> None:
+    """A burst of pushes to one decode worker, some for tickets it already ended (their requests
+    were cancelled): those are refused, every other push lands, all on one link. Closing the link
+    on each refusal failed every push queued behind it (a client disconnect storm lost 150)."""
+    pushes = []
+    expected: dict[int, list[torch.Tensor]] = {}
+    for i in range(12):
+        layers = random_layers(2, tokens=8)
+        ticket = receiver.expect(f"r{i}", shapes(layers), torch.float32)
+        if i % 3 == 1:
+            receiver.cancel(ticket.id)
+        else:
+            expected[ticket.id] = layers
+        pushes.append(sender.push(receiver.address, ticket.id, layers, timeout=10))
+    results = await asyncio.gather(*pushes, return_exceptions=True)
+    refused = [r for r in results if isinstance(r, PushRefused)]
+    # A cancelled ticket is gone: the receiver knows it no more.
+    assert len(refused) == 4 and all(r.code is wire.Code.UNKNOWN_TICKET and r.at_hello for r in refused)
+    assert sum(isinstance(r, float) for r in results) == 8, results
+    for ticket_id, layers in expected.items():
+        got = await receiver.wait(ticket_id, timeout=5)
+        assert all(torch.equal(a, b) for a, b in zip(got, layers, strict=True))
+    assert sender.stats.endpoints_created == 1 and sender.stats.endpoints_dropped == 0
+    await assert_nothing_held(receiver, open_connections=1)
 
 
 async def test_wrong_total_size_fails_the_ticket(receiver: KvReceiver, sender: KvSender) -> None:
@@ -29,7 +58,7 @@ async def test_wrong_total_size_fails_the_ticket(receiver: KvReceiver, sender: K
     with pytest.raises(KvTransferError, match="bytes"):
         await receiver.wait(ticket.id, timeout=1)
     assert receiver.stats.transfers_failed == 1
-    await assert_nothing_held(receiver)
+    await assert_nothing_held(receiver, open_connections=1)
 
 
 async def test_wrong_layer_size_with_the_right_total_is_refused(receiver: KvReceiver, sender: KvSender) -> None:
@@ -49,7 +78,7 @@ async def test_wrong_layer_count_is_refused(receiver: KvReceiver, sender: KvSend
     with pytest.raises(PushRefused) as info:
         await sender.push(receiver.address, ticket.id, random_layers(2, tokens=8), timeout=5)
     assert info.value.code is wire.Code.LAYER_COUNT
-    await assert_nothing_held(receiver)
+    await assert_nothing_held(receiver, open_connections=1)
 
 
 async def test_a_ticket_can_be_pushed_only_once(receiver: KvReceiver, sender: KvSender) -> None:
@@ -63,7 +92,7 @@ async def test_a_ticket_can_be_pushed_only_once(receiver: KvReceiver, sender: Kv
     with pytest.raises(PushRefused) as info:
         await sender.push(receiver.address, ticket.id, layers)
     assert info.value.code is wire.Code.UNKNOWN_TICKET
-    await assert_nothing_held(receiver)
+    await assert_nothing_held(receiver, open_connections=1)
 
 
 async def _expect_reply(link, code: wire.Code) -> None:  # type: ignore[no-untyped-def]

@@ -26,7 +26,7 @@ from pdserve.services.cluster_view import ClusterView
 from pdserve.services.task_intake import take_task
 from pdserve.services.worker_base import WorkerBase
 from pdserve.serving.chunks import chunk_from_output
-from pdserve.transfer import KvSender
+from pdserve.transfer import KvSender, PushRefused, wire
 
 log = structlog.get_logger("pdserve.prefill")
 
@@ -111,7 +111,12 @@ class PrefillWorker(WorkerBase):
             )
         except KvTransferError as exc:
             # Not ours to report: the decode worker sees its ticket fail and applies its policy.
-            log.warning("kv push failed; the decode worker takes over", request_id=rid, error=str(exc))
+            if isinstance(exc, PushRefused) and exc.code in (wire.Code.UNKNOWN_TICKET, wire.Code.CANCELLED):
+                # Its ticket ended first: the request was cancelled (its client went away), and the
+                # cancel reached the decode worker before us. Nothing is lost.
+                log.info("kv push refused: the decode worker ended the request", request_id=rid)
+            else:
+                log.warning("kv push failed; the decode worker takes over", request_id=rid, error=str(exc))
         except Exception:
             log.exception("hand-off failed", request_id=rid)
             await self.fail(rid, "internal error during KV hand-off", 500, index=len(first.token_ids) - 1)

@@ -255,16 +255,23 @@ class KvReceiver:
 
     async def _transfer(self, link: Link, hello: wire.Frame) -> bool:
         """Receive one ticket's KV; True if the connection may carry another transfer."""
+        # A push refused at its HELLO leaves the connection as clean as before it: the sender
+        # posts its layers only after our "ready". So the connection stays, for the pushes queued
+        # behind this one (a cancelled request's ticket must not fail every push in flight).
         try:
             res = self._book.claim(hello.ticket_id, abort=lambda: self._abort(link))
         except TicketError as exc:
             await self._reject(link, None, hello.ticket_id, exc.code, str(exc))
-            return False
+            return True
         ticket = res.ticket
+        try:
+            self._check_hello(ticket, hello)
+        except _Reject as exc:
+            await self._reject(link, res, ticket.id, exc.code, str(exc))
+            return True
         posted: list[asyncio.Task[Any]] = []
         try:
             async with asyncio.timeout_at(ticket.deadline):
-                self._check_hello(ticket, hello)
                 # Post every receive before saying "ready", sized from the ticket alone: payloads
                 # then land in place (no unexpected-message path) and frames are checked as they come.
                 payloads = [

@@ -4,7 +4,9 @@
 handed out, layer by layer, and returns once the receiver has checked and accepted every
 layer. One UCX endpoint per peer address is reused; pushes to the same peer take turns on it
 (one push already keeps every layer in flight at once). On any error the endpoint is closed
-and forgotten, never reused: a peer that restarted gets a fresh one.
+and forgotten, never reused: a peer that restarted gets a fresh one. The exception is a push
+the receiver refuses at its HELLO (an unknown, cancelled or expired ticket, wrong sizes): no
+layer was sent, so the link is as clean as before and the pushes queued behind it keep it.
 """
 
 from __future__ import annotations
@@ -29,11 +31,18 @@ log = structlog.get_logger("pdserve.transfer.sender")
 
 
 class PushRefused(KvTransferError):
-    """The receiver refused the push; `code` says why (unknown or expired ticket, wrong sizes...)."""
+    """The receiver refused the push; `code` says why (unknown or expired ticket, wrong sizes...).
+    `at_hello`: refused before any layer was sent, which leaves the link usable."""
 
-    def __init__(self, code: wire.Code, message: str) -> None:
+    def __init__(self, code: wire.Code, message: str, at_hello: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.at_hello = at_hello
+
+
+# Pushes queued on a link that another push's failure closed move to a fresh link, this many
+# times at most (each move follows a failure of some push ahead of this one, never its own).
+MAX_LINK_TRIES = 8
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -88,13 +97,17 @@ class KvSender:
             await asyncio.to_thread(torch.cuda.synchronize, next(t.device for t in layers if t.is_cuda))
         try:
             async with asyncio.timeout(timeout):
-                for attempt in range(2):
+                for attempt in range(MAX_LINK_TRIES):
                     link = self._link(address)
                     async with link.lock:
-                        if not link.alive and attempt == 0:
-                            continue  # broke while we queued (the push before ours failed): one fresh try
+                        if not link.alive and attempt < MAX_LINK_TRIES - 1:
+                            continue  # broke while we queued (a push ahead of ours failed): a fresh link
                         try:
                             await self._transfer(link, ticket_id, layers)
+                        except PushRefused as exc:
+                            if not exc.at_hello:
+                                self._drop(address, link)
+                            raise
                         except BaseException:
                             self._drop(address, link)
                             raise
@@ -119,7 +132,11 @@ class KvSender:
         sizes = [t.numel() * t.element_size() for t in layers]
         await link.opened()
         await link.send_frame(wire.hello(ticket_id, len(layers), sum(sizes)))
-        _check_reply(await link.recv_frame(wire.FrameKind.REPLY), ticket_id, link.peer)
+        try:
+            _check_reply(await link.recv_frame(wire.FrameKind.REPLY), ticket_id, link.peer)
+        except PushRefused as exc:
+            exc.at_hello = True  # nothing of ours is in flight: the link stays for the next push
+            raise
         # Post every layer now (frames keep their order on the stream); the verdict may come early
         # (a rejected layer), so wait for it and the sends together.
         posted: list[asyncio.Task[Any]] = []
