@@ -32,6 +32,8 @@ class RequestOutput:
     # too; only for k > 0). In the output of the first token and in the final output.
     prompt_logprobs: list[float | None] | None = None
     prompt_top_logprobs: list[dict[int, float] | None] | None = None
+    # ... and each prompt token's rank: how many tokens were at least as likely there (1: the best).
+    prompt_ranks: list[int | None] | None = None
     # SamplingParams.n > 1 (LLM.generate): this is completion 0 of the prompt, and `choices`
     # holds all n (this one first); `index` is a completion's place among them.
     index: int = 0

@@ -322,3 +322,29 @@ async def test_json_mode_across_the_cluster(nats_server: NatsServer) -> None:
             await cluster.wait_idle()
         finally:
             await cluster.stop()
+
+
+async def test_prompt_logprobs_in_vllms_shape_cross_the_cluster(nats_server: NatsServer) -> None:
+    """`prompt_logprobs` (vLLM's field): scores, ranks and alternatives computed by the prefill
+    worker reach the client in vLLM's shape and equal the offline engine's."""
+    prompt = mixed_prompts(1)[0]
+    offline = LLM(dtype="float32").generate(
+        [prompt], SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True, prompt_logprobs=2)
+    )[0]
+    assert offline.prompt_logprobs is not None and offline.prompt_ranks is not None
+    body = {"model": "test", "prompt": prompt, "max_tokens": 2, "temperature": 0, "ignore_eos": True}
+    cluster = await start_cluster(nats_server.url, http=True, prefill=1, decode=1)
+    try:
+        async with httpx.AsyncClient(base_url=cluster.base_url, timeout=60) as client:
+            r = await client.post("/v1/completions", json={**body, "prompt_logprobs": 2})
+        assert r.status_code == 200, r.text
+        scores = r.json()["choices"][0]["prompt_logprobs"]
+        assert len(scores) == len(prompt) and scores[0] is None
+        for i, entry in enumerate(scores[1:], start=1):
+            own = entry[str(prompt[i])]
+            assert own["logprob"] == pytest.approx(offline.prompt_logprobs[i], abs=1e-4)
+            assert own["rank"] == offline.prompt_ranks[i]
+            assert 2 <= len(entry) <= 3 and {1, 2} <= {e["rank"] for e in entry.values()}
+        await cluster.wait_idle()
+    finally:
+        await cluster.stop()

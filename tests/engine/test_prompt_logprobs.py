@@ -13,12 +13,14 @@ from pdserve.errors import InvalidRequestError
 
 
 @torch.inference_mode()
-def hf_prompt_scores(model_dir: Path, prompt: list[int], k: int) -> tuple[list[float], list[list[int]]]:
-    """Logprob of prompt token i + 1 after tokens 0..i, and the k best ids there, for every i."""
+def hf_prompt_scores(model_dir: Path, prompt: list[int], k: int) -> tuple[list[float], list[list[int]], list[int]]:
+    """Logprob of prompt token i + 1 after tokens 0..i, the k best ids there, and its rank (how
+    many tokens are at least as likely, itself included), for every i."""
     logits = load_hf(model_dir)(torch.tensor([prompt])).logits[0, :-1].float()
     logprobs = torch.log_softmax(logits, dim=-1)
-    chosen = logprobs.gather(1, torch.tensor(prompt[1:]).unsqueeze(1)).squeeze(1).tolist()
-    return chosen, torch.topk(logprobs, k, dim=-1).indices.tolist()
+    chosen = logprobs.gather(1, torch.tensor(prompt[1:]).unsqueeze(1))
+    ranks = (logprobs >= chosen).sum(dim=-1).tolist()
+    return chosen.squeeze(1).tolist(), torch.topk(logprobs, k, dim=-1).indices.tolist(), ranks
 
 
 def prompts(vocab: int) -> list[list[int]]:
@@ -38,8 +40,15 @@ def test_prompt_logprobs_match_hf(model_dirs: dict[str, Path], chunk: int) -> No
         assert out.prompt_logprobs[0] is None and out.prompt_top_logprobs[0] is None
         if len(prompt) == 1:
             continue
-        chosen, best = hf_prompt_scores(model_dirs["llama"], prompt, 4)
+        chosen, best, ranks = hf_prompt_scores(model_dirs["llama"], prompt, 4)
         assert out.prompt_logprobs[1:] == pytest.approx(chosen, abs=5e-4)
+        assert out.prompt_ranks is not None and out.prompt_ranks[0] is None
+        # Ranks agree but where a neighbour is within float noise of the prompt token.
+        close = sum(abs(ours - theirs) <= 1 for ours, theirs in zip(out.prompt_ranks[1:], ranks, strict=True))
+        assert (
+            close == len(ranks)
+            and sum(o == t for o, t in zip(out.prompt_ranks[1:], ranks, strict=True)) >= len(ranks) - 2
+        )
         tops = out.prompt_top_logprobs[1:]
         assert all(top is not None and len(top) == 4 for top in tops)
         # The best alternative agrees wherever it is not a near-tie.
@@ -61,7 +70,7 @@ def test_cached_prefix_is_scored_all_the_same(model_dirs: dict[str, Path]) -> No
     assert out.num_cached_tokens == 0
     assert out.prompt_logprobs is not None and len(out.prompt_logprobs) == 100
     assert out.prompt_top_logprobs is None  # k = 0: the prompt tokens' own logprobs only
-    chosen, _ = hf_prompt_scores(model_dirs["llama"], prompt, 1)
+    chosen, _, _ = hf_prompt_scores(model_dirs["llama"], prompt, 1)
     assert out.prompt_logprobs[1:] == pytest.approx(chosen, abs=5e-4)
 
 

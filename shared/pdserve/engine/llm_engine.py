@@ -320,8 +320,9 @@ class LLMEngine:
         seq, first = scored.seq, scored.first
         targets = seq.prompt_token_ids[first + 1 : first + 1 + scored.hidden.shape[0]]
         k = seq.params.prompt_logprobs or 0
-        logprobs, tops = score_prompt(self.runner.lm_head, scored.hidden, targets, k)
+        logprobs, tops, ranks = score_prompt(self.runner.lm_head, scored.hidden, targets, k)
         seq.prompt_logprobs += logprobs
+        seq.prompt_ranks += ranks
         if k:
             seq.prompt_top_logprobs += tops
 
@@ -360,6 +361,7 @@ class LLMEngine:
         if len(seq.prompt_logprobs) != seq.num_prompt_tokens - 1:
             return {}  # not scored here: this engine imported the request's KV (decode worker)
         scores: dict[str, Any] = {"prompt_logprobs": [None, *seq.prompt_logprobs]}
+        scores["prompt_ranks"] = [None, *seq.prompt_ranks]
         if k:
             scores["prompt_top_logprobs"] = [None, *seq.prompt_top_logprobs]
         return scores

@@ -35,22 +35,27 @@ PROMPT_SCORE_ROWS = 256
 @torch.inference_mode()
 def score_prompt(
     lm_head: torch.nn.Module, hidden: torch.Tensor, targets: list[int], k: int
-) -> tuple[list[float], list[dict[int, float]]]:
-    """Logprob of each target (row i's next prompt token) under row i's raw distribution, and the
-    k most likely tokens there (id -> logprob, best first; empty dicts for k = 0)."""
+) -> tuple[list[float], list[dict[int, float]], list[int]]:
+    """Logprob of each target (row i's next prompt token) under row i's raw distribution, the
+    k most likely tokens there (id -> logprob, best first; empty dicts for k = 0), and the
+    target's rank: how many tokens are at least as likely, itself included (vLLM's rank, 1 for
+    the most likely)."""
     logprobs: list[float] = []
     tops: list[dict[int, float]] = []
+    ranks: list[int] = []
     target_ids = torch.tensor(targets, dtype=torch.int64, device=hidden.device)
     for start in range(0, hidden.shape[0], PROMPT_SCORE_ROWS):
         rows = slice(start, start + PROMPT_SCORE_ROWS)
         all_logprobs = torch.log_softmax(lm_head(hidden[rows]).float(), dim=-1)
-        logprobs += all_logprobs.gather(1, target_ids[rows].unsqueeze(1)).squeeze(1).tolist()
+        chosen = all_logprobs.gather(1, target_ids[rows].unsqueeze(1))
+        logprobs += chosen.squeeze(1).tolist()
+        ranks += (all_logprobs >= chosen).sum(dim=-1).tolist()
         if k > 0:
             values, ids = torch.topk(all_logprobs, min(k, all_logprobs.shape[-1]), dim=-1)
             tops += [dict(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
         else:
             tops += [{} for _ in range(all_logprobs.shape[0])]
-    return logprobs, tops
+    return logprobs, tops, ranks
 
 
 def step_seed(seed: int, step: int) -> int:

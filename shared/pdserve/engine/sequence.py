@@ -51,6 +51,7 @@ class Sequence:
     # alternatives), for i = 0, 1, ...: the first prompt token has nothing to be scored after.
     prompt_logprobs: list[float] = field(default_factory=list)
     prompt_top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    prompt_ranks: list[int] = field(default_factory=list)  # each scored prompt token's rank (vLLM's)
     # params.json_object / json_schema / guided_choice / guided_regex: where the output is in the grammar
     grammar: Grammar | None = None
     stop_text: str | None = None  # output text cut at a stop string, when one matched

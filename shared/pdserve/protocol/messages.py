@@ -153,7 +153,7 @@ class TokenChunk:
     likely alternatives and their logprobs, best first (protocol/top_logprobs.py). With
     prompt_logprobs asked for, the chunk of output index 0 also scores the prompt:
     `prompt_logprobs[i]` is the logprob of prompt token i + 1 (the first has none), and
-    `prompt_top_*` its alternatives.
+    `prompt_top_*` its alternatives, `prompt_ranks[i]` its rank (vLLM's: 1 for the most likely).
     """
 
     request_id: str
@@ -173,6 +173,7 @@ class TokenChunk:
     prompt_logprobs: list[float] | None = None
     prompt_top_token_ids: list[list[int]] | None = None
     prompt_top_logprobs: list[list[float]] | None = None
+    prompt_ranks: list[int] | None = None
 
 
 @dataclass(slots=True)

@@ -29,6 +29,8 @@ def chunk_from_output(out: RequestOutput, worker_id: str, index_offset: int = 0)
     if start == 0 and out.prompt_logprobs is not None:
         # Output index 0's chunk scores the prompt (entry 0, the first token's None, stays home).
         chunk.prompt_logprobs = [lp for lp in out.prompt_logprobs[1:] if lp is not None]
+        if out.prompt_ranks is not None:
+            chunk.prompt_ranks = [r for r in out.prompt_ranks[1:] if r is not None]
         if out.prompt_top_logprobs is not None:
             tops = [top for top in out.prompt_top_logprobs[1:] if top is not None]
             chunk.prompt_top_token_ids, chunk.prompt_top_logprobs = top_to_wire(tops)

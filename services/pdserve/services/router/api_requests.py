@@ -147,6 +147,10 @@ class SamplingFields(StrictModel):
         None, description="vLLM extension: no eos, stop token or stop string ends a choice before this many tokens"
     )
     include_stop_str_in_output: bool = Field(False, description="vLLM extension")
+    prompt_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), WHOLE] | None = Field(
+        None,
+        description="vLLM extension: score the prompt, with this many alternatives per token (not with stream)",
+    )
     bad_words: Annotated[list[StopString], Field(max_length=MAX_BAD_WORDS)] | None = Field(
         None, description="vLLM extension: words the output must never contain (as the model's tokens)"
     )

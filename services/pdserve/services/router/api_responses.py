@@ -34,6 +34,18 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int] = Field(description="character offset of each token in the completion text")
 
 
+class PromptLogprob(BaseModel):
+    logprob: float
+    rank: int | None = Field(description="tokens at least as likely at this position, this one included (1: best)")
+    decoded_token: str
+
+
+PROMPT_LOGPROBS_DESCRIPTION = (
+    "vLLM extension, with `prompt_logprobs`: per prompt token, null for the first, then token id -> "
+    "{logprob, rank, decoded_token} for the prompt token and the `prompt_logprobs` most likely ones"
+)
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
@@ -41,6 +53,9 @@ class CompletionChoice(BaseModel):
     finish_reason: Literal["stop", "length"] | None
     token_ids: list[int] | None = None
     prompt_token_ids: list[int] | None = None
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = Field(
+        default=None, description=PROMPT_LOGPROBS_DESCRIPTION
+    )
 
 
 class CompletionResponse(BaseModel):
@@ -106,6 +121,9 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage | None = None
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = Field(
+        default=None, description=PROMPT_LOGPROBS_DESCRIPTION
+    )
 
 
 class CalledFunctionDelta(BaseModel):

@@ -9,7 +9,8 @@ from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request
-from pdserve.protocol.top_logprobs import TopLogprobs
+from pdserve.errors import InvalidRequestError
+from pdserve.protocol.top_logprobs import TopLogprobs, check_prompt_logprobs_size
 from pdserve.sampling_params import choice_seed
 from pdserve.services.router.api_requests import ChatCompletionRequest
 from pdserve.services.router.api_responses import (
@@ -30,6 +31,7 @@ from pdserve.services.router.errors import invalid_request
 from pdserve.services.router.generation import answer, usage
 from pdserve.services.router.logprobs import TokenTexts, chat_logprobs
 from pdserve.services.router.openapi_docs import generation_responses
+from pdserve.services.router.prompt_scores import check_prompt_logprobs, prompt_scores
 from pdserve.services.router.prompts import RenderOptions
 from pdserve.services.router.reasoning import split_reasoning
 from pdserve.services.router.reply_stream import reply_stream
@@ -68,6 +70,7 @@ async def chat_complete(ctx: RouterContext, body: ChatCompletionRequest, request
     deadline = ctx.deadline()
     ctx.check_model(body.model)
     check_unsupported(body)
+    check_prompt_logprobs(body.prompt_logprobs, bool(body.stream))
     if body.top_logprobs and not body.logprobs:
         raise invalid_request("top_logprobs needs logprobs: true", param="top_logprobs")
     check_choices(1, body.n, ctx.limits)
@@ -117,6 +120,11 @@ async def chat_complete(ctx: RouterContext, body: ChatCompletionRequest, request
         )
         for j in range(body.n)
     ]
+    if body.prompt_logprobs is not None:
+        try:
+            check_prompt_logprobs_size(len(prompt), requests[0][1].params)
+        except InvalidRequestError as exc:
+            raise invalid_request(str(exc), param="prompt_logprobs") from None
     ctx.metrics.prompt_tokens += len(prompt)
     log.info("chat completion", id=response_id, prompt_tokens=len(prompt), n=body.n, stream=bool(body.stream))
 
@@ -171,6 +179,10 @@ class _Format:
                     **token_id_fields(self.request.return_token_ids, c, c.token_ids, with_prompt=True),
                 )
             )
+        # vLLM's place for them in chat: the response's, the prompt being every choice's.
+        scores: dict[str, Any] = {}
+        if self.request.prompt_logprobs is not None:
+            scores["prompt_logprobs"] = prompt_scores(group.choices[0], self.texts)
         return ChatCompletionResponse(
             id=self.id,
             object="chat.completion",
@@ -178,6 +190,12 @@ class _Format:
             model=self.ctx.model_name,
             choices=choices,
             usage=usage(group),
+            # vLLM's place for them in chat: the response's, the prompt being every choice's.
+            **(
+                {"prompt_logprobs": prompt_scores(group.choices[0], self.texts)}
+                if self.request.prompt_logprobs is not None
+                else {}
+            ),
         )
 
     async def events(self, group: ChoiceGroup) -> AsyncGenerator[bytes, None]:

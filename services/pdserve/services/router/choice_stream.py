@@ -58,6 +58,7 @@ class ChoiceStream:
         # alternatives; from the chunk of output index 0.
         self.prompt_logprobs: list[float] | None = None
         self.prompt_top_logprobs: list[TopLogprobs] | None = None
+        self.prompt_ranks: list[int] | None = None
         self.finish_reason: FinishReason | None = None
         self.text: str | None = None
         self.cached_tokens = 0
@@ -202,6 +203,8 @@ class ChoiceStream:
             log.warning("dropped malformed prompt logprobs", backend_request_id=chunk.request_id, error=str(exc))
             return
         self.prompt_logprobs, self.prompt_top_logprobs = chunk.prompt_logprobs, tops
+        ranks = chunk.prompt_ranks
+        self.prompt_ranks = ranks if ranks is not None and len(ranks) == expected else None
 
 
 def _top_logprobs(chunk: TokenChunk, skip: int) -> list[TopLogprobs] | None:

@@ -23,6 +23,7 @@ from pdserve.services.router.errors import invalid_request
 from pdserve.services.router.generation import answer, usage
 from pdserve.services.router.logprobs import TokenTexts, completion_logprobs, joined, next_text_offset
 from pdserve.services.router.openapi_docs import generation_responses
+from pdserve.services.router.prompt_scores import check_prompt_logprobs, prompt_scores
 from pdserve.services.router.sampling import (
     check_choices,
     check_unsupported,
@@ -55,6 +56,9 @@ async def complete(ctx: RouterContext, body: CompletionRequest, request: Request
     deadline = ctx.deadline()
     ctx.check_model(body.model)
     check_unsupported(body)
+    check_prompt_logprobs(
+        body.prompt_logprobs, bool(body.stream), echo_scores=bool(body.echo) and body.logprobs is not None
+    )
     if body.suffix is not None:
         raise invalid_request("suffix: not supported", param="suffix")
     if body.best_of is not None and body.best_of != body.n:
@@ -95,10 +99,12 @@ async def complete(ctx: RouterContext, body: CompletionRequest, request: Request
             )
             if body.echo and want_logprobs:
                 params.prompt_logprobs = body.logprobs  # the echoed prompt comes with its logprobs
+            if params.prompt_logprobs is not None:
                 try:
                     check_prompt_logprobs_size(len(ids), params)
                 except InvalidRequestError as exc:
-                    raise invalid_request(str(exc), param="logprobs") from None
+                    param = "prompt_logprobs" if body.prompt_logprobs is not None else "logprobs"
+                    raise invalid_request(str(exc), param=param) from None
             requests.append((prompt_index, GenerateRequest(f"{response_id}-{len(requests)}", ids, params, deadline)))
     ctx.metrics.prompt_tokens += sum(len(ids) for ids in prompts)
     log.info("completion", id=response_id, prompts=len(prompts), n=body.n, stream=bool(body.stream))
@@ -164,6 +170,8 @@ class _Format:
                 "logprobs": joined(echo[1], logprobs) if echo and echo[1] else logprobs,
                 "finish_reason": "length" if self.prompt_only else c.finish_reason,
             }
+            if self.request.prompt_logprobs is not None:
+                fields["prompt_logprobs"] = prompt_scores(c, self.texts)
             choices.append(
                 CompletionChoice(
                     **fields, **token_id_fields(self.request.return_token_ids, c, token_ids, with_prompt=True)

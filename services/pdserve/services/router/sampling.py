@@ -173,6 +173,7 @@ def sampling_params(
             skip_special_tokens=body.skip_special_tokens,
             priority=body.priority,
             bad_words=None if body.bad_words is None else list(body.bad_words),
+            prompt_logprobs=body.prompt_logprobs,
         )
     except InvalidRequestError as exc:
         param = next(
