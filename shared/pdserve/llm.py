@@ -55,6 +55,10 @@ class LLM:
         self.tokenizer = self.engine.tokenizer
         self._next_id = 0
 
+    def get_tokenizer(self) -> Any:
+        """The model's Hugging Face tokenizer (vLLM's `LLM.get_tokenizer`)."""
+        return self.tokenizer
+
     def get_default_sampling_params(self) -> SamplingParams:
         """SamplingParams() with the model's own defaults (generation_config.json) where it has them."""
         return SamplingParams(**self._sampling_defaults)
@@ -121,7 +125,10 @@ class LLM:
                     self.engine.abort_request(request_id)
             self.engine.step()  # drain the abort outputs
             raise
-        return [_grouped([finished[i] for i in group]) for group in groups]
+        results = [_grouped([finished[i] for i in group]) for group in groups]
+        for prompt, out in zip(prompt_list, results, strict=True):
+            _set_prompt(out, prompt if isinstance(prompt, str) else None)
+        return results
 
     def chat(
         self,
@@ -160,7 +167,10 @@ class LLM:
             **(chat_template_kwargs or {}),
         }
         prompts: list[Prompt] = [self._render(c, tools, options) for c in conversations]  # type: ignore[arg-type]
-        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+        results = self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+        for conversation, out in zip(conversations, results, strict=True):
+            _set_prompt(out, self._render_text(conversation, tools, options))  # type: ignore[arg-type]
+        return results
 
     def _render(
         self, conversation: Conversation, tools: list[dict[str, Any]] | None, options: dict[str, Any]
@@ -176,12 +186,24 @@ class LLM:
             raise InvalidRequestError(f"the chat template refused the conversation: {exc}") from None
         return [int(t) for t in ids]
 
+    def _render_text(
+        self, conversation: Conversation, tools: list[dict[str, Any]] | None, options: dict[str, Any]
+    ) -> str:
+        """The rendered conversation as text, for RequestOutput.prompt (it rendered once already)."""
+        tokenizer: Any = self.tokenizer
+        return str(tokenizer.apply_chat_template(list(conversation), tools=tools, tokenize=False, **options))
+
 
 def choice_params(params: SamplingParams, choice: int) -> SamplingParams:
     """Choice i of a prompt: seed + i (so choice 0 equals the same request with n=1), one sequence."""
     if params.n == 1:
         return params
     return replace(params, n=1, seed=choice_seed(params.seed, choice))
+
+
+def _set_prompt(out: RequestOutput, prompt: str | None) -> None:
+    for each in out.choices or [out]:
+        each.prompt = prompt
 
 
 def _grouped(outputs: list[RequestOutput]) -> RequestOutput:

@@ -21,6 +21,8 @@ class RequestOutput:
     new_token_ids: list[int] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None
+    # vLLM's: the stop string or stop token id that ended the output; None for eos, length, a grammar.
+    stop_reason: str | int | None = None
     logprobs: list[float] | None = None
     num_cached_tokens: int = 0
     # With SamplingParams.top_logprobs = k: per output token, the k most likely tokens at that
@@ -39,9 +41,18 @@ class RequestOutput:
     index: int = 0
     choices: list[RequestOutput] | None = field(default=None, repr=False, compare=False)  # holds self
 
+    # vLLM's: the prompt as text when it was given as text (LLM.generate), or as the chat template
+    # rendered it (LLM.chat); None for a prompt of token ids.
+    prompt: str | None = None
+
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def cumulative_logprob(self) -> float | None:
+        """vLLM's: the sum of the output tokens' logprobs, when logprobs were asked for."""
+        return None if self.logprobs is None else float(sum(self.logprobs))
 
     @property
     def outputs(self) -> list[RequestOutput]:

@@ -348,3 +348,22 @@ async def test_prompt_logprobs_in_vllms_shape_cross_the_cluster(nats_server: Nat
         await cluster.wait_idle()
     finally:
         await cluster.stop()
+
+
+async def test_stop_reason_crosses_the_cluster(nats_server: NatsServer) -> None:
+    """The decode worker's finishing chunk names the stop token id (or string) that ended it."""
+    prompt = mixed_prompts(1)[0]
+    greedy = {"max_tokens": 20, "temperature": 0.0, "ignore_eos": True}
+    llm = LLM(dtype="float32")
+    token = llm.generate([prompt], SamplingParams(**greedy))[0].token_ids[6]  # type: ignore[arg-type]
+    cluster = await start_cluster(nats_server.url, http=True, prefill=1, decode=1)
+    try:
+        async with httpx.AsyncClient(base_url=cluster.base_url, timeout=60) as client:
+            body = {"model": "test", "prompt": prompt, **greedy, "stop_token_ids": [token]}
+            r = await client.post("/v1/completions", json=body)
+        assert r.status_code == 200, r.text
+        choice = r.json()["choices"][0]
+        assert choice["finish_reason"] == "stop" and choice["stop_reason"] == token
+        await cluster.wait_idle()
+    finally:
+        await cluster.stop()

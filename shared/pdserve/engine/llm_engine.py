@@ -342,6 +342,7 @@ class LLMEngine:
             new_token_ids=new_tokens,
             text=self.stop_checker.final_text(seq) if finished else "",
             finish_reason=seq.finish_reason,
+            stop_reason=seq.stop_reason if finished else None,
             logprobs=list(seq.logprobs) if seq.params.logprobs else None,
             top_logprobs=list(seq.top_logprobs) if seq.params.top_logprobs else None,
             **(self._prompt_scores(seq, new_tokens) if seq.params.prompt_logprobs is not None else {}),

@@ -55,6 +55,7 @@ class Sequence:
     # params.json_object / json_schema / guided_choice / guided_regex: where the output is in the grammar
     grammar: Grammar | None = None
     stop_text: str | None = None  # output text cut at a stop string, when one matched
+    stop_reason: str | int | None = None  # vLLM's: the stop string or stop token id that ended it
     num_preemptions: int = 0
     bad_words_ids: list[list[int]] = field(default_factory=list)  # params.bad_words as tokens (bad_words.py)
     arrival: int = field(default_factory=lambda: next(_arrival))

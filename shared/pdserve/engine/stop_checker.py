@@ -22,6 +22,8 @@ class StopChecker:
         if seq.num_output_tokens < p.min_tokens:  # nothing but the context's end stops it yet
             return "length" if seq.num_tokens >= self.max_model_len else None
         if (not p.ignore_eos and token in self.eos_token_ids) or token in p.stop_token_ids:
+            # vLLM's stop_reason: the stop token id, but None for eos (checked first, as vLLM does).
+            seq.stop_reason = None if not p.ignore_eos and token in self.eos_token_ids else token
             if not p.include_stop_str_in_output:
                 # vLLM's rule: the token that stopped the sequence stays in token_ids but not in
                 # the text (it shows with skip_special_tokens=False, or when it is no special token).
@@ -58,6 +60,7 @@ class StopChecker:
         if not hits:
             return False
         position, stop = min(hits)
+        seq.stop_reason = stop
         seq.stop_text = text[: position + len(stop)] if p.include_stop_str_in_output else text[:position]
         return True
 

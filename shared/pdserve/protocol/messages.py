@@ -174,6 +174,7 @@ class TokenChunk:
     prompt_top_token_ids: list[list[int]] | None = None
     prompt_top_logprobs: list[list[float]] | None = None
     prompt_ranks: list[int] | None = None
+    stop_reason: str | int | None = None  # the finishing chunk's: the stop string or stop token id
 
 
 @dataclass(slots=True)

@@ -25,6 +25,7 @@ def chunk_from_output(out: RequestOutput, worker_id: str, index_offset: int = 0)
         cached_tokens=out.num_cached_tokens,
         top_token_ids=top_ids,
         top_logprobs=top_logprobs,
+        stop_reason=out.stop_reason,
     )
     if start == 0 and out.prompt_logprobs is not None:
         # Output index 0's chunk scores the prompt (entry 0, the first token's None, stays home).

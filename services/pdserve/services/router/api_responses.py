@@ -40,6 +40,10 @@ class PromptLogprob(BaseModel):
     decoded_token: str
 
 
+STOP_REASON_DESCRIPTION = (
+    "vLLM extension: the stop string or stop token id that ended the choice; null for eos, length "
+    "or a grammar (in a stream, on the finishing chunk)"
+)
 PROMPT_LOGPROBS_DESCRIPTION = (
     "vLLM extension, with `prompt_logprobs`: per prompt token, null for the first, then token id -> "
     "{logprob, rank, decoded_token} for the prompt token and the `prompt_logprobs` most likely ones"
@@ -51,6 +55,7 @@ class CompletionChoice(BaseModel):
     text: str
     logprobs: CompletionLogprobs | None
     finish_reason: Literal["stop", "length"] | None
+    stop_reason: str | int | None = Field(default=None, description=STOP_REASON_DESCRIPTION)
     token_ids: list[int] | None = None
     prompt_token_ids: list[int] | None = None
     prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = Field(
@@ -110,6 +115,7 @@ class ChatChoice(BaseModel):
     message: ChatMessageOut
     logprobs: ChatLogprobs | None
     finish_reason: Literal["stop", "length", "tool_calls"] | None
+    stop_reason: str | int | None = Field(default=None, description=STOP_REASON_DESCRIPTION)
     token_ids: list[int] | None = None
     prompt_token_ids: list[int] | None = None
 
@@ -150,6 +156,7 @@ class ChatStreamChoice(BaseModel):
     delta: ChatDelta
     logprobs: ChatLogprobs | None
     finish_reason: Literal["stop", "length", "tool_calls"] | None
+    stop_reason: str | int | None = Field(default=None, description=STOP_REASON_DESCRIPTION)
     token_ids: list[int] | None = None
     prompt_token_ids: list[int] | None = None
 

@@ -176,6 +176,7 @@ class _Format:
                     message=message,
                     logprobs=self._logprobs(c.token_ids, c.logprobs, c.top_logprobs),
                     finish_reason=finish_reason,  # type: ignore[arg-type]
+                    stop_reason=c.stop_reason,
                     **token_id_fields(self.request.return_token_ids, c, c.token_ids, with_prompt=True),
                 )
             )
@@ -234,6 +235,7 @@ class _Format:
                                 delta=ChatDelta(),
                                 logprobs=None,
                                 finish_reason=finish,  # type: ignore[arg-type]
+                                stop_reason=choice.stop_reason,
                             ),
                         )
                 if self.include_usage:

@@ -59,6 +59,7 @@ class ChoiceStream:
         self.prompt_logprobs: list[float] | None = None
         self.prompt_top_logprobs: list[TopLogprobs] | None = None
         self.prompt_ranks: list[int] | None = None
+        self.stop_reason: str | int | None = None  # vLLM's: the stop string or token id that ended it
         self.finish_reason: FinishReason | None = None
         self.text: str | None = None
         self.cached_tokens = 0
@@ -185,6 +186,7 @@ class ChoiceStream:
             if reason is not None:
                 self.finish_reason = reason
                 self.text = chunk.text
+                self.stop_reason = chunk.stop_reason
                 self._ahead.clear()
                 self._guard.cancel()
             return TokenDelta(new, logprobs, reason, chunk.text, top)

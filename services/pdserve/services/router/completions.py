@@ -169,6 +169,7 @@ class _Format:
                 "text": echo[0] + text if echo else text,
                 "logprobs": joined(echo[1], logprobs) if echo and echo[1] else logprobs,
                 "finish_reason": "length" if self.prompt_only else c.finish_reason,
+                "stop_reason": None if self.prompt_only else c.stop_reason,
             }
             if self.request.prompt_logprobs is not None:
                 fields["prompt_logprobs"] = prompt_scores(c, self.texts)
@@ -213,11 +214,15 @@ class _Format:
                     if echo:  # the prompt goes out ahead of the choice's first tokens, in their chunk
                         text = echo[0] + text
                         logprobs = joined(echo[1], logprobs) if echo[1] else logprobs
+                    finishing: dict[str, Any] = {}
+                    if delta.finish_reason is not None:
+                        finishing["stop_reason"] = choice.stop_reason
                     out = CompletionChoice(
                         index=choice.index,
                         text=text,
                         logprobs=logprobs,
                         finish_reason=delta.finish_reason,
+                        **finishing,
                         **token_id_fields(
                             self.request.return_token_ids,
                             choice,
