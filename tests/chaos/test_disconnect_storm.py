@@ -7,14 +7,13 @@ then recomputed each of those when its lease expired)."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from pdserve.services.local_broker import free_port
+from up_process import pdserve_up
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,19 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_a_disconnect_storm_leaves_nothing_behind(tmp_path: Path) -> None:
     port = free_port()
     logs = tmp_path / "logs"
-    argv = [sys.executable, "-m", "pdserve.cli", "up", "--port", str(port), "--log-dir", str(logs)]
-    up = subprocess.Popen(
-        [*argv, "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        assert up.stdout is not None
-        deadline = time.monotonic() + 240
-        line = ""
-        while time.monotonic() < deadline and "ready" not in line:
-            line = up.stdout.readline()
-            if not line:
-                break
-        assert "ready" in line, line
+    with pdserve_up(["--port", str(port), "--log-dir", str(logs), "--log-level", "warning"]):
         storm = [sys.executable, str(ROOT / "ops" / "disconnect_storm.py"), "--url", f"http://127.0.0.1:{port}"]
         done = subprocess.run([*storm, "--requests", "150", "--seed", "3"], capture_output=True, text=True, timeout=240)
         result = json.loads(done.stdout)
@@ -43,10 +30,3 @@ def test_a_disconnect_storm_leaves_nothing_behind(tmp_path: Path) -> None:
         assert result["outcomes"].get("left early", 0) > 50  # it did storm
         decode_log = (logs / "decode-0.log").read_text()
         assert "kv lost; recomputing" not in decode_log
-    finally:
-        up.send_signal(signal.SIGINT)
-        try:
-            up.wait(60)
-        except subprocess.TimeoutExpired:
-            up.kill()
-

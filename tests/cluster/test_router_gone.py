@@ -49,7 +49,7 @@ async def test_judging_routers_by_their_silence(nats_server: NatsServer) -> None
         assert not watch.gone("r1", now=104.0)
         watch.heard("r2", interval_s=0.1, now=100.0)
         assert not watch.gone("r2", now=101.9) and watch.gone("r2", now=102.1)  # short beats: silence_s rules
-        watch._blind_until = 1e9  # our own link just came back: silence says nothing yet
+        watch.blindness.until = 1e9  # our own link just came back: silence says nothing yet
         assert not watch.gone("r2", now=200.0)
         with pytest.raises(ValueError, match="silence_s must be positive"):
             RouterWatch(nc, Subjects("judge"), silence_s=0)

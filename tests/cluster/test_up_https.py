@@ -3,12 +3,9 @@ ones stop it before anything starts, and a whole cluster comes up on HTTPS and s
 
 from __future__ import annotations
 
-import os
-import signal
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -19,6 +16,7 @@ from pdserve.services.up import plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "router"))
 from tls_certs import make_pki
+from up_process import pdserve_up
 
 
 def test_the_flags_reach_the_router(tmp_path: Path) -> None:
@@ -54,29 +52,12 @@ def test_bad_flags_stop_up_before_anything_starts(tmp_path: Path) -> None:
 def test_a_cluster_serves_over_https(tmp_path: Path) -> None:
     pki = make_pki(tmp_path / "pki")
     port = free_port()
-    argv = [sys.executable, "-m", "pdserve.cli", "up", "--mode", "colocated", "--port", str(port)]
-    argv += ["--ssl-keyfile", str(pki.server_key), "--ssl-certfile", str(pki.server_cert)]
-    argv += ["--log-dir", str(tmp_path / "logs"), "--log-level", "warning"]
-    env = {**os.environ, "PDSERVE_TORCH_THREADS": "1"}
-    up = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        assert up.stdout is not None
-        deadline = time.monotonic() + 240
-        ready = ""
-        while time.monotonic() < deadline and "ready" not in ready:
-            line = up.stdout.readline()
-            if not line:
-                break
-            ready = line
-        assert f"OpenAI API at https://127.0.0.1:{port}/v1" in ready, ready
+    args = ["--mode", "colocated", "--port", str(port), "--log-dir", str(tmp_path / "logs"), "--log-level", "warning"]
+    args += ["--ssl-keyfile", str(pki.server_key), "--ssl-certfile", str(pki.server_cert)]
+    with pdserve_up(args, env={"PDSERVE_TORCH_THREADS": "1"}) as up:
+        assert f"OpenAI API at https://127.0.0.1:{port}/v1" in up.ready_line
         trusted = ssl.create_default_context(cafile=str(pki.ca))
         body = {"prompt": "hello", "max_tokens": 5, "temperature": 0, "ignore_eos": True}
         answer = httpx.post(f"https://127.0.0.1:{port}/v1/completions", json=body, verify=trusted, timeout=60)
         assert answer.status_code == 200, answer.text
         assert answer.json()["usage"]["completion_tokens"] == 5
-    finally:
-        up.send_signal(signal.SIGINT)
-        try:
-            up.wait(60)
-        except subprocess.TimeoutExpired:
-            up.kill()

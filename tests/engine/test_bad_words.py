@@ -5,11 +5,9 @@ tokens) so that words can be written from it."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from hf_reference import assert_matches, hf_greedy, load_hf
+from hf_reference import assert_matches, hf_greedy
 from pdserve import LLM, SamplingParams
 from pdserve.engine.bad_words import bad_words_token_ids, banned_next
 from pdserve.errors import InvalidRequestError
@@ -25,16 +23,6 @@ class LettersOnly(LogitsProcessor):
         kept = torch.full_like(scores, float("-inf"))
         kept[:, LETTERS] = scores[:, LETTERS]
         return kept  # type: ignore[return-value]
-
-
-@pytest.fixture(scope="module")
-def llm(model_dirs: dict[str, Path]) -> LLM:
-    return LLM(model_dirs["llama"], dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def hf(model_dirs: dict[str, Path]) -> torch.nn.Module:
-    return load_hf(model_dirs["llama"])
 
 
 def params(bad_words: list[str] | None = None) -> SamplingParams:

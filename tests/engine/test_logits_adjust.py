@@ -3,11 +3,9 @@ processors (its own for repetition_penalty; OpenAI's formula for presence and fr
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from hf_reference import assert_matches, hf_greedy, load_hf
+from hf_reference import assert_matches, hf_greedy
 from pdserve import LLM, SamplingParams
 from pdserve.errors import InvalidRequestError
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -25,16 +23,6 @@ class OpenAIPenalties(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         counts = torch.bincount(input_ids[0, self.prompt_len :], minlength=scores.shape[-1])[: scores.shape[-1]]
         return scores - self.frequency * counts - self.presence * (counts > 0).float()  # type: ignore[return-value]
-
-
-@pytest.fixture(scope="module")
-def llm(model_dirs: dict[str, Path]) -> LLM:
-    return LLM(model_dirs["llama"], dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def hf(model_dirs: dict[str, Path]) -> torch.nn.Module:
-    return load_hf(model_dirs["llama"])
 
 
 @pytest.mark.parametrize("penalty", [1.3, 0.8])

@@ -8,8 +8,6 @@ so nobody is dropped then: a broker restart must not look like the whole cluster
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 
 import structlog
@@ -17,6 +15,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from pdserve.errors import ProtocolError
 from pdserve.protocol import Subjects, WorkerHeartbeat, decode
+from pdserve.services.blindness import Blindness
 from pdserve.serving.backend import WorkerInfo
 
 log = structlog.get_logger("pdserve.cluster_view")
@@ -32,31 +31,23 @@ class ClusterView:
         # Requests this process sent to a worker since its last heartbeat: spreads a burst
         # that arrives between two heartbeats instead of sending it all to one worker.
         self.assigned: dict[str, int] = {}
-        self._blind_until = 0.0  # monotonic; until then silence is not held against anyone
-        self._watch: asyncio.Task[None] | None = None
+        # Blind while our link is down, and for one full miss window after it is back.
+        self._blindness = Blindness(nc, self._miss_window_s)
 
     async def start(self) -> None:
         await self.nc.subscribe(self.subjects.heartbeat, cb=self._on_heartbeat)
-        self._watch = asyncio.create_task(self._watch_connection(), name="cluster-view-connection")
+        self._blindness.start("cluster-view-connection")
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        await self._blindness.stop()
 
-    async def _watch_connection(self, period_s: float = 0.1) -> None:
-        while True:
-            if not self.nc.is_connected:
-                # Blind while down, and for one full miss window after: heartbeats need that
-                # long to come back once we are resubscribed.
-                interval = max((beat.interval_s for beat, _ in self._beats.values()), default=1.0)
-                self._blind_until = time.monotonic() + self.miss_limit * interval + 1.0
-            await asyncio.sleep(period_s)
+    def _miss_window_s(self) -> float:
+        interval = max((beat.interval_s for beat, _ in self._beats.values()), default=1.0)
+        return self.miss_limit * interval + 1.0
 
     @property
     def blind(self) -> bool:
-        return time.monotonic() < self._blind_until or not self.nc.is_connected
+        return self._blindness.blind
 
     def is_alive(self, worker_id: str) -> bool:
         """False once the worker has gone silent (never while we cannot hear anyone)."""

@@ -15,8 +15,6 @@ down, or just back, says nothing: a broker restart must not end every request in
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 
 import structlog
@@ -24,6 +22,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from pdserve.errors import ProtocolError
 from pdserve.protocol import RouterHeartbeat, Subjects, decode
+from pdserve.services.blindness import Blindness
 
 log = structlog.get_logger("pdserve.router_watch")
 
@@ -40,26 +39,16 @@ class RouterWatch:
         self.subjects = subjects
         self.silence_s = silence_s
         self._heard: dict[str, tuple[float, float]] = {}  # router id -> (monotonic time heard, its interval)
-        self._blind_until = 0.0  # monotonic; until then nobody is judged
-        self._watch: asyncio.Task[None] | None = None
+        # Blind while our link is down and for one full silence window after it is back.
+        self.blindness = Blindness(nc, lambda: self.silence_s + 1.0)
         self.rejected = 0
 
     async def start(self) -> None:
         await self.nc.subscribe(self.subjects.router_heartbeat, cb=self._on_heartbeat)
-        self._watch = asyncio.create_task(self._watch_connection(), name="router-watch-connection")
+        self.blindness.start("router-watch-connection")
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-
-    async def _watch_connection(self, period_s: float = 0.1) -> None:
-        while True:
-            if not self.nc.is_connected:
-                # Blind while down and for one full silence window after we are back.
-                self._blind_until = time.monotonic() + self.silence_s + 1.0
-            await asyncio.sleep(period_s)
+        await self.blindness.stop()
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         try:
@@ -81,7 +70,7 @@ class RouterWatch:
         """True once a router heard before has been silent too long (never while we are blind)."""
         now = time.monotonic() if now is None else now
         heard = self._heard.get(router_id)
-        if heard is None or now < self._blind_until or not self.nc.is_connected:
+        if heard is None or now < self.blindness.until or not self.nc.is_connected:
             return False
         at, interval_s = heard
         return now - at > max(self.silence_s, MIN_MISSED_BEATS * interval_s)
