@@ -67,3 +67,40 @@ async def test_worker_gauges(client: httpx.AsyncClient) -> None:
     assert families["pdserve_workers_live"] == {("pdserve_workers_live", (("role", "worker"),)): 1.0}
     for name in ("running", "waiting", "kv_blocks_used", "draining"):
         assert list(families[f"pdserve_worker_{name}"].values()) == [0.0], name  # an idle worker
+
+
+async def test_vllm_named_series_carry_the_same_figures(client: httpx.AsyncClient) -> None:
+    """Dashboards and autoscalers written for vLLM read the same figures under vLLM's names."""
+    body = {"model": MODEL, "prompt": "hello", "max_tokens": 5, "temperature": 0, "ignore_eos": True, "n": 2}
+    before = await scrape(client)
+    assert (await client.post("/v1/completions", json=body)).status_code == 200
+    after = await scrape(client)
+    model = (("model_name", MODEL),)
+
+    def value(families: dict, family: str, sample: str, labels: tuple = model) -> float:
+        return families[family].get((sample, labels), 0.0)
+
+    finished = (("finished_reason", "length"), ("model_name", MODEL))
+    grew = value(after, "vllm:request_success", "vllm:request_success_total", finished) - value(
+        before, "vllm:request_success", "vllm:request_success_total", finished
+    )
+    assert grew == 2  # two choices, both ended by max_tokens
+    assert value(after, "vllm:generation_tokens", "vllm:generation_tokens_total") == value(
+        after, "pdserve_router_generated_tokens", "pdserve_router_generated_tokens_total", ()
+    )
+    assert value(after, "vllm:prompt_tokens", "vllm:prompt_tokens_total") == value(
+        after, "pdserve_router_prompt_tokens", "pdserve_router_prompt_tokens_total", ()
+    )
+    for ours, theirs in (
+        ("pdserve_router_time_to_first_token_seconds", "vllm:time_to_first_token_seconds"),
+        ("pdserve_router_inter_token_latency_seconds", "vllm:inter_token_latency_seconds"),
+        ("pdserve_router_e2e_request_latency_seconds", "vllm:e2e_request_latency_seconds"),
+    ):
+        count = after[theirs][(f"{theirs}_count", model)]
+        assert count == histogram(after, ours)[0] > 0
+    used = sum(v for (s, _), v in after["pdserve_worker_kv_blocks_used"].items())
+    total = sum(v for (s, _), v in after["pdserve_worker_kv_blocks_total"].items())
+    assert value(after, "vllm:kv_cache_usage_perc", "vllm:kv_cache_usage_perc") == used / total
+    assert value(after, "vllm:num_requests_waiting", "vllm:num_requests_waiting") == sum(
+        after["pdserve_worker_waiting"].values()
+    )

@@ -101,6 +101,7 @@ class ChoiceGroup:
         choice.last_delta_at = now
         if delta.finish_reason is not None:
             metrics.e2e_request_latency.observe(now - self._started)
+            metrics.finished_choices[delta.finish_reason] += 1
 
     def ready(self) -> bool:
         """True if the next `next()` returns without waiting for the backend: every choice has

@@ -35,12 +35,17 @@ class LatencyHistogram:
         self.total += seconds
         self.count += 1
 
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+    def render(self, name: str | None = None, labels: str = "") -> list[str]:
+        """The text format lines; `name` and `labels` ('key="value"', escaped) render the same
+        counts under another name (vllm_metrics.py)."""
+        name = name or self.name
+        sep = "," if labels else ""
+        lines = [f"# HELP {name} {self.help}", f"# TYPE {name} histogram"]
         cumulative = 0
         for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
             cumulative += n
             le = "+Inf" if bound == float("inf") else repr(bound)
-            lines.append(f'{self.name}_bucket{{le="{le}"}} {cumulative}')
-        lines += [f"{self.name}_sum {self.total!r}", f"{self.name}_count {self.count}"]
+            lines.append(f'{name}_bucket{{{labels}{sep}le="{le}"}} {cumulative}')
+        suffix = f"{{{labels}}}" if labels else ""
+        lines += [f"{name}_sum{suffix} {self.total!r}", f"{name}_count{suffix} {self.count}"]
         return lines

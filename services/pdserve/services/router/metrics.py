@@ -25,6 +25,7 @@ class RouterMetrics:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     client_disconnects: int = 0
+    finished_choices: Counter[str] = field(default_factory=Counter)  # finish reason -> choices
     time_to_first_token: LatencyHistogram = field(
         default_factory=lambda: LatencyHistogram(
             "pdserve_router_time_to_first_token_seconds",

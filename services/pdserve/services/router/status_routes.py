@@ -14,6 +14,7 @@ from pdserve.services.router.api_responses import (
 )
 from pdserve.services.router.context import RouterContext
 from pdserve.services.router.errors import DEFAULT_RETRY_AFTER_S
+from pdserve.services.router.vllm_metrics import render_vllm_metrics
 from pdserve.services.router.worker_gauges import render_worker_gauges
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
@@ -72,7 +73,9 @@ def status_router(ctx: RouterContext) -> APIRouter:
         summary="Counters in Prometheus' text format",
     )
     async def metrics() -> Response:
-        text = ctx.metrics.render() + render_worker_gauges(ctx.backend.workers())
+        workers = ctx.backend.workers()
+        text = ctx.metrics.render() + render_worker_gauges(workers)
+        text += render_vllm_metrics(ctx.metrics, workers, ctx.model_name)
         return Response(text, media_type=PROMETHEUS_TEXT)
 
     return router

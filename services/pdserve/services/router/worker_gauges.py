@@ -26,13 +26,15 @@ def render_worker_gauges(workers: list[WorkerInfo]) -> str:
         metric = f"pdserve_worker_{name}"
         lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]
         for w in sorted(workers, key=lambda w: w.id):
-            lines.append(f'{metric}{{worker="{_label(w.id)}",role="{_label(w.role)}"}} {int(getattr(w, name))}')
+            lines.append(
+                f'{metric}{{worker="{label_value(w.id)}",role="{label_value(w.role)}"}} {int(getattr(w, name))}'
+            )
     lines += ["# HELP pdserve_workers_live Live workers by role.", "# TYPE pdserve_workers_live gauge"]
     for role, count in sorted(Counter(w.role for w in workers).items()):
-        lines.append(f'pdserve_workers_live{{role="{_label(role)}"}} {count}')
+        lines.append(f'pdserve_workers_live{{role="{label_value(role)}"}} {count}')
     return "\n".join(lines) + "\n"
 
 
-def _label(value: str) -> str:
+def label_value(value: str) -> str:
     """A label value as the text format requires: backslash, quote and newline escaped."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
