@@ -204,15 +204,21 @@ class WorkerBase(abc.ABC):
         come back even when the router's cancel never arrives (router killed, broker down)."""
         while True:
             await asyncio.sleep(period_s)
-            await self._end_orphans()
-            now = time.time()
-            for request_id, deadline in list(self.deadlines.items()):
-                if request_id not in self.streams and request_id not in self.engine.requests:
-                    del self.deadlines[request_id]
-                elif deadline < now:
-                    del self.deadlines[request_id]
-                    log.warning("deadline passed; ending request", request_id=request_id)
-                    await self.fail(request_id, f"request deadline passed on {self.role} worker {self.worker_id}", 504)
+            try:
+                await self._end_orphans()
+                await self._end_overdue()
+            except Exception:  # one bad pass must not end the checks for good
+                log.exception("deadline check failed")
+
+    async def _end_overdue(self) -> None:
+        now = time.time()
+        for request_id, deadline in list(self.deadlines.items()):
+            if request_id not in self.streams and request_id not in self.engine.requests:
+                del self.deadlines[request_id]
+            elif deadline < now:
+                del self.deadlines[request_id]
+                log.warning("deadline passed; ending request", request_id=request_id)
+                await self.fail(request_id, f"request deadline passed on {self.role} worker {self.worker_id}", 504)
 
     async def _end_orphans(self) -> None:
         """Cancel the requests of routers that have gone (router_watch.py): nobody reads their
