@@ -19,9 +19,13 @@ async def test_health(client: httpx.AsyncClient, engine: LLMEngine) -> None:
     app = create_app(ScriptedBackend(never, ready=False), engine.tokenizer, model_name=MODEL)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://router") as other:
         response = await other.get("/health")
+        pings = [await other.get("/ping"), await other.post("/ping")]  # vLLM's (SageMaker's) probe
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable"}
     assert response.headers["retry-after"]
+    assert [(p.status_code, p.json()) for p in pings] == [(503, {"status": "unavailable"})] * 2
+    for ping in (await client.get("/ping"), await client.post("/ping")):
+        assert ping.status_code == 200 and ping.json() == {"status": "ok"}
 
 
 async def test_cluster_lists_workers(client: httpx.AsyncClient, engine: LLMEngine) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pdserve.services.router.latency_histogram import E2E_BUCKETS, ITL_BUCKETS, TTFT_BUCKETS, LatencyHistogram
 
 KNOWN_ENDPOINTS = frozenset(
-    {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/cluster", "/metrics", "/version"}
+    {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/ping", "/cluster", "/metrics", "/version"}
 )
 
 

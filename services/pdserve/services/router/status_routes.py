@@ -58,6 +58,18 @@ def status_router(ctx: RouterContext) -> APIRouter:
             {"status": "unavailable"}, status_code=503, headers={"Retry-After": str(DEFAULT_RETRY_AFTER_S)}
         )
 
+    # vLLM's /ping, for hosts that probe it (Amazon SageMaker sends GET and POST): /health's answer.
+    for method in ("GET", "POST"):
+        router.add_api_route(
+            "/ping",
+            health,
+            methods=[method],
+            operation_id=f"ping_{method.lower()}",
+            response_model=HealthResponse,
+            responses={503: {"model": HealthResponse, "description": "no prefill- and decode-capable workers yet"}},
+            summary="The same as /health (vLLM's /ping)",
+        )
+
     @router.get("/version", response_model=VersionResponse, summary="The router's pdserve version (as vLLM's /version)")
     async def router_version() -> VersionResponse:
         return VersionResponse(version=_VERSION)
