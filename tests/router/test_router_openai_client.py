@@ -133,3 +133,26 @@ async def test_forced_tool_calls_parse_into_pydantic_models(oai: openai.AsyncOpe
             final = await stream.get_final_completion()
         [again, *_] = final.choices[0].message.tool_calls or [None]
         assert again is not None and again.function.parsed_arguments == call.function.parsed_arguments
+
+
+async def test_vllm_extensions_through_extra_body(oai: openai.AsyncOpenAI) -> None:
+    """What vLLM users send through the openai client's extra_body, and read back from model_extra."""
+    plain = await oai.completions.create(
+        model=MODEL, prompt="Hello", max_tokens=12, temperature=0.0, extra_body={"ignore_eos": True}
+    )
+    word = plain.choices[0].text[3:5]
+    result = await oai.completions.create(
+        model=MODEL,
+        prompt="Hello",
+        max_tokens=12,
+        temperature=0.0,
+        stop=[plain.choices[0].text[8:10]],
+        extra_body={"ignore_eos": True, "bad_words": [word], "prompt_logprobs": 1, "priority": 0},
+    )
+    choice = result.choices[0]
+    extra = choice.model_extra or {}
+    assert word not in choice.text
+    assert len(extra["prompt_logprobs"]) == 5 and extra["prompt_logprobs"][0] is None
+    assert choice.finish_reason == "length" or extra["stop_reason"] == plain.choices[0].text[8:10]
+    with pytest.raises(openai.BadRequestError, match="scheduling-policy"):
+        await oai.completions.create(model=MODEL, prompt="Hello", max_tokens=2, extra_body={"priority": 3})
